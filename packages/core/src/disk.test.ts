@@ -1,0 +1,38 @@
+import { describe, expect, it } from 'vitest';
+import { Disk } from './disk.js';
+import { isVdError } from './errors.js';
+import { MemorySource, memoryDisk } from './memory.js';
+
+describe('Disk wrapper', () => {
+  it('reads back what was written, across block-size splits', async () => {
+    const disk = new Disk(new MemorySource(1 << 20, { capabilities: { blockSize: { minimum: 1, preferred: 4096, maximum: 4096 } } }));
+    const data = new Uint8Array(10_000).map((_, i) => (i * 7 + 3) & 0xff);
+    await disk.write(1234, data);
+    expect(await disk.read(1234, data.length)).toEqual(data);
+    await disk.close();
+  });
+
+  it('refuses out-of-range, zero-length and unaligned requests with codes', async () => {
+    const disk = new Disk(new MemorySource(8192, { capabilities: { blockSize: { minimum: 512, preferred: 4096, maximum: 4096 } } }));
+    await expect(disk.read(8192, 512)).rejects.toMatchObject({ code: 'ERR_VD_OUT_OF_RANGE' });
+    await expect(disk.read(0, 0)).rejects.toMatchObject({ code: 'ERR_VD_INVALID_ARGUMENT' });
+    await expect(disk.read(1, 512)).rejects.toMatchObject({ code: 'ERR_VD_ALIGNMENT' });
+    await expect(disk.read(-512, 512)).rejects.toMatchObject({ code: 'ERR_VD_INVALID_ARGUMENT' });
+  });
+
+  it('emulates zero by writing zeroes when the source cannot zero', async () => {
+    const source = new MemorySource(65536, { capabilities: { zero: 'emulate' } });
+    const disk = new Disk(source);
+    await disk.write(0, new Uint8Array(65536).fill(9));
+    await disk.zero(100, 30000);
+    const back = await disk.read(0, 65536);
+    expect(back.subarray(100, 30100).every((b) => b === 0)).toBe(true);
+    expect(back[99]).toBe(9);
+    expect(back[30100]).toBe(9);
+  });
+
+  it('is read-only when opened so', async () => {
+    const disk = memoryDisk(4096, { readOnly: true });
+    await expect(disk.write(0, new Uint8Array(1))).rejects.toSatisfy((e) => isVdError(e, 'ERR_VD_READ_ONLY'));
+  });
+});

@@ -1,0 +1,86 @@
+import { defaultCapabilities } from '../capabilities.js';
+import { VdError } from '../errors.js';
+import type { BlockSource, ByteStore, Capabilities, DiskInfo, Extent, FormatDriver, FormatOpenContext, IoOptions, WriteOptions, ZeroOptions } from '../spec.js';
+
+/** Reads exactly `into.length` bytes at `position`; bytes past the end of the store read as zeroes. */
+export async function readFully(store: ByteStore, position: number, into: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < into.length) {
+    const n = await store.read(position + done, into.subarray(done));
+    if (n <= 0) {
+      into.fill(0, done);
+      return;
+    }
+    done += n;
+  }
+}
+
+/**
+ * A raw image: disk byte N is file byte N. Holes are reported and punched where the store can
+ * (sparse files); otherwise everything is data and zeroing writes zeroes.
+ */
+export class RawSource implements BlockSource {
+  readonly capabilities: Capabilities;
+
+  constructor(
+    readonly store: ByteStore,
+    readonly size: number,
+  ) {
+    const sparse = typeof store.punchHole === 'function';
+    this.capabilities = {
+      ...defaultCapabilities,
+      readOnly: store.readOnly,
+      fua: 'emulate',
+      zero: sparse ? 'native' : 'emulate',
+      trim: sparse ? 'native' : 'none',
+      trimReadsZero: sparse,
+      extents: typeof store.allocation === 'function' ? ['base:allocation'] : [],
+    };
+  }
+
+  _read(offset: number, into: Uint8Array, _opts: IoOptions): Promise<void> {
+    return readFully(this.store, offset, into);
+  }
+
+  _write(offset: number, data: Uint8Array, _opts: WriteOptions): Promise<void> {
+    return this.store.write(offset, data);
+  }
+
+  _flush(): Promise<void> {
+    return this.store.flush();
+  }
+
+  async _zero(offset: number, length: number, opts: ZeroOptions): Promise<void> {
+    if (!opts.noHole && (await this.store.punchHole!(offset, length))) return;
+    if (opts.fast) throw new VdError('ERR_VD_NOT_SUPPORTED', 'zero: cannot zero this range quickly');
+    const zeroes = new Uint8Array(Math.min(length, 1 << 20));
+    for (let at = 0; at < length; at += zeroes.length) {
+      await this.store.write(offset + at, zeroes.subarray(0, Math.min(zeroes.length, length - at)));
+    }
+  }
+
+  async _trim(offset: number, length: number): Promise<void> {
+    await this.store.punchHole!(offset, length);
+  }
+
+  async _extents(offset: number, length: number): Promise<Extent[]> {
+    const got = await this.store.allocation!(offset, length);
+    return got ?? [{ offset, length, type: 'data' }];
+  }
+
+  _info(): DiskInfo {
+    return { format: 'raw' };
+  }
+
+  _close(): Promise<void> {
+    return this.store.close();
+  }
+}
+
+export const rawFormat: FormatDriver = {
+  name: 'raw',
+  detect: () => true,
+  async open(store: ByteStore, _ctx: FormatOpenContext): Promise<BlockSource> {
+    return new RawSource(store, await store.size());
+  },
+};
