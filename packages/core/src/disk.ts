@@ -1,6 +1,6 @@
 import { effectiveCapabilities } from './capabilities.js';
 import { channels } from './diagnostics.js';
-import { VdError, abortError, fromSystemError, throwIfAborted } from './errors.js';
+import { abortError, fromSystemError, throwIfAborted, VdError } from './errors.js';
 import { Limiter } from './limiter.js';
 import {
   BASE_ALLOCATION,
@@ -137,7 +137,9 @@ export class Disk implements AsyncDisposable {
     const mode = this.capabilities.zero;
     if (mode === 'none') throw new VdError('ERR_VD_NOT_SUPPORTED', `zero: ${this.transport} disk cannot write zeroes`);
     if (opts.fast && !this.capabilities.fastZero) {
-      throw new VdError('ERR_VD_NOT_SUPPORTED', 'zero: a fast zero was asked for and this disk cannot zero faster than it writes', { details: { fast: true } });
+      throw new VdError('ERR_VD_NOT_SUPPORTED', 'zero: a fast zero was asked for and this disk cannot zero faster than it writes', {
+        details: { fast: true },
+      });
     }
     const fua = this.#fuaMode(opts.fua);
     const source = this.#source;

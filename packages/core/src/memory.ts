@@ -25,7 +25,8 @@ export class MemorySource implements BlockSource {
   #closed = false;
 
   constructor(size: number, opts: MemorySourceOptions = {}) {
-    if (!Number.isSafeInteger(size) || size < 0) throw new VdError('ERR_VD_INVALID_ARGUMENT', `memory disk size ${size} is not a safe non-negative integer`);
+    if (!Number.isSafeInteger(size) || size < 0)
+      throw new VdError('ERR_VD_INVALID_ARGUMENT', `memory disk size ${size} is not a safe non-negative integer`);
     this.size = size;
     this.#grain = opts.granularity ?? 4096;
     this.capabilities = {

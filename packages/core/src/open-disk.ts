@@ -2,7 +2,7 @@ import { isAbsolute, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { channels, debug } from './diagnostics.js';
 import { Disk, type SelectionAttempt } from './disk.js';
-import { VdError, isVdError, throwIfAborted } from './errors.js';
+import { isVdError, throwIfAborted, VdError } from './errors.js';
 import type { OpenOptions, Transport } from './spec.js';
 
 export interface OpenDiskOptions extends OpenOptions {
@@ -15,7 +15,8 @@ const SCHEME = /^[a-z][a-z0-9+.-]*:/i;
 /** A disk argument as a URL: a URI as given, anything else a path relative to the working directory. */
 export function toLocation(disk: string | URL): URL {
   if (disk instanceof URL) return disk;
-  if (typeof disk !== 'string' || disk.length === 0) throw new VdError('ERR_VD_INVALID_ARGUMENT', 'a disk location must be a non-empty path or URI');
+  if (typeof disk !== 'string' || disk.length === 0)
+    throw new VdError('ERR_VD_INVALID_ARGUMENT', 'a disk location must be a non-empty path or URI');
   // A one-letter "scheme" is a Windows drive, not a URI.
   if (SCHEME.test(disk) && !/^[a-z]:[\\/]/i.test(disk)) {
     try {
@@ -47,7 +48,11 @@ export async function openDisk(disk: string | URL, opts: OpenDiskOptions): Promi
   for (const t of transports) {
     throwIfAborted(opts.signal, 'open');
     if (t.specificationVersion !== 'v1') {
-      tried.push({ transport: String(t.name), outcome: 'skipped', reason: `speaks specification ${String(t.specificationVersion)}, not v1` });
+      tried.push({
+        transport: String(t.name),
+        outcome: 'skipped',
+        reason: `speaks specification ${String(t.specificationVersion)}, not v1`,
+      });
       continue;
     }
     if (!t.schemes.includes(scheme)) {

@@ -1,6 +1,17 @@
 import { defaultCapabilities } from '../capabilities.js';
 import { VdError } from '../errors.js';
-import type { BlockSource, ByteStore, Capabilities, DiskInfo, Extent, FormatDriver, FormatOpenContext, IoOptions, WriteOptions, ZeroOptions } from '../spec.js';
+import type {
+  BlockSource,
+  ByteStore,
+  Capabilities,
+  DiskInfo,
+  Extent,
+  FormatDriver,
+  FormatOpenContext,
+  IoOptions,
+  WriteOptions,
+  ZeroOptions,
+} from '../spec.js';
 
 /** Reads exactly `into.length` bytes at `position`; bytes past the end of the store read as zeroes. */
 export async function readFully(store: ByteStore, position: number, into: Uint8Array): Promise<void> {
