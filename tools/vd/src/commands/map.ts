@@ -1,0 +1,55 @@
+import { BASE_ALLOCATION, type Extent } from '@vd/core';
+import type { Command } from 'commander';
+import type { Context } from '../context.js';
+import { openDiskArg } from '../disk-arg.js';
+import { checkRange, jsonOption, lengthOption, offsetOption } from '../options.js';
+import { formatTable, printJson, printLines } from '../output.js';
+import { formatBytes, formatHex } from '../units.js';
+
+interface MapOptions {
+  json?: boolean;
+  context: string;
+  offset: number;
+  length?: number;
+}
+
+export function registerMap(program: Command, ctx: Context): void {
+  program
+    .command('map')
+    .description('list the extents of a disk: which ranges hold data, read as zero, or are holes')
+    .argument('<disk>', 'path or URI of the disk')
+    .addOption(jsonOption())
+    .option('--context <name>', 'extent context, e.g. base:allocation or a change-tracking context', BASE_ALLOCATION)
+    .addOption(offsetOption())
+    .addOption(lengthOption())
+    .addHelpText(
+      'after',
+      `
+Offsets and lengths in the table are hexadecimal (like qemu-img map); --json gives decimal.
+
+Examples:
+  vd map disk.img
+  vd map disk.img --offset 1G --length 64M
+  vd map disk.img --json`,
+    )
+    .action(async (arg: string, opts: MapOptions) => {
+      const disk = await openDiskArg(arg);
+      try {
+        const { length } = checkRange(disk.size, opts.offset, opts.length);
+        const extents: Extent[] = [];
+        for await (const e of disk.extents({ offset: opts.offset, length, context: opts.context })) extents.push(e);
+        if (opts.json) {
+          printJson(ctx, { location: disk.location, size: disk.size, context: opts.context, offset: opts.offset, length, extents });
+          return;
+        }
+        const rows = extents.map((e) => [formatHex(e.offset), formatHex(e.length), e.type]);
+        printLines(ctx, ...formatTable(rows, { header: ['Offset', 'Length', 'Type'] }));
+        const totals = new Map<string, number>();
+        for (const e of extents) totals.set(e.type, (totals.get(e.type) ?? 0) + e.length);
+        const summary = [...totals].map(([type, n]) => `${type} ${formatBytes(n)}`).join(', ');
+        printLines(ctx, `${extents.length} extent${extents.length === 1 ? '' : 's'}${summary ? `: ${summary}` : ''}`);
+      } finally {
+        await disk.close();
+      }
+    });
+}
