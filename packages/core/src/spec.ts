@@ -165,6 +165,8 @@ export interface ByteStore {
   allocation?(position: number, length: number): Promise<Extent[] | undefined>;
   flush(): Promise<void>;
   close(): Promise<void>;
+  /** Bytes the storage occupies (a file's blocks), where cheaply known; for `DiskInfo.allocatedBytes`. */
+  allocatedBytes?(): number | undefined;
 }
 
 /**
@@ -187,4 +189,15 @@ export interface FormatDriver {
   /** True when the first bytes are this format's; `raw` answers true for anything. */
   detect(head: Uint8Array): boolean;
   open(store: ByteStore, ctx: FormatOpenContext): Promise<BlockSource>;
+  /** Lays out a new, empty disk of `ctx.size` bytes in a freshly created, empty store. */
+  create?(store: ByteStore, ctx: FormatCreateContext): Promise<void>;
+}
+
+export interface FormatCreateContext extends IoOptions {
+  /** Virtual size in bytes, a positive safe integer. */
+  size: number;
+  /** Format-specific switches (e.g. a VMDK subformat or adapter type). */
+  formatOptions?: Record<string, unknown> | undefined;
+  /** Creates and opens sibling files (VMDK extents) next to the new disk. */
+  resolver: StoreResolver;
 }

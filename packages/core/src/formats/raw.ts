@@ -6,6 +6,7 @@ import type {
   Capabilities,
   DiskInfo,
   Extent,
+  FormatCreateContext,
   FormatDriver,
   FormatOpenContext,
   IoOptions,
@@ -70,8 +71,9 @@ export class RawSource implements BlockSource {
     }
   }
 
-  async _trim(offset: number, length: number): Promise<void> {
-    await this.store.punchHole!(offset, length);
+  /** `trimReadsZero` is declared, so where the file system cannot punch, zeroes are written. */
+  _trim(offset: number, length: number): Promise<void> {
+    return this._zero(offset, length, {});
   }
 
   async _extents(offset: number, length: number): Promise<Extent[]> {
@@ -80,7 +82,8 @@ export class RawSource implements BlockSource {
   }
 
   _info(): DiskInfo {
-    return { format: 'raw' };
+    const allocatedBytes = this.store.allocatedBytes?.();
+    return allocatedBytes === undefined ? { format: 'raw' } : { format: 'raw', allocatedBytes };
   }
 
   _close(): Promise<void> {
@@ -93,5 +96,10 @@ export const rawFormat: FormatDriver = {
   detect: () => true,
   async open(store: ByteStore, _ctx: FormatOpenContext): Promise<BlockSource> {
     return new RawSource(store, await store.size());
+  },
+  /** A raw disk is its bytes: an empty store grown (sparsely, where it can) to the size. */
+  async create(store: ByteStore, ctx: FormatCreateContext): Promise<void> {
+    if (typeof store.truncate !== 'function') throw new VdError('ERR_VD_NOT_SUPPORTED', `create raw: ${store.name} cannot be resized`);
+    await store.truncate(ctx.size);
   },
 };
