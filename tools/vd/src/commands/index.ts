@@ -1,4 +1,5 @@
 import type { RegisterCommand } from '../context.js';
+import { registerCmp } from './cmp.js';
 import { registerDump } from './dump.js';
 import { registerInfo } from './info.js';
 import { registerMap } from './map.js';
@@ -7,4 +8,10 @@ import { registerMap } from './map.js';
  * Every `vd` command, in the order `vd --help` lists them. A new command is one file in this
  * directory exporting a `register<Name>(program, ctx)` function, plus one line here.
  */
-export const commands: readonly RegisterCommand[] = [registerInfo, registerMap, registerDump];
+// biome-ignore format: one command per line, so adding one is a one-line change that merges cleanly
+export const commands: readonly RegisterCommand[] = [
+  registerInfo,
+  registerMap,
+  registerDump,
+  registerCmp,
+];
