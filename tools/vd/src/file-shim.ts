@@ -1,7 +1,7 @@
 // TEMPORARY: a minimal file transport until @vd/core exports `file()`. Delete this file then.
 import { open } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import { type ByteStore, fromSystemError, RawSource, type Transport } from '@vd/core';
+import { type ByteStore, fromSystemError, RawSource, type Transport, VdError } from '@vd/core';
 
 export function file(): Transport {
   return {
@@ -31,4 +31,17 @@ export function file(): Transport {
       return new RawSource(store, await store.size());
     },
   };
+}
+
+/** TEMPORARY stand-in for core's `createDisk` (raw only): a new sparse file of `size` bytes. */
+export async function createDisk(path: string, opts: { size: number; format?: string }): Promise<void> {
+  if (opts.format !== undefined && opts.format !== 'raw') throw new VdError('ERR_VD_UNKNOWN_FORMAT', `cannot create format ${opts.format}`);
+  const fh = await open(path, 'wx').catch((err) => {
+    throw fromSystemError(err, `create ${path}`);
+  });
+  try {
+    await fh.truncate(opts.size);
+  } finally {
+    await fh.close();
+  }
 }

@@ -1,5 +1,6 @@
 import type { RegisterCommand } from '../context.js';
 import { registerCmp } from './cmp.js';
+import { registerConvert } from './convert.js';
 import { registerDump } from './dump.js';
 import { registerInfo } from './info.js';
 import { registerMap } from './map.js';
@@ -11,6 +12,7 @@ import { registerMap } from './map.js';
 // biome-ignore format: one command per line, so adding one is a one-line change that merges cleanly
 export const commands: readonly RegisterCommand[] = [
   registerInfo,
+  registerConvert,
   registerMap,
   registerDump,
   registerCmp,

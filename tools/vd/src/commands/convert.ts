@@ -1,0 +1,72 @@
+import { type Command, Option } from 'commander';
+import type { Context } from '../context.js';
+import { convertDisk } from '../convert.js';
+import { jsonOption } from '../options.js';
+import { formatFields, printJson, printLines } from '../output.js';
+import { createProgress, type Progress } from '../progress.js';
+import { formatBytes, formatRate } from '../units.js';
+
+interface ConvertCliOptions {
+  format: string;
+  progress?: boolean;
+  verify?: boolean;
+  json?: boolean;
+}
+
+export function registerConvert(program: Command, ctx: Context): void {
+  program
+    .command('convert')
+    .description('copy a disk into a new disk file, keeping it sparse')
+    .argument('<src>', 'path or URI of the source disk')
+    .argument('<dst>', 'path of the new disk (must not exist)')
+    .addOption(new Option('--format <format>', 'format of the new disk').choices(['raw']).default('raw'))
+    .option('--progress', 'show progress on stderr (a bar on a terminal, plain lines otherwise)')
+    .option('--verify', 'read the new disk back and check it against what was copied')
+    .addOption(jsonOption())
+    .addHelpText(
+      'after',
+      `
+Only allocated data is read; holes and zero ranges are not written, so the new disk stays sparse.
+
+Examples:
+  vd convert disk.img copy.img --verify
+  vd convert file:///images/disk.img /backups/disk.raw --progress --json`,
+    )
+    .action(async (src: string, dst: string, opts: ConvertCliOptions) => {
+      let progress: Progress | undefined;
+      try {
+        const r = await convertDisk(src, dst, {
+          format: opts.format,
+          verify: opts.verify,
+          onStart: (source) => {
+            progress = createProgress(ctx, { enabled: opts.progress === true, total: source.size, label: 'converting' });
+          },
+          onProgress: (p) => progress?.update(p.bytesDone),
+        });
+        progress?.update(r.size);
+        progress?.stop();
+        progress = undefined;
+        if (opts.json) {
+          printJson(ctx, r);
+          return;
+        }
+        printLines(
+          ctx,
+          ...formatFields([
+            ['source', r.source ?? src],
+            ['target', `${r.target ?? dst} (${r.format})`],
+            ['size', `${formatBytes(r.size)} (${r.size} bytes)`],
+            ['read', `${formatBytes(r.bytesRead)} (${r.bytesRead} bytes)`],
+            ['written', `${formatBytes(r.bytesWritten)} (${r.bytesWritten} bytes)`],
+            ['zeroed', `${formatBytes(r.bytesZeroed)} (${r.bytesZeroed} bytes)`],
+            ['skipped', `${formatBytes(r.bytesSkipped)} (${r.bytesSkipped} bytes, already zero on the new disk)`],
+            ['time', `${r.seconds.toFixed(2)} s`],
+            ['throughput', `${formatRate(r.size, r.seconds)} of disk, ${formatRate(r.bytesRead, r.seconds)} read`],
+            ['verified', r.verified ? 'yes' : 'no (use --verify)'],
+          ]),
+        );
+      } finally {
+        progress?.stop();
+      }
+    });
+}

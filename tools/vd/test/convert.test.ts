@@ -1,0 +1,70 @@
+import { randomBytes } from 'node:crypto';
+import { open, stat, truncate, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { vd, withTempDir } from './run.js';
+
+const MiB = 1 << 20;
+
+/** A sparse file of `size` bytes with random data at `offsets` (64 KiB each). */
+async function sparseDisk(path: string, size: number, offsets: number[]): Promise<void> {
+  await writeFile(path, new Uint8Array(0));
+  await truncate(path, size);
+  const fh = await open(path, 'r+');
+  try {
+    for (const o of offsets) await fh.write(randomBytes(64 * 1024), 0, 64 * 1024, o);
+  } finally {
+    await fh.close();
+  }
+}
+
+describe('vd convert', () => {
+  it('copies a sparse 256 MiB raw disk: identical by cmp, and still sparse', async () => {
+    await withTempDir(async (dir) => {
+      const src = join(dir, 'src.img');
+      const dst = join(dir, 'dst.img');
+      const offsets = [0, 5 * MiB + 4096, 77 * MiB, 128 * MiB - 64 * 1024, 200 * MiB + 12345 * 8, 256 * MiB - 64 * 1024];
+      await sparseDisk(src, 256 * MiB, offsets);
+
+      const r = await vd('convert', src, dst, '--verify', '--json');
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      const doc = JSON.parse(r.stdout);
+      expect(doc.verified).toBe(true);
+      expect(doc.size).toBe(256 * MiB);
+      expect(doc.bytesWritten).toBeGreaterThanOrEqual(offsets.length * 64 * 1024);
+      expect(doc.bytesWritten).toBeLessThan(32 * MiB);
+
+      expect((await vd('cmp', src, dst)).code).toBe(0);
+      const st = await stat(dst);
+      expect(st.size).toBe(256 * MiB);
+      // Allocated blocks: the data written plus file-system slack, far below the apparent size.
+      expect(st.blocks * 512).toBeLessThan(32 * MiB);
+    });
+  });
+
+  it('prints a human summary, and plain progress lines on a non-terminal', async () => {
+    await withTempDir(async (dir) => {
+      const src = join(dir, 'src.img');
+      await sparseDisk(src, 8 * MiB, [MiB]);
+      const r = await vd('convert', src, join(dir, 'dst.img'), '--progress');
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(/^verified: +no/m);
+      expect(r.stdout).toMatch(/^written: +\d/m);
+      expect(r.stderr).toMatch(/^converting: 100% \(8 MiB of 8 MiB/m);
+    });
+  });
+
+  it('refuses to overwrite an existing target, leaving it untouched', async () => {
+    await withTempDir(async (dir) => {
+      const src = join(dir, 'src.img');
+      const dst = join(dir, 'dst.img');
+      await sparseDisk(src, MiB, [0]);
+      await writeFile(dst, 'keep me');
+      const r = await vd('convert', src, dst);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/\[ERR_VD_EXISTS\]/);
+      expect((await stat(dst)).size).toBe(7);
+    });
+  });
+});
