@@ -58,6 +58,8 @@ export class Disk implements AsyncDisposable {
   readonly #source: BlockSource;
   readonly #limiter: Limiter;
   readonly #inflight = new Set<Promise<unknown>>();
+  /** Accepted writes, zeroes and trims whose emulated FUA flush is still to come. */
+  readonly #finishing = new Set<Promise<unknown>>();
   #state: 'open' | 'closing' | 'closed' = 'open';
   #closing: Promise<void> | undefined;
 
@@ -116,8 +118,7 @@ export class Disk implements AsyncDisposable {
       const o = { signal: opts.signal, fua: fua === 'native' };
       parts.push(this.#submit('write', offset + at, chunk.length, opts.signal, () => source._write!(offset + at, chunk, o)));
     }
-    await settleAll(parts);
-    if (fua === 'emulate') await this.flush(opts);
+    await this.#finish(parts, fua === 'emulate', opts.signal);
   }
 
   async flush(opts: IoOptions = {}): Promise<void> {
@@ -159,8 +160,7 @@ export class Disk implements AsyncDisposable {
         parts.push(this.#submit('write', offset + at, n, opts.signal, () => source._write!(offset + at, ZERO_BUFFER.subarray(0, n), o)));
       }
     }
-    await settleAll(parts);
-    if (fua === 'emulate' || (mode === 'emulate' && opts.fua)) await this.flush(opts);
+    await this.#finish(parts, fua === 'emulate' || (mode === 'emulate' && opts.fua === true), opts.signal);
   }
 
   /** Advisory discard: succeeds and does nothing where the source cannot trim. */
@@ -182,8 +182,7 @@ export class Disk implements AsyncDisposable {
       const o = { signal: opts.signal, fua: fua === 'native' };
       parts.push(this.#submit('trim', offset + at, n, opts.signal, () => source._trim!(offset + at, n, o)));
     }
-    await settleAll(parts);
-    if (fua === 'emulate') await this.flush(opts);
+    await this.#finish(parts, fua === 'emulate', opts.signal);
   }
 
   /**
@@ -241,7 +240,7 @@ export class Disk implements AsyncDisposable {
     if (this.#closing) return this.#closing;
     this.#state = 'closing';
     this.#closing = (async () => {
-      while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
+      while (this.#inflight.size > 0 || this.#finishing.size > 0) await Promise.allSettled([...this.#inflight, ...this.#finishing]);
       try {
         await this.#source._close();
       } catch (err) {
@@ -288,6 +287,23 @@ export class Disk implements AsyncDisposable {
     await settleAll(parts);
   }
 
+  /**
+   * Settles a request's parts, then flushes when FUA is emulated. The flush belongs to a request
+   * accepted before any close(), so it is issued even while closing, and close() waits for it.
+   */
+  #finish(parts: Promise<void>[], flush: boolean, signal: AbortSignal | undefined): Promise<void> {
+    if (!flush) return settleAll(parts);
+    const done = settleAll(parts).then(async () => {
+      if (!this.capabilities.flush) return throwIfAborted(signal, 'flush');
+      const source = this.#source;
+      await this.#submit('flush', 0, 0, signal, () => source._flush!({ signal }), true);
+    });
+    this.#finishing.add(done);
+    const untrack = () => this.#finishing.delete(done);
+    done.then(untrack, untrack);
+    return done;
+  }
+
   #fuaMode(fua: boolean | undefined): 'none' | 'emulate' | 'native' {
     if (!fua) return 'none';
     const mode = this.capabilities.fua;
@@ -302,8 +318,8 @@ export class Disk implements AsyncDisposable {
    * Queues one legal request behind the concurrency limit and tracks it until it settles, even
    * when the caller's signal gives up on it first (so `close()` still waits for it).
    */
-  #submit<T>(op: Op, offset: number, length: number, signal: AbortSignal | undefined, call: () => Promise<T>): Promise<T> {
-    this.#checkOpen(op);
+  #submit<T>(op: Op, offset: number, length: number, signal: AbortSignal | undefined, call: () => Promise<T>, accepted = false): Promise<T> {
+    if (!accepted) this.#checkOpen(op);
     const limiter = this.#limiter;
     const task = (async () => {
       await limiter.acquire(signal);
