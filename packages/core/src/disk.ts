@@ -318,7 +318,14 @@ export class Disk implements AsyncDisposable {
    * Queues one legal request behind the concurrency limit and tracks it until it settles, even
    * when the caller's signal gives up on it first (so `close()` still waits for it).
    */
-  #submit<T>(op: Op, offset: number, length: number, signal: AbortSignal | undefined, call: () => Promise<T>, accepted = false): Promise<T> {
+  #submit<T>(
+    op: Op,
+    offset: number,
+    length: number,
+    signal: AbortSignal | undefined,
+    call: () => Promise<T>,
+    accepted = false,
+  ): Promise<T> {
     if (!accepted) this.#checkOpen(op);
     const limiter = this.#limiter;
     const task = (async () => {
