@@ -1,0 +1,380 @@
+import { randomBytes } from 'node:crypto';
+import { defaultCapabilities } from '../../capabilities.js';
+import type { Disk } from '../../disk.js';
+import { VdError } from '../../errors.js';
+import type { BlockSource, ByteStore, Capabilities, DiskInfo, Extent, IoOptions, WriteOptions, ZeroOptions } from '../../spec.js';
+import { CID_NOPARENT, CID_UNSET, SECTOR } from './constants.js';
+import { checkDdbKey, type Descriptor, descriptorSectors, formatCid, serializeDescriptor } from './descriptor.js';
+import type { Fallback, Run, VmdkExtent } from './extent.js';
+import { readOnlyError } from './extent.js';
+
+/** Where a link's descriptor lives, so CID and metadata changes can be written back. */
+export type DescriptorHome =
+  | { kind: 'file'; store: ByteStore }
+  | { kind: 'embedded'; store: ByteStore; offset: number; capacity: number }
+  /** Synthesized (a bare COWD or sparse extent opened on its own): nothing to write back. */
+  | { kind: 'none' };
+
+/** One link of a chain as `vd info` shows it. */
+export interface ChainEntry {
+  name: string;
+  createType: string;
+  cid: string;
+  parentCid: string;
+  parentFileNameHint?: string;
+}
+
+/** What a child reads through where it holds nothing: the next link, or any attached disk. */
+export interface ParentLink {
+  readonly size: number;
+  /** Content ID to check the child's parentCID against; undefined for a non-VMDK parent. */
+  readonly cid: number | undefined;
+  read(offset: number, into: Uint8Array): Promise<void>;
+  status(offset: number, length: number): Promise<Run[]>;
+  chain(): ChainEntry[];
+  close(): Promise<void>;
+}
+
+export interface VmdkLinkParts {
+  name: string;
+  descriptor: Descriptor;
+  home: DescriptorHome;
+  extents: VmdkExtent[];
+  /** Every store the link opened, closed with it. */
+  stores: ByteStore[];
+  readOnly: boolean;
+}
+
+const MiB = 1024 * 1024;
+
+/** A fresh content ID; never one of the values other software reads as "no parent" or "unset". */
+export function newCid(): number {
+  for (;;) {
+    const cid = randomBytes(4).readUInt32LE(0);
+    if (cid !== CID_NOPARENT && cid !== CID_UNSET) return cid;
+  }
+}
+
+export function cidMismatch(child: string, childParentCid: number, parent: string, parentCid: number): VdError {
+  return new VdError(
+    'ERR_VD_CID_MISMATCH',
+    `${child} was made from a different state of its parent ${parent}: its parentCID is ${formatCid(childParentCid)}, the parent's CID is ${formatCid(parentCid)}; open with ignoreCidMismatch only if you know the parent is intact`,
+    { details: { child, parent, parentCid: formatCid(childParentCid), actualCid: formatCid(parentCid) } },
+  );
+}
+
+/**
+ * One link of a VMDK chain as a block source: its extents laid end to end, reads falling
+ * through to the parent link where this one holds nothing, writes going to this link only.
+ */
+export class VmdkSource implements BlockSource, ParentLink {
+  readonly size: number;
+  readonly capabilities: Capabilities;
+  readonly name: string;
+  readonly descriptor: Descriptor;
+  readonly #home: DescriptorHome;
+  readonly #extents: { base: number; extent: VmdkExtent }[];
+  readonly #stores: ByteStore[];
+  #parent: ParentLink | undefined;
+  #cidBumped: Promise<void> | undefined;
+  #closed = false;
+
+  constructor(parts: VmdkLinkParts) {
+    this.name = parts.name;
+    this.descriptor = parts.descriptor;
+    this.#home = parts.home;
+    this.#stores = parts.stores;
+    let base = 0;
+    this.#extents = parts.extents.map((extent) => {
+      const e = { base, extent };
+      base += extent.size;
+      return e;
+    });
+    this.size = descriptorSectors(parts.descriptor) * SECTOR;
+    const writable = !parts.readOnly && parts.extents.some((e) => e.writable);
+    this.capabilities = {
+      ...defaultCapabilities,
+      readOnly: !writable,
+      fua: 'emulate',
+      zero: writable ? 'native' : 'none',
+      extents: ['base:allocation'],
+      blockSize: { minimum: 1, preferred: 2 * MiB, maximum: 32 * MiB },
+    };
+  }
+
+  get cid(): number {
+    return this.descriptor.cid;
+  }
+
+  get parent(): ParentLink | undefined {
+    return this.#parent;
+  }
+
+  /** Links a parent under this (single-link) child; the chain is then read as one disk. */
+  attachParent(parent: ParentLink, opts: { ignoreCidMismatch?: boolean } = {}): void {
+    if (this.#parent) throw new VdError('ERR_VD_INVALID_ARGUMENT', `${this.name} already has a parent`);
+    if (parent.cid !== undefined && parent.cid !== this.descriptor.parentCid && !opts.ignoreCidMismatch) {
+      throw cidMismatch(this.name, this.descriptor.parentCid, parent.chain()[0]?.name ?? 'parent', parent.cid);
+    }
+    this.#parent = parent;
+  }
+
+  chain(): ChainEntry[] {
+    const me: ChainEntry = {
+      name: this.name,
+      createType: this.descriptor.createType,
+      cid: formatCid(this.descriptor.cid),
+      parentCid: formatCid(this.descriptor.parentCid),
+    };
+    if (this.descriptor.parentFileNameHint !== undefined) me.parentFileNameHint = this.descriptor.parentFileNameHint;
+    return [me, ...(this.#parent?.chain() ?? [])];
+  }
+
+  /** Reads the chain at this link (no range checks: the wrapper and callers below did them). */
+  async read(offset: number, into: Uint8Array): Promise<void> {
+    const tasks: Promise<void>[] = [];
+    let done = 0;
+    for (const { base, extent } of this.#extents) {
+      if (done >= into.length) break;
+      const pos = offset + done;
+      if (pos >= base + extent.size) continue;
+      const n = Math.min(into.length - done, base + extent.size - pos);
+      tasks.push(extent.read(pos - base, into.subarray(done, done + n), this.#fallback(base)));
+      done += n;
+    }
+    if (done < into.length) into.fill(0, done);
+    const results = await Promise.allSettled(tasks);
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+  }
+
+  #fallback(base: number): Fallback {
+    const parent = this.#parent;
+    if (!parent) return async (_off, into) => void into.fill(0);
+    return async (off, into) => {
+      const pos = base + off;
+      const n = Math.max(0, Math.min(into.length, parent.size - pos));
+      if (n > 0) await parent.read(pos, into.subarray(0, n));
+      if (n < into.length) into.fill(0, n);
+    };
+  }
+
+  /** Allocation runs of the chain from `offset`: holes of this link show the parent's runs. */
+  async status(offset: number, length: number): Promise<Run[]> {
+    const found = this.#extents.find(({ base, extent }) => offset >= base && offset < base + extent.size);
+    if (!found) return [{ length, type: 'hole' }];
+    const { base, extent } = found;
+    const own = await extent.status(offset - base, Math.min(length, base + extent.size - offset));
+    const parent = this.#parent;
+    if (!parent) return own;
+    const out: Run[] = [];
+    let pos = offset;
+    for (const r of own) {
+      if (r.type !== 'hole') out.push(r);
+      else {
+        let at = pos;
+        const end = pos + r.length;
+        if (at < parent.size) {
+          while (at < Math.min(end, parent.size)) {
+            const got = await parent.status(at, Math.min(end, parent.size) - at);
+            if (got.length === 0) break;
+            for (const p of got) {
+              out.push(p);
+              at += p.length;
+            }
+          }
+        }
+        if (at < end) out.push({ length: end - at, type: 'hole' });
+      }
+      pos += r.length;
+    }
+    return out;
+  }
+
+  _read(offset: number, into: Uint8Array, _opts: IoOptions): Promise<void> {
+    return this.read(offset, into);
+  }
+
+  async _write(offset: number, data: Uint8Array, _opts: WriteOptions): Promise<void> {
+    if (this.capabilities.readOnly) throw readOnlyError(this.name);
+    await this.#bumpCid();
+    const tasks: Promise<void>[] = [];
+    let done = 0;
+    for (const { base, extent } of this.#extents) {
+      if (done >= data.length) break;
+      const pos = offset + done;
+      if (pos >= base + extent.size) continue;
+      const n = Math.min(data.length - done, base + extent.size - pos);
+      tasks.push(extent.write(pos - base, data.subarray(done, done + n), this.#fallback(base)));
+      done += n;
+    }
+    const results = await Promise.allSettled(tasks);
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+  }
+
+  async _zero(offset: number, length: number, _opts: ZeroOptions): Promise<void> {
+    if (this.capabilities.readOnly) throw readOnlyError(this.name);
+    await this.#bumpCid();
+    const end = offset + length;
+    for (const { base, extent } of this.#extents) {
+      const s = Math.max(offset, base);
+      const e = Math.min(end, base + extent.size);
+      if (s >= e) continue;
+      await extent.zero(s - base, e - s, this.#fallback(base), this.#parent !== undefined);
+    }
+  }
+
+  async _flush(_opts: IoOptions): Promise<void> {
+    await Promise.all(this.#extents.map(({ extent }) => extent.flush()));
+  }
+
+  async _extents(offset: number, length: number, _context: string, _opts: IoOptions): Promise<Extent[]> {
+    const runs = await this.status(offset, length);
+    const out: Extent[] = [];
+    let pos = offset;
+    for (const r of runs) {
+      const n = Math.min(r.length, offset + length - pos);
+      if (n <= 0) break;
+      out.push({ offset: pos, length: n, type: r.type });
+      pos += n;
+    }
+    return out;
+  }
+
+  /** A new CID on the first change after open, as VMware does: children made earlier stop matching. */
+  #bumpCid(): Promise<void> {
+    this.#cidBumped ??= (async () => {
+      if (this.#home.kind === 'none') return;
+      this.descriptor.cid = newCid();
+      await this.writeDescriptor();
+    })();
+    return this.#cidBumped;
+  }
+
+  /** Writes the descriptor back where it came from. */
+  async writeDescriptor(): Promise<void> {
+    const home = this.#home;
+    if (home.kind === 'none') throw new VdError('ERR_VD_NOT_SUPPORTED', `${this.name} has no descriptor to write (a bare extent)`);
+    const text = new TextEncoder().encode(serializeDescriptor(this.descriptor));
+    if (home.kind === 'embedded') {
+      if (text.length > home.capacity) {
+        throw new VdError(
+          'ERR_VD_OUT_OF_RANGE',
+          `${this.name}: the descriptor (${text.length} bytes) no longer fits its ${home.capacity}-byte slot`,
+        );
+      }
+      const slot = new Uint8Array(home.capacity);
+      slot.set(text);
+      await home.store.write(home.offset, slot);
+    } else {
+      const old = await home.store.size();
+      if (home.store.truncate) {
+        await home.store.write(0, text);
+        if (old > text.length) await home.store.truncate(text.length);
+      } else {
+        // Without truncate, a shorter text is padded with newlines, which parsers skip.
+        const out = new Uint8Array(Math.max(old, text.length)).fill(0x0a);
+        out.set(text);
+        await home.store.write(0, out);
+      }
+    }
+    await home.store.flush();
+  }
+
+  metadataKeys(): string[] {
+    return [...this.descriptor.ddb.keys()];
+  }
+
+  getMetadata(key: string): string | undefined {
+    return this.descriptor.ddb.get(key);
+  }
+
+  /** Sets (or with `undefined` removes) a ddb key and writes the descriptor at once. */
+  async setMetadata(key: string, value: string | undefined): Promise<void> {
+    checkDdbKey(key);
+    if (this.capabilities.readOnly) throw readOnlyError(this.name);
+    if (value === undefined) this.descriptor.ddb.delete(key);
+    else this.descriptor.ddb.set(key, value);
+    await this.writeDescriptor();
+  }
+
+  allocatedBytes(): number {
+    let n = 0;
+    for (const { extent } of this.#extents) n += extent.allocatedBytes();
+    return n;
+  }
+
+  _info(): DiskInfo {
+    const d = this.descriptor;
+    const ddb = d.ddb;
+    const num = (k: string) => {
+      const v = ddb.get(k);
+      return v !== undefined && /^\d+$/.test(v) ? Number(v) : undefined;
+    };
+    const chain = this.chain();
+    const info: DiskInfo = {
+      format: 'vmdk',
+      subformat: subformatOf(d),
+      capacity: this.size,
+      allocatedBytes: this.allocatedBytes(),
+      cid: formatCid(d.cid),
+      parentCid: formatCid(d.parentCid),
+      adapterType: ddb.get('ddb.adapterType'),
+      hardwareVersion: ddb.get('ddb.virtualHWVersion'),
+      uuid: ddb.get('ddb.uuid'),
+      geometry: { cylinders: num('ddb.geometry.cylinders'), heads: num('ddb.geometry.heads'), sectors: num('ddb.geometry.sectors') },
+      links: chain.length,
+      chain,
+      extents: d.extents.map((e) => ({ ...e })),
+      metadata: Object.fromEntries(ddb),
+    };
+    if (d.parentFileNameHint !== undefined) info.parentFileNameHint = d.parentFileNameHint;
+    return info;
+  }
+
+  async close(): Promise<void> {
+    await this._close();
+  }
+
+  async _close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const errors: unknown[] = [];
+    for (const { extent } of this.#extents) await extent.close().catch((e) => errors.push(e));
+    for (const s of this.#stores) await s.close().catch((e) => errors.push(e));
+    if (this.#parent) await this.#parent.close().catch((e) => errors.push(e));
+    if (errors.length > 0) throw errors[0];
+  }
+}
+
+/** The subformat name `vd` shows: createType, with ESXi thin disks called vmfsThin. */
+export function subformatOf(d: Descriptor): string {
+  if (d.createType === 'vmfs' && d.ddb.get('ddb.thinProvisioned') === '1') return 'vmfsThin';
+  return d.createType;
+}
+
+/** Any open `Disk` as a parent link (VDDK's Attach to an arbitrary disk). */
+export function diskParent(disk: Disk, cid?: number): ParentLink {
+  return {
+    size: disk.size,
+    cid,
+    read: async (offset, into) => {
+      await disk.readInto(offset, into);
+    },
+    status: async (offset, length) => {
+      const runs: Run[] = [];
+      for await (const e of disk.extents({ offset, length })) {
+        runs.push({ length: e.length, type: e.type === 'zero' ? 'zero' : e.type === 'hole' ? 'hole' : 'data' });
+      }
+      return runs;
+    },
+    chain: () => [
+      {
+        name: disk.location ?? 'disk',
+        createType: String(disk.info().subformat ?? disk.info().format),
+        cid: cid === undefined ? '' : formatCid(cid),
+        parentCid: '',
+      },
+    ],
+    close: () => disk.close(),
+  };
+}

@@ -1,0 +1,554 @@
+import { promisify } from 'node:util';
+import { inflate } from 'node:zlib';
+import { VdError } from '../../errors.js';
+import type { ByteStore } from '../../spec.js';
+import { readFully } from '../raw.js';
+import { GTE_ZEROED, GTES_PER_GT, MARKER_FOOTER, SECTOR } from './constants.js';
+import type { Fallback, Run, VmdkExtent } from './extent.js';
+import { readOnlyError } from './extent.js';
+import {
+  encodeSparseHeader,
+  gdEntries,
+  grainHeaderSize,
+  HEADER_SIZE,
+  hasMarkers,
+  hasRedundantGd,
+  hasZeroedGte,
+  isCompressed,
+  parseMarker,
+  parseSparseHeader,
+  type SparseHeader,
+} from './header.js';
+
+const inflateAsync = promisify(inflate) as (buf: Uint8Array, opts: { maxOutputLength: number }) => Promise<Uint8Array>;
+
+const GT_BYTES = GTES_PER_GT * 4;
+const GT_SECTORS = GT_BYTES / SECTOR;
+/** Read-only extents keep at most this many grain tables (8 MiB); writable ones keep all they touched. */
+const GT_CACHE = 4096;
+/** Decompressed grains kept for small, unaligned reads of compressed extents. */
+const GRAIN_CACHE = 32;
+/** Largest single append of newly allocated grains. */
+const MAX_APPEND = 4 << 20;
+/** Grains a `status` call looks at before returning what it has. */
+const STATUS_GRAINS = 1 << 16;
+
+export function readU32Array(bytes: Uint8Array, count: number): Uint32Array {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, count * 4);
+  const out = new Uint32Array(count);
+  for (let i = 0; i < count; i++) out[i] = view.getUint32(i * 4, true);
+  return out;
+}
+
+export function encodeU32Array(values: Uint32Array, padTo = SECTOR): Uint8Array {
+  const bytes = new Uint8Array(Math.ceil((values.length * 4) / padTo) * padTo);
+  const view = new DataView(bytes.buffer);
+  for (let i = 0; i < values.length; i++) view.setUint32(i * 4, values[i]!, true);
+  return bytes;
+}
+
+function corrupt(name: string, message: string, details: Record<string, unknown> = {}): VdError {
+  return new VdError('ERR_VD_CORRUPT', `${name}: ${message}`, { details: { file: name, ...details } });
+}
+
+/** A one-at-a-time section: grain allocation, grain-table placement and flush never interleave. */
+export class Mutex {
+  #tail: Promise<void> = Promise.resolve();
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const result = this.#tail.then(fn);
+    this.#tail = result.then(
+      () => {},
+      () => {},
+    );
+    return result;
+  }
+}
+
+/** Reads the header, and for a stream written with GD_AT_END the footer that supersedes it. */
+export async function readEffectiveHeader(
+  store: ByteStore,
+  name: string,
+  fileSize: number,
+): Promise<{ header: SparseHeader; first: SparseHeader }> {
+  const head = new Uint8Array(HEADER_SIZE);
+  await readFully(store, 0, head);
+  const first = parseSparseHeader(head, name);
+  if (!first.gdAtEnd) return { header: first, first };
+  // VMware stream: [footer marker][footer = header with the real gdOffset][end-of-stream marker].
+  if (fileSize < 4 * SECTOR || fileSize % SECTOR !== 0)
+    throw corrupt(name, 'stream is too short or not sector-sized to hold a footer (truncated?)');
+  const tail = new Uint8Array(3 * SECTOR);
+  await readFully(store, fileSize - 3 * SECTOR, tail);
+  const marker = parseMarker(tail, name);
+  if (marker.size !== 0 || marker.type !== MARKER_FOOTER)
+    throw corrupt(name, 'stream has no footer where the end of the file should hold it (truncated?)');
+  const footer = parseSparseHeader(tail.subarray(SECTOR, 2 * SECTOR), name);
+  if (footer.gdAtEnd) throw corrupt(name, 'stream footer does not say where the grain directory is');
+  return { header: footer, first };
+}
+
+export interface SparseOpenOptions {
+  name: string;
+  writable: boolean;
+  /** Bytes the descriptor gives the extent; the header's capacity when absent. */
+  size?: number;
+}
+
+/**
+ * A hosted sparse extent (monolithicSparse, twoGbMaxExtentSparse, streamOptimized): grain
+ * directory → grain tables → grains, compressed or not. Writes append grains and keep grain-table
+ * changes in memory until `flush`, which makes the data durable before any table that points to
+ * it is written, so a crash never leaves a table pointing at unwritten data.
+ */
+export class SparseExtent implements VmdkExtent {
+  readonly kind = 'SPARSE';
+  readonly size: number;
+  readonly writable: boolean;
+  readonly grainBytes: number;
+  readonly header: SparseHeader;
+  readonly #store: ByteStore;
+  readonly #name: string;
+  readonly #capBytes: number;
+  readonly #gd: Uint32Array;
+  readonly #rgd: Uint32Array | undefined;
+  readonly #compressed: boolean;
+  readonly #markers: boolean;
+  readonly #zeroed: boolean;
+  #fileSize: number;
+  readonly #gts = new Map<number, Uint32Array | Promise<Uint32Array>>();
+  readonly #dirtyGts = new Set<number>();
+  readonly #grainCache = new Map<number, Uint8Array | Promise<Uint8Array>>();
+  readonly #mutex = new Mutex();
+  #dirty: Promise<void> | undefined;
+
+  private constructor(
+    store: ByteStore,
+    header: SparseHeader,
+    gd: Uint32Array,
+    rgd: Uint32Array | undefined,
+    fileSize: number,
+    opts: SparseOpenOptions,
+  ) {
+    this.#store = store;
+    this.#name = opts.name;
+    this.header = header;
+    this.grainBytes = header.grainSize * SECTOR;
+    this.#capBytes = header.capacity * SECTOR;
+    this.size = opts.size ?? this.#capBytes;
+    this.#gd = gd;
+    this.#rgd = rgd;
+    this.#compressed = isCompressed(header);
+    this.#markers = hasMarkers(header);
+    this.#zeroed = hasZeroedGte(header);
+    this.#fileSize = fileSize;
+    // Compressed grains cannot be rewritten in place, and v3 without compression is a hosted CBT
+    // disk whose tracking file we do not keep up to date: both are opened read-only, as qemu does.
+    this.writable = opts.writable && !store.readOnly && !this.#compressed && header.version !== 3;
+  }
+
+  static async open(store: ByteStore, opts: SparseOpenOptions): Promise<SparseExtent> {
+    const fileSize = await store.size();
+    const { header } = await readEffectiveHeader(store, opts.name, fileSize);
+    const n = gdEntries(header);
+    const gd = await SparseExtent.#readGd(store, opts.name, header.gdOffset, n, fileSize, 'grain directory');
+    const rgd = hasRedundantGd(header)
+      ? await SparseExtent.#readGd(store, opts.name, header.rgdOffset, n, fileSize, 'redundant grain directory')
+      : undefined;
+    return new SparseExtent(store, header, gd, rgd, fileSize, opts);
+  }
+
+  static async #readGd(store: ByteStore, name: string, sector: number, n: number, fileSize: number, what: string): Promise<Uint32Array> {
+    if (n === 0) return new Uint32Array(0);
+    const at = sector * SECTOR;
+    if (sector === 0 || at + n * 4 > fileSize)
+      throw corrupt(name, `${what} at sector ${sector} (${n} entries) lies outside the file`, { sector, entries: n });
+    const bytes = new Uint8Array(n * 4);
+    await readFully(store, at, bytes);
+    const gd = readU32Array(bytes, n);
+    for (let i = 0; i < n; i++) {
+      const e = gd[i]!;
+      if (e !== 0 && e * SECTOR + GT_BYTES > fileSize)
+        throw corrupt(name, `${what} entry ${i} points past the end of the file`, { entry: i, sector: e });
+    }
+    return gd;
+  }
+
+  get fileSize(): number {
+    return this.#fileSize;
+  }
+
+  /** The grain table `i`, loading it once; undefined where the directory has none. */
+  #gt(i: number): Uint32Array | Promise<Uint32Array> | undefined {
+    const cached = this.#gts.get(i);
+    if (cached) return cached;
+    const sector = this.#gd[i];
+    if (sector === undefined || sector === 0) return undefined;
+    const load = (async () => {
+      const bytes = new Uint8Array(GT_BYTES);
+      await readFully(this.#store, sector * SECTOR, bytes);
+      return readU32Array(bytes, GTES_PER_GT);
+    })();
+    load.then(
+      (gt) => {
+        if (this.#gts.get(i) === load) this.#gts.set(i, gt);
+      },
+      () => this.#gts.delete(i),
+    );
+    if (!this.writable && this.#gts.size >= GT_CACHE) {
+      const oldest = this.#gts.keys().next().value;
+      if (oldest !== undefined) this.#gts.delete(oldest);
+    }
+    this.#gts.set(i, load);
+    return load;
+  }
+
+  /** Grain table entry of grain `g` (0 when no table covers it). */
+  async #gte(g: number): Promise<number> {
+    const t = this.#gt(Math.floor(g / GTES_PER_GT));
+    if (t === undefined) return 0;
+    const gt = t instanceof Uint32Array ? t : await t;
+    return gt[g % GTES_PER_GT]!;
+  }
+
+  #checkGrain(g: number, gte: number): void {
+    if (gte === GTE_ZEROED && !this.#zeroed) throw corrupt(this.#name, `grain ${g} points into the header (sector 1)`, { grain: g });
+    if (gte * SECTOR >= this.#fileSize)
+      throw corrupt(this.#name, `grain ${g} points past the end of the file (sector ${gte})`, { grain: g, sector: gte });
+  }
+
+  async read(offset: number, into: Uint8Array, fallback: Fallback): Promise<void> {
+    const gb = this.grainBytes;
+    const tasks: Promise<void>[] = [];
+    // A run of consecutive bytes that one store read (kind 'file') or one fallback call serves.
+    let run: { kind: 'file' | 'hole'; dst: number; src: number; len: number } | undefined;
+    const flushRun = () => {
+      if (!run) return;
+      const sub = into.subarray(run.dst, run.dst + run.len);
+      tasks.push(run.kind === 'file' ? readFully(this.#store, run.src, sub) : fallback(run.src, sub));
+      run = undefined;
+    };
+    let done = 0;
+    let failure: unknown;
+    try {
+      while (done < into.length) {
+        const pos = offset + done;
+        if (pos >= this.#capBytes) {
+          // Past the header's capacity but inside the descriptor's size: nothing is stored there.
+          flushRun();
+          into.fill(0, done);
+          break;
+        }
+        const g = Math.floor(pos / gb);
+        const within = pos - g * gb;
+        const n = Math.min(gb - within, into.length - done, this.#capBytes - pos);
+        const gte = await this.#gte(g);
+        if (gte === 0) {
+          if (run?.kind === 'hole' && run.src + run.len === pos) run.len += n;
+          else {
+            flushRun();
+            run = { kind: 'hole', dst: done, src: pos, len: n };
+          }
+        } else if (gte === GTE_ZEROED && this.#zeroed) {
+          flushRun();
+          into.fill(0, done, done + n);
+        } else {
+          this.#checkGrain(g, gte);
+          if (this.#compressed) {
+            flushRun();
+            const dst = done;
+            tasks.push(this.#grain(g, gte).then((grain) => into.set(grain.subarray(within, within + n), dst)));
+          } else {
+            const src = gte * SECTOR + within;
+            if (run?.kind === 'file' && run.src + run.len === src) run.len += n;
+            else {
+              flushRun();
+              run = { kind: 'file', dst: done, src, len: n };
+            }
+          }
+        }
+        done += n;
+      }
+      flushRun();
+    } catch (err) {
+      failure = err;
+    }
+    // Every started read settles before we return or throw: the caller's buffer is not written later.
+    const results = await Promise.allSettled(tasks);
+    if (failure !== undefined) throw failure;
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+  }
+
+  /** A decompressed grain (grainBytes long), cached for reads smaller than a grain. */
+  #grain(g: number, gte: number): Promise<Uint8Array> {
+    const hit = this.#grainCache.get(g);
+    if (hit) return hit instanceof Uint8Array ? Promise.resolve(hit) : hit;
+    const load = this.#inflateGrain(g, gte);
+    this.#grainCache.set(g, load);
+    load.then(
+      (v) => {
+        if (this.#grainCache.get(g) === load) this.#grainCache.set(g, v);
+      },
+      () => this.#grainCache.delete(g),
+    );
+    if (this.#grainCache.size > GRAIN_CACHE) {
+      const oldest = this.#grainCache.keys().next().value;
+      if (oldest !== undefined) this.#grainCache.delete(oldest);
+    }
+    return load;
+  }
+
+  async #inflateGrain(g: number, gte: number): Promise<Uint8Array> {
+    const gb = this.grainBytes;
+    const at = gte * SECTOR;
+    const hdr = grainHeaderSize(this.#markers);
+    const limit = gb * 2 + 1024;
+    // The next grain of the same table usually follows this one: its start bounds our length.
+    let guess = 4096;
+    const next = this.#gts.get(Math.floor((g + 1) / GTES_PER_GT));
+    if (next instanceof Uint32Array) {
+      const ng = next[(g + 1) % GTES_PER_GT]!;
+      if (ng > gte && (ng - gte) * SECTOR <= limit + SECTOR) guess = (ng - gte) * SECTOR;
+    }
+    const first = new Uint8Array(Math.min(guess, this.#fileSize - at));
+    await readFully(this.#store, at, first);
+    if (first.length < hdr) throw corrupt(this.#name, `compressed grain ${g} is truncated`, { grain: g });
+    const view = new DataView(first.buffer, first.byteOffset, hdr);
+    const size = view.getUint32(hdr - 4, true);
+    if (this.#markers) {
+      const lba = view.getBigUint64(0, true);
+      if (lba !== BigInt(g) * BigInt(this.header.grainSize)) {
+        throw corrupt(this.#name, `compressed grain ${g} is labelled with LBA ${lba}`, { grain: g, lba: Number(lba) });
+      }
+    }
+    if (size === 0 || size > limit || at + hdr + size > this.#fileSize) {
+      throw corrupt(this.#name, `compressed grain ${g} has an impossible size ${size}`, { grain: g, size });
+    }
+    let payload: Uint8Array;
+    if (hdr + size <= first.length) payload = first.subarray(hdr, hdr + size);
+    else {
+      payload = new Uint8Array(size);
+      payload.set(first.subarray(hdr));
+      await readFully(this.#store, at + first.length, payload.subarray(first.length - hdr));
+    }
+    let out: Uint8Array;
+    try {
+      out = await inflateAsync(payload, { maxOutputLength: gb });
+    } catch (err) {
+      throw new VdError('ERR_VD_CORRUPT', `${this.#name}: compressed grain ${g} does not inflate to at most one grain`, {
+        cause: err,
+        details: { file: this.#name, grain: g },
+      });
+    }
+    if (out.length === gb) return out;
+    // The last grain of a disk whose size is not a grain multiple inflates short.
+    const full = new Uint8Array(gb);
+    full.set(out);
+    return full;
+  }
+
+  async write(offset: number, data: Uint8Array, fallback: Fallback): Promise<void> {
+    if (!this.writable) throw readOnlyError(`sparse extent ${this.#name}`);
+    if (offset + data.length > this.#capBytes) {
+      throw new VdError('ERR_VD_OUT_OF_RANGE', `${this.#name}: write reaches past the extent's capacity`, {
+        details: { offset, length: data.length },
+      });
+    }
+    await this.#markDirty();
+    const gb = this.grainBytes;
+    const inPlace: Promise<void>[] = [];
+    const fresh: { g: number; within: number; n: number; from: number }[] = [];
+    let done = 0;
+    while (done < data.length) {
+      const pos = offset + done;
+      const g = Math.floor(pos / gb);
+      const within = pos - g * gb;
+      const n = Math.min(gb - within, data.length - done);
+      const gte = await this.#gte(g);
+      if (gte > GTE_ZEROED || (gte === GTE_ZEROED && !this.#zeroed)) {
+        this.#checkGrain(g, gte);
+        inPlace.push(this.#store.write(gte * SECTOR + within, data.subarray(done, done + n)));
+      } else {
+        fresh.push({ g, within, n, from: done });
+      }
+      done += n;
+    }
+    const results = await Promise.allSettled([...inPlace, fresh.length > 0 ? this.#allocate(fresh, data, fallback) : Promise.resolve()]);
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+  }
+
+  /** Appends grains for unallocated parts (filling partial grains from the fallback), then maps them. */
+  #allocate(parts: { g: number; within: number; n: number; from: number }[], data: Uint8Array, fallback: Fallback): Promise<void> {
+    return this.#mutex.run(async () => {
+      const gb = this.grainBytes;
+      let i = 0;
+      while (i < parts.length) {
+        // Another write may have allocated the grain while we waited.
+        const p = parts[i]!;
+        const now = await this.#gte(p.g);
+        if (now > GTE_ZEROED) {
+          await this.#store.write(now * SECTOR + p.within, data.subarray(p.from, p.from + p.n));
+          i++;
+          continue;
+        }
+        let k = 1;
+        while (
+          i + k < parts.length &&
+          parts[i + k]!.g === p.g + k &&
+          (k + 1) * gb <= MAX_APPEND &&
+          (await this.#gte(p.g + k)) <= GTE_ZEROED
+        )
+          k++;
+        const buf = new Uint8Array(k * gb);
+        const fills: Promise<void>[] = [];
+        for (let j = 0; j < k; j++) {
+          const q = parts[i + j]!;
+          const grainStart = q.g * gb;
+          if (q.n < gb && (await this.#gte(q.g)) === 0) {
+            // Copy-on-write: the rest of the grain comes from the parent (or reads as zero).
+            const len = Math.min(gb, this.#capBytes - grainStart);
+            fills.push(fallback(grainStart, buf.subarray(j * gb, j * gb + len)));
+          }
+        }
+        await Promise.all(fills);
+        for (let j = 0; j < k; j++) {
+          const q = parts[i + j]!;
+          buf.set(data.subarray(q.from, q.from + q.n), j * gb + q.within);
+        }
+        const sector = Math.ceil(this.#fileSize / SECTOR);
+        if (sector + (k * gb) / SECTOR > 2 ** 32)
+          throw new VdError('ERR_VD_OUT_OF_RANGE', `${this.#name}: the extent file would exceed 2 TiB`);
+        await this.#store.write(sector * SECTOR, buf);
+        this.#fileSize = sector * SECTOR + buf.length;
+        for (let j = 0; j < k; j++) await this.#setGte(p.g + j, sector + j * this.header.grainSize);
+        i += k;
+      }
+    });
+  }
+
+  /** Changes one entry in memory; `flush` writes the table. */
+  async #setGte(g: number, value: number): Promise<void> {
+    const t = Math.floor(g / GTES_PER_GT);
+    let gt = this.#gt(t);
+    if (gt === undefined) {
+      gt = new Uint32Array(GTES_PER_GT);
+      this.#gts.set(t, gt);
+    }
+    const table = gt instanceof Uint32Array ? gt : await gt;
+    table[g % GTES_PER_GT] = value;
+    this.#dirtyGts.add(t);
+  }
+
+  #markDirty(): Promise<void> {
+    this.#dirty ??= (async () => {
+      this.header.uncleanShutdown = true;
+      await this.#store.write(0, encodeSparseHeader(this.header));
+      await this.#store.flush();
+    })();
+    return this.#dirty;
+  }
+
+  async zero(offset: number, length: number, fallback: Fallback, hasParent: boolean): Promise<void> {
+    if (!this.writable) throw readOnlyError(`sparse extent ${this.#name}`);
+    const gb = this.grainBytes;
+    const end = offset + length;
+    let pos = offset;
+    const zeroes = new Uint8Array(Math.min(gb, length));
+    while (pos < end) {
+      const g = Math.floor(pos / gb);
+      const grainEnd = Math.min((g + 1) * gb, this.#capBytes);
+      const stop = Math.min(grainEnd, end);
+      const whole = pos === g * gb && stop === grainEnd;
+      const gte = await this.#gte(g);
+      if (whole && this.#zeroed) {
+        if (gte !== GTE_ZEROED) {
+          await this.#markDirty();
+          await this.#mutex.run(() => this.#setGte(g, GTE_ZEROED));
+        }
+      } else if (!(gte === 0 && !hasParent) && !(gte === GTE_ZEROED && this.#zeroed)) {
+        await this.write(pos, zeroes.subarray(0, stop - pos), fallback);
+      }
+      pos = stop;
+    }
+  }
+
+  async status(offset: number, length: number): Promise<Run[]> {
+    const gb = this.grainBytes;
+    const runs: Run[] = [];
+    const end = offset + length;
+    let pos = offset;
+    for (let seen = 0; pos < end && seen < STATUS_GRAINS; seen++) {
+      let type: Run['type'];
+      let stop: number;
+      if (pos >= this.#capBytes) {
+        type = 'hole';
+        stop = end;
+      } else {
+        const g = Math.floor(pos / gb);
+        stop = Math.min((g + 1) * gb, end, this.#capBytes);
+        const gte = await this.#gte(g);
+        type = gte === 0 ? 'hole' : gte === GTE_ZEROED && this.#zeroed ? 'zero' : 'data';
+      }
+      const last = runs[runs.length - 1];
+      if (last && last.type === type) last.length += stop - pos;
+      else runs.push({ length: stop - pos, type });
+      pos = stop;
+    }
+    return runs;
+  }
+
+  allocatedBytes(): number {
+    return this.#fileSize;
+  }
+
+  /** Data first, then the grain tables that point to it, then (for new tables) the directory. */
+  flush(): Promise<void> {
+    if (!this.writable) return Promise.resolve();
+    return this.#mutex.run(async () => {
+      if (this.#dirtyGts.size === 0) {
+        await this.#store.flush();
+        return;
+      }
+      const tables = [...this.#dirtyGts].sort((a, b) => a - b);
+      this.#dirtyGts.clear();
+      await this.#store.flush();
+      let placed = false;
+      const writes: Promise<void>[] = [];
+      for (const t of tables) {
+        const gt = this.#gts.get(t) as Uint32Array;
+        const bytes = encodeU32Array(gt);
+        if (this.#gd[t] === 0) {
+          this.#gd[t] = this.#appendSectors(GT_SECTORS);
+          if (this.#rgd) this.#rgd[t] = this.#appendSectors(GT_SECTORS);
+          placed = true;
+        }
+        writes.push(this.#store.write(this.#gd[t]! * SECTOR, bytes));
+        if (this.#rgd && this.#rgd[t] !== 0) writes.push(this.#store.write(this.#rgd[t]! * SECTOR, bytes));
+      }
+      await Promise.all(writes);
+      if (placed) {
+        await this.#store.flush();
+        await this.#store.write(this.header.gdOffset * SECTOR, encodeU32Array(this.#gd, 4));
+        if (this.#rgd) await this.#store.write(this.header.rgdOffset * SECTOR, encodeU32Array(this.#rgd, 4));
+      }
+      await this.#store.flush();
+    });
+  }
+
+  #appendSectors(n: number): number {
+    const sector = Math.ceil(this.#fileSize / SECTOR);
+    this.#fileSize = (sector + n) * SECTOR;
+    return sector;
+  }
+
+  async close(): Promise<void> {
+    if (!this.#dirty) return;
+    await this.#dirty;
+    await this.flush();
+    this.header.uncleanShutdown = false;
+    await this.#store.write(0, encodeSparseHeader(this.header));
+    // A grain table placed last leaves the file shorter than its sector count says; pad it.
+    const size = await this.#store.size();
+    if (size < this.#fileSize) await this.#store.write(this.#fileSize - 1, new Uint8Array(1));
+    await this.#store.flush();
+  }
+}
