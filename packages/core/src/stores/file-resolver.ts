@@ -1,0 +1,34 @@
+import { access } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { VdError } from '../errors.js';
+import type { ByteStore, StoreResolver } from '../spec.js';
+import { FileStore } from './file-store.js';
+
+/**
+ * Opens files named relative to `dir`, the directory of the disk being opened (VMDK extents,
+ * parents of a redo log). Absolute names are allowed: a VMDK parent hint may be absolute, and the
+ * format itself decides which names it trusts.
+ */
+export function fileResolver(dir: string): StoreResolver {
+  const pathOf = (name: string): string => {
+    if (typeof name !== 'string' || name.length === 0 || name.includes('\0')) {
+      throw new VdError('ERR_VD_INVALID_ARGUMENT', `a file name must be a non-empty string without NUL bytes, got ${JSON.stringify(name)}`);
+    }
+    return resolve(dir, name);
+  };
+  return {
+    async open(name: string, opts: { readOnly: boolean }): Promise<ByteStore> {
+      return FileStore.open(pathOf(name), { readOnly: opts.readOnly });
+    },
+    async create(name: string): Promise<ByteStore> {
+      return FileStore.open(pathOf(name), { create: true });
+    },
+    async exists(name: string): Promise<boolean> {
+      const path = pathOf(name);
+      return access(path).then(
+        () => true,
+        () => false,
+      );
+    },
+  };
+}
