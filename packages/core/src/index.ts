@@ -13,6 +13,7 @@ export {
 } from './errors.js';
 export { renderErrorTable } from './errors-doc.js';
 export { RawSource, rawFormat, readFully } from './formats/raw.js';
+export * from './formats/vmdk/index.js';
 export { Limiter } from './limiter.js';
 export { MemorySource, type MemorySourceOptions, memoryDisk } from './memory.js';
 export { type OpenDiskOptions, openDisk, toLocation } from './open-disk.js';
