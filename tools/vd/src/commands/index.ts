@@ -1,6 +1,8 @@
 import type { RegisterCommand } from '../context.js';
 import { registerCmp } from './cmp.js';
 import { registerConvert } from './convert.js';
+import { registerCreate } from './create.js';
+import { registerDemo } from './demo.js';
 import { registerDump } from './dump.js';
 import { registerInfo } from './info.js';
 import { registerMap } from './map.js';
@@ -12,8 +14,10 @@ import { registerMap } from './map.js';
 // biome-ignore format: one command per line, so adding one is a one-line change that merges cleanly
 export const commands: readonly RegisterCommand[] = [
   registerInfo,
+  registerCreate,
   registerConvert,
   registerMap,
   registerDump,
   registerCmp,
+  registerDemo,
 ];
