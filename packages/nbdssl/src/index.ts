@@ -1,0 +1,25 @@
+export {
+  type CertificateOptions,
+  type CertificatePair,
+  type CertificateSummary,
+  defaultServerHosts,
+  describeCertificate,
+  generateCa,
+  generateClientCertificate,
+  generateServerCertificate,
+  type ServerCertificateOptions,
+} from './certs.js';
+export { type ClientTlsOptions, type ClientTlsResult, startTlsClient } from './client-tls.js';
+export { type CreatePkiOptions, caPair, createPki, loadPki, type Pki, pkiFiles, type WritePkiOptions, writePki } from './pki.js';
+export { loadPskFile, type PskKey, type PskTable, parsePskFile, pickPsk } from './psk.js';
+export { type ClientIdentity, ServerTls, type ServerTlsOptions, serverTlsFromPki, type TlsMode } from './server-tls.js';
+export {
+  formatThumbprint,
+  parseThumbprint,
+  sameThumbprint,
+  type Thumbprint,
+  type ThumbprintAlgorithm,
+  thumbprintOf,
+} from './thumbprint.js';
+export { handshakeError, type TlsFailure, tlsError } from './tls-error.js';
+export { checkThumbprintOption, type PeerIdentity, type PeerVerification, verifyServer } from './verify.js';
