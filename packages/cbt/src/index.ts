@@ -1,0 +1,16 @@
+export { type BitmapAreasOptions, changedAreasFromBitmap } from './bitmap-areas.js';
+export { ALL_AREAS, formatChangeId, parseChangeId } from './change-id.js';
+export { fileFingerprint } from './fingerprint.js';
+export { DEFAULT_BITMAP, DIRTY_BITMAP_PREFIX, mark, queryChangedAreas, track, trackerOf } from './track.js';
+export {
+  type ChangedArea,
+  type ChangedAreas,
+  DEFAULT_GRANULARITY,
+  DEFAULT_MAX_AREAS,
+  type Durability,
+  type QueryOptions,
+  type ResetReason,
+  Tracker,
+  type TrackerReset,
+  type TrackOptions,
+} from './tracker.js';

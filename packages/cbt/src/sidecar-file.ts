@@ -1,0 +1,83 @@
+import { constants } from 'node:fs';
+import { type FileHandle, open } from 'node:fs/promises';
+import { type ByteStore, fromSystemError, VdError } from '@vd/core';
+
+/**
+ * The sidecar as a `ByteStore` on a local file: positional reads and writes, `flush` =
+ * fdatasync. Created when missing (unless read-only); `undefined` when read-only and missing.
+ */
+export async function openSidecarFile(path: string, readOnly: boolean): Promise<ByteStore | undefined> {
+  if (typeof path !== 'string' || path.length === 0 || path.includes('\0')) {
+    throw new VdError('ERR_VD_INVALID_ARGUMENT', 'CBT sidecar path must be a non-empty string without NUL bytes', { details: { path } });
+  }
+  let fh: FileHandle;
+  try {
+    fh = await open(path, readOnly ? constants.O_RDONLY : constants.O_RDWR | constants.O_CREAT, 0o644);
+  } catch (err) {
+    if (readOnly && (err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw fromSystemError(err, `open CBT sidecar ${path}`);
+  }
+  return new SidecarFile(fh, path, readOnly);
+}
+
+class SidecarFile implements ByteStore {
+  #closing: Promise<void> | undefined;
+
+  constructor(
+    readonly fh: FileHandle,
+    readonly name: string,
+    readonly readOnly: boolean,
+  ) {}
+
+  async size(): Promise<number> {
+    try {
+      return (await this.fh.stat()).size;
+    } catch (err) {
+      throw fromSystemError(err, `stat ${this.name}`);
+    }
+  }
+
+  async read(position: number, into: Uint8Array): Promise<number> {
+    try {
+      return (await this.fh.read(into, 0, into.length, position)).bytesRead;
+    } catch (err) {
+      throw fromSystemError(err, `read ${this.name} at ${position}`);
+    }
+  }
+
+  async write(position: number, data: Uint8Array): Promise<void> {
+    try {
+      let done = 0;
+      while (done < data.length) {
+        const { bytesWritten } = await this.fh.write(data, done, data.length - done, position + done);
+        if (bytesWritten <= 0) throw new VdError('ERR_VD_IO', `write ${this.name} at ${position + done}: no progress`);
+        done += bytesWritten;
+      }
+    } catch (err) {
+      throw fromSystemError(err, `write ${this.name} at ${position}`);
+    }
+  }
+
+  async truncate(size: number): Promise<void> {
+    try {
+      await this.fh.truncate(size);
+    } catch (err) {
+      throw fromSystemError(err, `truncate ${this.name}`);
+    }
+  }
+
+  async flush(): Promise<void> {
+    try {
+      await this.fh.datasync();
+    } catch (err) {
+      throw fromSystemError(err, `fsync ${this.name}`);
+    }
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= this.fh.close().catch((err: unknown) => {
+      throw fromSystemError(err, `close ${this.name}`);
+    });
+    return this.#closing;
+  }
+}

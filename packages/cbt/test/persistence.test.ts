@@ -1,0 +1,265 @@
+import { readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { type BlockSource, type ByteStore, Disk, MemorySource } from '@vd/core';
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { currentBootId } from '../src/boot-id.js';
+import { fileFingerprint, mark, queryChangedAreas, track, trackerOf } from '../src/index.js';
+import { openSidecarFile } from '../src/sidecar-file.js';
+import { decodeHeader, ENTRIES_PER_PAGE, encodeHeader, HEADER_SIZE, PAGE_SIZE, pageOffset } from '../src/sidecar-format.js';
+import { fileDisk, tempDir } from './helpers.js';
+
+let dir: string;
+let cleanup: () => Promise<void>;
+let n = 0;
+
+beforeAll(async () => {
+  ({ dir, cleanup } = await tempDir());
+});
+afterAll(() => cleanup());
+
+const G = 4096;
+const SIZE = 1 << 20;
+
+/** A file disk with its sidecar, tracked with a file fingerprint; some writes and two marks. */
+async function scenario(durability: 'fsync' | 'boot' = 'fsync') {
+  const base = join(dir, `d${n++}`);
+  const img = `${base}.img`;
+  const cbt = `${base}.img.cbt`;
+  const open = async (opts: { granularity?: number } = {}) =>
+    track(await fileDisk(img), { path: cbt, granularity: opts.granularity ?? G, durability, fingerprint: fileFingerprint(img) });
+  await (await fileDisk(img, SIZE)).close();
+  const disk = await open();
+  expect(trackerOf(disk).reset?.reason).toBe('created');
+  await disk.write(0, new Uint8Array(G).fill(1));
+  const id1 = await mark(disk);
+  await disk.write(10 * G, new Uint8Array(G).fill(2));
+  const id2 = await mark(disk);
+  await disk.write(20 * G, new Uint8Array(G).fill(3));
+  return { img, cbt, open, disk, id1, id2 };
+}
+
+const since = async (disk: Disk, id: string) => (await queryChangedAreas(disk, id)).areas;
+
+describe('across a clean close', () => {
+  it('keeps the epoch and every change ID', async () => {
+    const s = await scenario();
+    await s.disk.close();
+    const again = await s.open();
+    expect(trackerOf(again).reset).toBeUndefined();
+    expect(await since(again, s.id1)).toEqual([
+      { start: 10 * G, length: G },
+      { start: 20 * G, length: G },
+    ]);
+    expect(await since(again, s.id2)).toEqual([{ start: 20 * G, length: G }]);
+    await again.write(30 * G, new Uint8Array(1));
+    const id3 = await mark(again);
+    expect(id3.endsWith('/3')).toBe(true);
+    expect(await since(again, s.id2)).toEqual([
+      { start: 20 * G, length: G },
+      { start: 30 * G, length: G },
+    ]);
+    await again.close();
+  });
+
+  it('uses the sidecar granularity when none is asked for', async () => {
+    const s = await scenario();
+    await s.disk.close();
+    const again = track(await fileDisk(s.img), { path: s.cbt, fingerprint: fileFingerprint(s.img) });
+    expect(trackerOf(await again).granularity).toBe(G);
+    await (await again).close();
+  });
+});
+
+describe('resets to a new epoch, failing old change IDs with ERR_VD_CBT_RESET', () => {
+  const expectReset = async (disk: Disk, ids: string[], reason: string) => {
+    expect(trackerOf(disk).reset?.reason).toBe(reason);
+    for (const id of ids) await expect(queryChangedAreas(disk, id)).rejects.toMatchObject({ code: 'ERR_VD_CBT_RESET' });
+    // The new epoch works.
+    const g = trackerOf(disk).granularity;
+    await disk.write(0, new Uint8Array(1));
+    const id = await mark(disk);
+    await disk.write(g, new Uint8Array(1));
+    expect(await since(disk, id)).toEqual([{ start: g, length: g }]);
+    await disk.close();
+  };
+
+  it('when the sidecar is missing', async () => {
+    const s = await scenario();
+    await s.disk.close();
+    await rm(s.cbt);
+    await expectReset(await s.open(), [s.id1, s.id2], 'created');
+  });
+
+  it('when the disk was written without the tracker', async () => {
+    const s = await scenario();
+    await s.disk.close();
+    const plain = await fileDisk(s.img);
+    await plain.write(50 * G, new Uint8Array(1).fill(7));
+    await plain.close();
+    await expectReset(await s.open(), [s.id1, s.id2], 'changed-outside');
+  });
+
+  it('when the disk was resized', async () => {
+    const s = await scenario();
+    await s.disk.close();
+    const plain = await fileDisk(s.img, SIZE * 2);
+    await plain.close();
+    await expectReset(await s.open(), [s.id1], 'size-changed');
+  });
+
+  it('when another granularity is asked for', async () => {
+    const s = await scenario();
+    await s.disk.close();
+    const again = await s.open({ granularity: 2 * G });
+    expect(trackerOf(again).granularity).toBe(2 * G);
+    await expectReset(again, [s.id1], 'granularity-changed');
+  });
+
+  it('when any header byte is damaged', async () => {
+    const s = await scenario();
+    await s.disk.close();
+    const good = await readFile(s.cbt);
+    await fc.assert(
+      fc.asyncProperty(fc.integer({ min: 0, max: HEADER_SIZE - 1 }), fc.integer({ min: 1, max: 255 }), async (at, xor) => {
+        const bad = Buffer.from(good);
+        bad[at]! ^= xor;
+        await writeFile(s.cbt, bad);
+        const again = await s.open();
+        expect(trackerOf(again).reset?.reason).toBe('damaged');
+        await expect(queryChangedAreas(again, s.id1)).rejects.toMatchObject({ code: 'ERR_VD_CBT_RESET' });
+        await again.close();
+      }),
+      { numRuns: 12 },
+    );
+  });
+
+  it('when a page is damaged, cut short, or from another epoch', async () => {
+    const s = await scenario();
+    await s.disk.close();
+    const good = await readFile(s.cbt);
+    expect(good.length).toBe(pageOffset(1)); // one page holds every counter of this 256-block disk
+    const damages: ((b: Buffer) => Buffer)[] = [
+      (b) => {
+        b[pageOffset(0) + 40]! ^= 4;
+        return b;
+      },
+      (b) => b.subarray(0, b.length - 100),
+      (b) => Buffer.concat([b, Buffer.alloc(PAGE_SIZE, 1)]),
+      (b) => {
+        // Same counters, another epoch in the header (header re-checksummed): pages do not verify.
+        const h = decodeHeader(b);
+        h.epoch = new Uint8Array(16).fill(9);
+        Buffer.from(encodeHeader(h)).copy(b, 0);
+        return b;
+      },
+    ];
+    for (const damage of damages) {
+      await writeFile(s.cbt, damage(Buffer.from(good)));
+      const again = await s.open();
+      expect(trackerOf(again).reset?.reason).toBe('damaged');
+      await expect(queryChangedAreas(again, s.id2)).rejects.toMatchObject({ code: 'ERR_VD_CBT_RESET' });
+      await again.close();
+    }
+  });
+
+  it('when an unclean sidecar without synced marks comes from another boot', async () => {
+    const s = await scenario('boot');
+    await s.disk.destroy(); // no clean close: as if the process died
+    const h = decodeHeader(await readFile(s.cbt));
+    expect(h.flags).toBe(0);
+    if (currentBootId()) expect(Buffer.from(h.bootId).equals(Buffer.from(currentBootId()!))).toBe(true);
+    h.bootId = new Uint8Array(16).fill(1);
+    const fh = await openSidecarFile(s.cbt, false);
+    await fh!.write(0, encodeHeader(h));
+    await fh!.close();
+    await expectReset(await s.open(), [s.id1, s.id2], 'unclean');
+  });
+});
+
+describe('after an unclean stop', () => {
+  for (const durability of ['fsync', 'boot'] as const) {
+    it(`${durability}: keeps every change ID and every change made`, async () => {
+      const s = await scenario(durability);
+      await s.disk.destroy();
+      const again = await s.open();
+      expect(trackerOf(again).reset).toBeUndefined();
+      expect(await since(again, s.id2)).toEqual([{ start: 20 * G, length: G }]);
+      await again.close();
+    });
+  }
+});
+
+describe('write-ahead order', () => {
+  it('a block is marked on stable storage before the write that changes it is issued', async () => {
+    const log: string[] = [];
+    const path = join(dir, `order${n++}.cbt`);
+    const file = (await openSidecarFile(path, false))!;
+    // The real sidecar file, with its calls logged.
+    const store: ByteStore = {
+      name: file.name,
+      readOnly: false,
+      size: () => file.size(),
+      read: (p, into) => file.read(p, into),
+      truncate: (s) => file.truncate!(s),
+      close: () => file.close(),
+      write: async (p, d) => {
+        await file.write(p, d);
+        if (p >= HEADER_SIZE) {
+          const v = new DataView(d.buffer, d.byteOffset, d.byteLength);
+          for (let page = 0; page < d.length / PAGE_SIZE; page++) {
+            for (let i = 0; i < ENTRIES_PER_PAGE; i++) {
+              const at = page * PAGE_SIZE + i * 4;
+              if (v.getUint32(at, true) !== 0) log.push(`mark ${((p - HEADER_SIZE) / PAGE_SIZE + page) * ENTRIES_PER_PAGE + i}`);
+            }
+          }
+        }
+      },
+      flush: async () => {
+        await file.flush();
+        log.push('sync');
+      },
+    };
+    const mem = new MemorySource(64 * 512);
+    const logged: BlockSource = {
+      size: mem.size,
+      capabilities: { ...mem.capabilities, zero: 'emulate', trim: 'none', extents: [] },
+      _read: (o, into, opts) => mem._read(o, into, opts),
+      _write: async (o, d) => {
+        log.push(`write ${o / 512}`);
+        await mem._write(o, d);
+      },
+      _close: () => mem._close(),
+    };
+    const disk = await track(new Disk(logged), { store, granularity: 512 });
+    await Promise.all([
+      disk.write(0, new Uint8Array(512)),
+      disk.write(512 * 5, new Uint8Array(1024)),
+      disk.write(512 * 9, new Uint8Array(512)),
+    ]);
+    await disk.write(0, new Uint8Array(512)); // already marked: no new sync needed
+    await disk.close();
+    for (const [i, entry] of log.entries()) {
+      if (!entry.startsWith('write')) continue;
+      const block = entry.split(' ')[1];
+      const marked = log.lastIndexOf(`mark ${block}`, i);
+      expect(marked, `${entry} without a mark before it: ${log.join(', ')}`).toBeGreaterThanOrEqual(0);
+      expect(log.slice(marked, i), `${entry} issued before its mark was synced`).toContain('sync');
+    }
+    expect(log.filter((e) => e.startsWith('write'))).toHaveLength(4);
+  });
+});
+
+describe('fileFingerprint', () => {
+  it('changes when the file is written', async () => {
+    const p = join(dir, `fp${n++}`);
+    await writeFile(p, 'a');
+    const fp = fileFingerprint(p);
+    const before = await fp();
+    expect(await fp()).toBe(before);
+    const { mtimeMs } = await stat(p);
+    await writeFile(p, 'b');
+    expect(await fp()).not.toBe(before);
+    expect(mtimeMs).toBeGreaterThan(0);
+  });
+});
