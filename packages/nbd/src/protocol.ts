@@ -326,6 +326,11 @@ export class ClientStreamDecoder extends Decoder<ClientMessage> {
     this.#extended = extended;
   }
 
+  /** After a TLS upgrade: a fresh decoder on the new channel continues with options (flags were sent). */
+  skipFlags(): void {
+    if (this.#state === 'flags') this.#state = 'option';
+  }
+
   get phase(): 'flags' | 'option' | 'request' {
     return this.#state;
   }

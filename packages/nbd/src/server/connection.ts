@@ -1,0 +1,625 @@
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { BASE_ALLOCATION, type Disk, debug, isVdError, VdError } from '@vd/core';
+import type { BufferPool } from '../buffer-pool.js';
+import { extentFlags, matchesQuery } from '../contexts.js';
+import { toErrno } from '../errno.js';
+import {
+  type BlockDescriptor,
+  ClientStreamDecoder,
+  Cmd,
+  CmdFlag,
+  chunkHeaderSize,
+  decodeInfoRequest,
+  decodeMetaContextRequest,
+  Errno,
+  encodeBlockStatusChunk,
+  encodeErrorChunk,
+  encodeExportNameReply,
+  encodeGreeting,
+  encodeInfoBlockSize,
+  encodeInfoExport,
+  encodeInfoString,
+  encodeMetaContextReply,
+  encodeNoneChunk,
+  encodeOptionReply,
+  encodeServerReply,
+  HandshakeFlag,
+  Info,
+  type NbdRequest,
+  Opt,
+  protocolError,
+  Rep,
+  ReplyFlag,
+  SIMPLE_REPLY_SIZE,
+  TxFlag,
+  writeDataChunkHeader,
+  writeSimpleReply,
+} from '../protocol.js';
+import type { NbdExport, NbdServerTls, ResolvedLimits } from './options.js';
+
+/** What a connection needs from its server. */
+export interface ServerContext {
+  readonly limits: ResolvedLimits;
+  readonly pool: BufferPool;
+  readonly tls: NbdServerTls | undefined;
+  readonly extendedHeaders: boolean;
+  readonly structuredReplies: boolean;
+  readonly shuttingDown: boolean;
+  findExport(name: string): NbdExport | undefined;
+  exports(): readonly NbdExport[];
+}
+
+const ALLOWED_FLAGS: Record<number, number> = {
+  [Cmd.READ]: CmdFlag.FUA | CmdFlag.DF,
+  [Cmd.WRITE]: CmdFlag.FUA,
+  [Cmd.DISC]: 0,
+  [Cmd.FLUSH]: CmdFlag.FUA,
+  [Cmd.TRIM]: CmdFlag.FUA,
+  [Cmd.CACHE]: CmdFlag.FUA,
+  [Cmd.WRITE_ZEROES]: CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.FAST_ZERO,
+  [Cmd.BLOCK_STATUS]: CmdFlag.REQ_ONE,
+};
+
+/** The 32-bit descriptor length limit of compact block status, kept aligned. */
+const COMPACT_EXTENT_MAX = 0x1_0000_0000 - 65536;
+
+/**
+ * One client: the option haggling, then requests served concurrently (up to the in-flight limit)
+ * with replies written as they complete. The connection owns its socket and nothing else.
+ */
+export class ServerConnection {
+  #socket: Duplex;
+  #decoder: ClientStreamDecoder;
+  readonly #ctx: ServerContext;
+  #noZeroes = false;
+  #structured = false;
+  #extended = false;
+  #tlsDone = false;
+  /** Selected contexts: id → name, for the export they were set on. */
+  #contexts: string[] = [];
+  #contextExport: string | undefined;
+  #export: NbdExport | undefined;
+  #disk: Disk | undefined;
+  #readOnly = true;
+  #inflight = 0;
+  #state: 'handshake' | 'upgrading' | 'transmission' | 'draining' | 'closed' = 'handshake';
+  #handshakeTimer: NodeJS.Timeout | undefined;
+  #corked = false;
+  #idle: (() => void) | undefined;
+  readonly closed: Promise<void>;
+  #resolveClosed!: () => void;
+
+  constructor(socket: Duplex, ctx: ServerContext) {
+    this.#socket = socket;
+    this.#ctx = ctx;
+    this.#decoder = new ClientStreamDecoder({ maxOptionData: ctx.limits.maxOptionData, maxPayload: ctx.limits.maxPayload });
+    this.closed = new Promise((r) => {
+      this.#resolveClosed = r;
+    });
+    (socket as Socket).setNoDelay?.(true);
+    this.#handshakeTimer = setTimeout(() => this.#abort('handshake not finished in time'), ctx.limits.handshakeTimeout);
+    this.#handshakeTimer.unref?.();
+    this.#attach(socket);
+    this.#write(encodeGreeting(HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES));
+  }
+
+  get inTransmission(): boolean {
+    return this.#state === 'transmission';
+  }
+
+  /** Graceful: stop taking requests, finish those in flight, then close. */
+  async shutdown(): Promise<void> {
+    if (this.#state === 'closed') return;
+    if (this.#state !== 'transmission') {
+      this.#abort('server shutting down');
+      return;
+    }
+    this.#state = 'draining';
+    this.#socket.pause();
+    if (this.#inflight > 0) await new Promise<void>((r) => (this.#idle = r));
+    this.#end();
+  }
+
+  destroy(): void {
+    this.#abort('connection destroyed');
+  }
+
+  #attach(socket: Duplex): void {
+    socket.on('data', (chunk: Uint8Array) => {
+      if (this.#state === 'closed' || this.#state === 'upgrading') return;
+      try {
+        this.#decoder.push(chunk);
+      } catch (err) {
+        this.#abort(err);
+        return;
+      }
+      this.#pump();
+    });
+    socket.on('drain', () => this.#pump());
+    socket.on('error', (err) => {
+      if (this.#state !== 'upgrading') this.#abort(err);
+    });
+    socket.on('close', () => {
+      if (this.#state !== 'upgrading') this.#finish();
+    });
+  }
+
+  #pump(): void {
+    while (this.#state === 'handshake' || this.#state === 'transmission') {
+      if (this.#state === 'transmission') {
+        if (this.#inflight >= this.#ctx.limits.maxInFlight || this.#socket.writableNeedDrain) {
+          this.#socket.pause();
+          return;
+        }
+      }
+      let msg: ReturnType<ClientStreamDecoder['next']>;
+      try {
+        msg = this.#decoder.next();
+      } catch (err) {
+        this.#abort(err);
+        return;
+      }
+      if (!msg) {
+        if (this.#socket.isPaused()) this.#socket.resume();
+        return;
+      }
+      try {
+        if (msg.kind === 'flags') this.#onFlags(msg.flags);
+        else if (msg.kind === 'option') this.#onOption(msg.option, msg.data);
+        else this.#onRequest(msg);
+      } catch (err) {
+        this.#abort(err);
+        return;
+      }
+    }
+  }
+
+  // ---- handshake
+
+  #onFlags(flags: number): void {
+    if (flags & ~(HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES))
+      throw protocolError(`client sent unknown handshake flags 0x${flags.toString(16)}`);
+    if (!(flags & HandshakeFlag.FIXED_NEWSTYLE)) throw protocolError('client does not speak fixed newstyle');
+    this.#noZeroes = (flags & HandshakeFlag.NO_ZEROES) !== 0;
+  }
+
+  #reply(option: number, reply: number, data?: Uint8Array): void {
+    this.#write(encodeOptionReply(option, reply, data));
+  }
+
+  #error(option: number, reply: number, message: string): void {
+    this.#reply(option, reply, new TextEncoder().encode(message));
+  }
+
+  #onOption(option: number, data: Uint8Array): void {
+    const ctx = this.#ctx;
+    if (ctx.shuttingDown && option !== Opt.ABORT) {
+      this.#error(option, Rep.ERR_SHUTDOWN, 'server is shutting down');
+      return;
+    }
+    if (ctx.tls?.required && !this.#tlsDone && option !== Opt.STARTTLS && option !== Opt.ABORT) {
+      if (option === Opt.EXPORT_NAME) throw protocolError('EXPORT_NAME before TLS on a TLS-only server');
+      this.#error(option, Rep.ERR_TLS_REQD, 'this server requires TLS: send STARTTLS first');
+      return;
+    }
+    switch (option) {
+      case Opt.EXPORT_NAME: {
+        if (this.#extended) throw protocolError('EXPORT_NAME after extended headers were negotiated');
+        const name = new TextDecoder().decode(data);
+        const exp = ctx.findExport(name);
+        if (!exp) throw protocolError(`client asked for unknown export ${JSON.stringify(name)} with EXPORT_NAME`);
+        this.#select(exp);
+        this.#write(encodeExportNameReply(exp.disk.size, this.#flags(), this.#noZeroes));
+        this.#enterTransmission();
+        return;
+      }
+      case Opt.ABORT:
+        this.#reply(option, Rep.ACK);
+        this.#end();
+        return;
+      case Opt.LIST:
+        if (data.length > 0) return this.#error(option, Rep.ERR_INVALID, 'LIST takes no data');
+        for (const e of ctx.exports()) this.#reply(option, Rep.SERVER, encodeServerReply(e.name, e.description ?? ''));
+        this.#reply(option, Rep.ACK);
+        return;
+      case Opt.STARTTLS:
+        if (!ctx.tls) return this.#error(option, Rep.ERR_POLICY, 'this server does not offer TLS');
+        if (data.length > 0) return this.#error(option, Rep.ERR_INVALID, 'STARTTLS takes no data');
+        if (this.#tlsDone) return this.#error(option, Rep.ERR_INVALID, 'TLS is already on');
+        this.#reply(option, Rep.ACK);
+        this.#startTls(ctx.tls);
+        return;
+      case Opt.INFO:
+      case Opt.GO:
+        this.#onInfo(option, data);
+        return;
+      case Opt.STRUCTURED_REPLY:
+        if (!ctx.structuredReplies) return this.#error(option, Rep.ERR_UNSUP, 'structured replies are off');
+        if (data.length > 0) return this.#error(option, Rep.ERR_INVALID, 'STRUCTURED_REPLY takes no data');
+        if (this.#extended) return this.#error(option, Rep.ERR_EXT_HEADER_REQD, 'extended headers are already on');
+        if (this.#structured) return this.#error(option, Rep.ERR_INVALID, 'structured replies are already on');
+        this.#structured = true;
+        this.#reply(option, Rep.ACK);
+        return;
+      case Opt.EXTENDED_HEADERS:
+        if (!ctx.extendedHeaders) return this.#error(option, Rep.ERR_UNSUP, 'extended headers are off');
+        if (data.length > 0) return this.#error(option, Rep.ERR_INVALID, 'EXTENDED_HEADERS takes no data');
+        if (this.#extended) return this.#error(option, Rep.ERR_INVALID, 'extended headers are already on');
+        this.#extended = true;
+        this.#reply(option, Rep.ACK);
+        return;
+      case Opt.LIST_META_CONTEXT:
+      case Opt.SET_META_CONTEXT:
+        this.#onMetaContext(option, data);
+        return;
+      default:
+        this.#error(option, Rep.ERR_UNSUP, `option ${option} is not supported`);
+    }
+  }
+
+  #onInfo(option: number, data: Uint8Array): void {
+    let req: { name: string; infos: number[] };
+    try {
+      req = decodeInfoRequest(data);
+    } catch (err) {
+      return this.#error(option, Rep.ERR_INVALID, (err as Error).message);
+    }
+    const exp = this.#ctx.findExport(req.name);
+    if (!exp) return this.#error(option, Rep.ERR_UNKNOWN, `no export named ${JSON.stringify(req.name)}`);
+    const disk = exp.disk;
+    if (disk.closed) return this.#error(option, Rep.ERR_SHUTDOWN, 'the export is closed');
+    this.#reply(option, Rep.INFO, encodeInfoExport(disk.size, this.#flagsFor(exp)));
+    const { minimum, maximum } = this.#blockSizes(disk);
+    this.#reply(option, Rep.INFO, encodeInfoBlockSize(minimum, this.#preferred(disk), maximum));
+    if (req.infos.includes(Info.NAME)) this.#reply(option, Rep.INFO, encodeInfoString(Info.NAME, exp.name));
+    if (req.infos.includes(Info.DESCRIPTION) && exp.description)
+      this.#reply(option, Rep.INFO, encodeInfoString(Info.DESCRIPTION, exp.description));
+    this.#reply(option, Rep.ACK);
+    if (option === Opt.GO) {
+      this.#select(exp);
+      this.#enterTransmission();
+    }
+  }
+
+  #onMetaContext(option: number, data: Uint8Array): void {
+    const set = option === Opt.SET_META_CONTEXT;
+    if (set) this.#contexts = [];
+    if (!this.#structured && !this.#extended) return this.#error(option, Rep.ERR_INVALID, 'negotiate structured replies first');
+    let req: { name: string; queries: string[] };
+    try {
+      req = decodeMetaContextRequest(data);
+    } catch (err) {
+      return this.#error(option, Rep.ERR_INVALID, (err as Error).message);
+    }
+    const exp = this.#ctx.findExport(req.name);
+    if (!exp) return this.#error(option, Rep.ERR_UNKNOWN, `no export named ${JSON.stringify(req.name)}`);
+    const offered = offeredContexts(exp.disk);
+    const picked: string[] = [];
+    if (req.queries.length === 0) {
+      if (!set) picked.push(...offered);
+    } else {
+      for (const q of req.queries) {
+        for (const name of offered) if (matchesQuery(q, name, !set) && !picked.includes(name)) picked.push(name);
+      }
+    }
+    if (set) {
+      this.#contexts = picked;
+      this.#contextExport = req.name;
+    }
+    picked.forEach((name, i) => this.#reply(option, Rep.META_CONTEXT, encodeMetaContextReply(set ? i + 1 : 0, name)));
+    this.#reply(option, Rep.ACK);
+  }
+
+  #startTls(tls: NbdServerTls): void {
+    // Bytes that arrived behind STARTTLS were sent before the handshake: never act on them.
+    if (this.#decoder.buffered > 0) throw protocolError('client sent data after STARTTLS before the TLS handshake');
+    this.#state = 'upgrading';
+    const plain = this.#socket;
+    plain.pause();
+    plain.removeAllListeners('data');
+    tls.upgrade(plain).then(
+      (secure) => {
+        if (this.#state !== 'upgrading') {
+          secure.destroy();
+          return;
+        }
+        // No negotiation state survives STARTTLS (CVE-2021-3716).
+        this.#structured = false;
+        this.#extended = false;
+        this.#contexts = [];
+        this.#tlsDone = true;
+        this.#socket = secure;
+        this.#decoder = new ClientStreamDecoder({ maxOptionData: this.#ctx.limits.maxOptionData, maxPayload: this.#ctx.limits.maxPayload });
+        this.#decoder.skipFlags();
+        this.#state = 'handshake';
+        this.#attach(secure);
+      },
+      (err) => {
+        this.#state = 'handshake';
+        this.#abort(err);
+      },
+    );
+  }
+
+  #select(exp: NbdExport): void {
+    this.#export = exp;
+    this.#disk = exp.disk;
+    this.#readOnly = exp.readOnly === true || exp.disk.capabilities.readOnly;
+    if (this.#contextExport !== exp.name) this.#contexts = [];
+  }
+
+  #enterTransmission(): void {
+    clearTimeout(this.#handshakeTimer);
+    this.#decoder.enterTransmission(this.#extended);
+    this.#state = 'transmission';
+    debug('nbd server: client entered transmission on export %s', this.#export?.name);
+  }
+
+  #flags(): number {
+    return this.#flagsFor(this.#export!);
+  }
+
+  #flagsFor(exp: NbdExport): number {
+    const caps = exp.disk.capabilities;
+    const ro = exp.readOnly === true || caps.readOnly;
+    let f = TxFlag.HAS_FLAGS | TxFlag.SEND_FLUSH | TxFlag.CAN_MULTI_CONN | TxFlag.SEND_CACHE;
+    if (this.#structured || this.#extended) f |= TxFlag.SEND_DF;
+    if (ro) return f | TxFlag.READ_ONLY;
+    f |= TxFlag.SEND_FUA;
+    if (caps.trim !== 'none') f |= TxFlag.SEND_TRIM;
+    if (caps.zero !== 'none') f |= TxFlag.SEND_WRITE_ZEROES | TxFlag.SEND_FAST_ZERO;
+    return f;
+  }
+
+  #blockSizes(disk: Disk): { minimum: number; maximum: number } {
+    const minimum = disk.capabilities.blockSize.minimum;
+    const max = this.#ctx.limits.maxPayload;
+    return { minimum, maximum: max - (max % minimum) };
+  }
+
+  /** NBD's preferred size means "no read-modify-write below it", not the best transfer size. */
+  #preferred(disk: Disk): number {
+    const { minimum, preferred } = disk.capabilities.blockSize;
+    return Math.max(minimum, 512, Math.min(preferred, 65536));
+  }
+
+  // ---- transmission
+
+  #onRequest(req: NbdRequest): void {
+    if (this.#state !== 'transmission') return;
+    if (req.command === Cmd.DISC) {
+      this.#state = 'draining';
+      this.#socket.pause();
+      if (this.#inflight === 0) this.#end();
+      else this.#idle = () => this.#end();
+      return;
+    }
+    this.#inflight++;
+    this.#serve(req).then(
+      () => this.#done(),
+      (err) => {
+        this.#abort(err);
+        this.#done();
+      },
+    );
+  }
+
+  #done(): void {
+    this.#inflight--;
+    if (this.#inflight === 0 && this.#idle) {
+      const idle = this.#idle;
+      this.#idle = undefined;
+      idle();
+      return;
+    }
+    if (this.#state === 'transmission') this.#pump();
+  }
+
+  /** Checks a request against the export; answers an errno, or 0 when it may go to the disk. */
+  #check(req: NbdRequest): [number, string] {
+    const disk = this.#disk!;
+    const { command, flags, offset, length } = req;
+    const allowed = ALLOWED_FLAGS[command];
+    if (allowed === undefined) return [Errno.EINVAL, `unknown command ${command}`];
+    const extra = flags & ~allowed & ~(this.#extended ? CmdFlag.PAYLOAD_LEN : 0);
+    if (extra) return [Errno.EINVAL, `flags 0x${extra.toString(16)} are not valid on command ${command}`];
+    if (req.payload && command !== Cmd.WRITE) return [Errno.EINVAL, 'this command takes no payload'];
+    if (flags & CmdFlag.DF && !(this.#structured || this.#extended)) return [Errno.EINVAL, 'DF needs structured replies'];
+    if (command === Cmd.FLUSH) return offset === 0 && length === 0 ? [0, ''] : [Errno.EINVAL, 'FLUSH takes offset and length 0'];
+    const writes = command === Cmd.WRITE || command === Cmd.TRIM || command === Cmd.WRITE_ZEROES;
+    if (writes && this.#readOnly) return [Errno.EPERM, 'the export is read-only'];
+    if (command === Cmd.TRIM && disk.capabilities.trim === 'none') return [Errno.EINVAL, 'the export cannot trim'];
+    if (command === Cmd.WRITE_ZEROES && disk.capabilities.zero === 'none') return [Errno.EINVAL, 'the export cannot write zeroes'];
+    if (length === 0) return [Errno.EINVAL, 'zero-length request'];
+    if (!Number.isSafeInteger(offset + length) || offset + length > disk.size) {
+      return [
+        command === Cmd.WRITE ? Errno.ENOSPC : Errno.EINVAL,
+        `${offset}+${length} is past the end of the export (${disk.size} bytes)`,
+      ];
+    }
+    const min = disk.capabilities.blockSize.minimum;
+    if (min > 1 && command !== Cmd.BLOCK_STATUS && (offset % min !== 0 || length % min !== 0))
+      return [Errno.EINVAL, `not aligned to ${min} bytes`];
+    if ((command === Cmd.READ || command === Cmd.WRITE) && length > this.#ctx.limits.maxPayload) {
+      return [Errno.EINVAL, `${length} bytes is more than the maximum payload ${this.#ctx.limits.maxPayload}`];
+    }
+    if (command === Cmd.BLOCK_STATUS && this.#contexts.length === 0) return [Errno.EINVAL, 'no meta context was negotiated'];
+    return [0, ''];
+  }
+
+  async #serve(req: NbdRequest): Promise<void> {
+    const [errno, why] = this.#check(req);
+    if (errno !== 0) {
+      this.#replyError(req, errno, why);
+      return;
+    }
+    const disk = this.#disk!;
+    const { command, flags, offset, length } = req;
+    const fua = (flags & CmdFlag.FUA) !== 0;
+    try {
+      switch (command) {
+        case Cmd.READ:
+          await this.#read(req);
+          return;
+        case Cmd.WRITE:
+          await disk.write(offset, req.payload!, { fua });
+          break;
+        case Cmd.FLUSH:
+          await disk.flush();
+          break;
+        case Cmd.TRIM:
+          await disk.trim(offset, length, { fua });
+          break;
+        case Cmd.WRITE_ZEROES:
+          await disk.zero(offset, length, { fua, noHole: (flags & CmdFlag.NO_HOLE) !== 0, fast: (flags & CmdFlag.FAST_ZERO) !== 0 });
+          break;
+        case Cmd.CACHE:
+          break;
+        case Cmd.BLOCK_STATUS:
+          await this.#blockStatus(req);
+          return;
+      }
+      this.#replyOk(req);
+    } catch (err) {
+      if (isVdError(err, 'ERR_VD_CLOSED') && this.#state === 'closed') return;
+      this.#replyError(req, toErrno(err, command === Cmd.WRITE ? 'write' : 'other'), errMessage(err));
+    }
+  }
+
+  async #read(req: NbdRequest): Promise<void> {
+    const pool = this.#ctx.pool;
+    const buf = pool.get(req.length);
+    try {
+      await this.#disk!.readInto(req.offset, buf);
+    } catch (err) {
+      pool.release(buf);
+      throw err;
+    }
+    if (this.#state === 'closed') {
+      pool.release(buf);
+      return;
+    }
+    const header = Buffer.allocUnsafe(40);
+    const n =
+      this.#structured || this.#extended
+        ? writeDataChunkHeader(header, 0, this.#extended, ReplyFlag.DONE, req.cookie, req.offset, req.offset, req.length)
+        : writeSimpleReply(header, 0, 0, req.cookie);
+    this.#write(header.subarray(0, n));
+    this.#write(buf, () => pool.release(buf));
+  }
+
+  async #blockStatus(req: NbdRequest): Promise<void> {
+    const disk = this.#disk!;
+    const reqOne = (req.flags & CmdFlag.REQ_ONE) !== 0;
+    const maxExtents = reqOne ? 1 : this.#ctx.limits.maxExtents;
+    const end = Math.min(disk.size, req.offset + req.length);
+    const cap = this.#extended ? Number.MAX_SAFE_INTEGER : COMPACT_EXTENT_MAX;
+    const chunks: Uint8Array[] = [];
+    for (let id = 1; id <= this.#contexts.length; id++) {
+      const context = this.#contexts[id - 1]!;
+      const out: BlockDescriptor[] = [];
+      for await (const e of disk.extents({ offset: req.offset, length: end - req.offset, context })) {
+        const flags = extentFlags(context, e.type);
+        let left = e.length;
+        while (left > 0 && out.length < maxExtents) {
+          const n = Math.min(left, cap);
+          const last = out[out.length - 1];
+          if (last && last.flags === flags && last.length + n <= cap) last.length += n;
+          else out.push({ length: n, flags });
+          left -= n;
+        }
+        if (out.length >= maxExtents) break;
+      }
+      chunks.push(
+        encodeBlockStatusChunk(this.#extended, id === this.#contexts.length ? ReplyFlag.DONE : 0, req.cookie, req.offset, id, out),
+      );
+    }
+    if (this.#state === 'closed') return;
+    for (const c of chunks) this.#write(c);
+  }
+
+  #replyOk(req: NbdRequest): void {
+    if (this.#extended) {
+      this.#write(encodeNoneChunk(true, req.cookie, req.offset));
+      return;
+    }
+    const b = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE);
+    writeSimpleReply(b, 0, 0, req.cookie);
+    this.#write(b);
+  }
+
+  #replyError(req: NbdRequest, errno: number, message: string): void {
+    if (this.#state === 'closed') return;
+    debug('nbd server: request %d at %d+%d failed: %s', req.command, req.offset, req.length, message);
+    if (this.#structured || this.#extended) {
+      this.#write(encodeErrorChunk(this.#extended, ReplyFlag.DONE, req.cookie, req.offset, errno, message));
+      return;
+    }
+    const b = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE);
+    writeSimpleReply(b, 0, errno, req.cookie);
+    this.#write(b);
+  }
+
+  // ---- output
+
+  /** Writes are corked until the next tick, so replies finishing together go out in one writev. */
+  #write(data: Uint8Array, cb?: () => void): void {
+    const s = this.#socket;
+    if (this.#state === 'closed' || s.destroyed) {
+      cb?.();
+      return;
+    }
+    if (!this.#corked) {
+      this.#corked = true;
+      s.cork();
+      process.nextTick(() => {
+        this.#corked = false;
+        s.uncork();
+      });
+    }
+    s.write(data, cb ? () => cb() : undefined);
+  }
+
+  #end(): void {
+    if (this.#state === 'closed') return;
+    this.#state = 'closed';
+    clearTimeout(this.#handshakeTimer);
+    const s = this.#socket;
+    s.end();
+    // A client that never closes its side is dropped after a grace period.
+    setTimeout(() => s.destroy(), 5000).unref();
+  }
+
+  #abort(err: unknown): void {
+    if (this.#state === 'closed') return;
+    debug('nbd server: closing connection: %s', errMessage(err));
+    this.#state = 'closed';
+    clearTimeout(this.#handshakeTimer);
+    this.#socket.destroy();
+    this.#finish();
+  }
+
+  #finish(): void {
+    if (this.#state !== 'closed') this.#state = 'closed';
+    clearTimeout(this.#handshakeTimer);
+    if (this.#idle) {
+      const idle = this.#idle;
+      this.#idle = undefined;
+      idle();
+    }
+    this.#resolveClosed();
+  }
+}
+
+/** Contexts an export offers: what its disk answers, and base:allocation always (the Disk synthesizes it). */
+export function offeredContexts(disk: Disk): string[] {
+  const list = [...disk.capabilities.extents];
+  if (!list.includes(BASE_ALLOCATION)) list.unshift(BASE_ALLOCATION);
+  return list;
+}
+
+function errMessage(err: unknown): string {
+  if (err instanceof VdError || err instanceof Error) return err.message;
+  return String(err);
+}

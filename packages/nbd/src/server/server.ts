@@ -1,0 +1,169 @@
+import { once } from 'node:events';
+import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { debug, VdError } from '@vd/core';
+import { BufferPool } from '../buffer-pool.js';
+import { ServerConnection, type ServerContext } from './connection.js';
+import { type NbdExport, type NbdServerOptions, type NbdServerTls, type ResolvedLimits, resolveLimits } from './options.js';
+
+export type ListenOptions = { host?: string; port?: number } | { path: string } | { fd: number };
+
+/** Where a listener is reachable, and the URI of the default export there. */
+export interface NbdServerAddress {
+  kind: 'tcp' | 'unix' | 'fd';
+  host?: string;
+  port?: number;
+  path?: string;
+  uri: string;
+}
+
+/**
+ * An NBD server exporting vd disks (raw, VMDK, chains: any `Disk`) over TCP, unix sockets and
+ * inherited listening sockets (systemd socket activation). Fixed newstyle with structured replies,
+ * extended headers, block status for every extents context the disk offers, and multi-conn: all
+ * connections share one `Disk`, so a flush on one covers writes acknowledged on every other.
+ *
+ * The server does not own the disks: `close()` stops serving and leaves them open.
+ */
+export class NbdServer {
+  readonly #exports: NbdExport[];
+  readonly #limits: ResolvedLimits;
+  readonly #pool = new BufferPool();
+  readonly #servers: Server[] = [];
+  readonly #addresses: NbdServerAddress[] = [];
+  readonly #connections = new Set<ServerConnection>();
+  readonly #ctx: ServerContext;
+  #closing: Promise<void> | undefined;
+
+  constructor(opts: NbdServerOptions) {
+    const list = Array.isArray(opts.exports) ? [...opts.exports] : [opts.exports as NbdExport];
+    if (list.length === 0) throw new VdError('ERR_VD_INVALID_ARGUMENT', 'NbdServer needs at least one export');
+    const names = new Set<string>();
+    for (const e of list) {
+      if (typeof e?.name !== 'string' || !e.disk) throw new VdError('ERR_VD_INVALID_ARGUMENT', 'an export needs a name and a disk');
+      if (names.has(e.name)) throw new VdError('ERR_VD_INVALID_ARGUMENT', `export name ${JSON.stringify(e.name)} is used twice`);
+      if (new TextEncoder().encode(e.name).length > 4096)
+        throw new VdError('ERR_VD_INVALID_ARGUMENT', 'an export name is at most 4096 bytes');
+      names.add(e.name);
+    }
+    this.#exports = list;
+    this.#limits = resolveLimits(opts.limits);
+    if (this.#limits.maxPayload < 1 << 20 || this.#limits.maxPayload > 0x7fffffff) {
+      throw new VdError('ERR_VD_INVALID_ARGUMENT', 'limits.maxPayload must be between 1 MiB and 2 GiB');
+    }
+    const exports = this.#exports;
+    const self = this;
+    this.#ctx = {
+      limits: this.#limits,
+      pool: this.#pool,
+      tls: opts.tls as NbdServerTls | undefined,
+      extendedHeaders: opts.extendedHeaders ?? true,
+      structuredReplies: opts.structuredReplies ?? true,
+      get shuttingDown() {
+        return self.#closing !== undefined;
+      },
+      findExport: (name) => exports.find((e) => e.name === name) ?? (name === '' ? exports[0] : undefined),
+      exports: () => exports,
+    };
+  }
+
+  get exports(): readonly NbdExport[] {
+    return this.#exports;
+  }
+
+  /** Open connections. */
+  get connections(): number {
+    return this.#connections.size;
+  }
+
+  get addresses(): readonly NbdServerAddress[] {
+    return this.#addresses;
+  }
+
+  /** Starts listening; resolves to the address and the URI of the default export. */
+  async listen(opts: ListenOptions = {}): Promise<NbdServerAddress> {
+    if (this.#closing) throw new VdError('ERR_VD_CLOSED', 'the NBD server is closed');
+    const server = createServer({ noDelay: true, pauseOnConnect: false }, (s) => this.handle(s));
+    server.on('error', (err) => debug('nbd server: listener error: %s', err.message));
+    if ('fd' in opts) server.listen({ fd: opts.fd });
+    else if ('path' in opts) server.listen({ path: opts.path });
+    else server.listen({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 0 });
+    await Promise.race([once(server, 'listening'), once(server, 'error').then(([e]) => Promise.reject(e))]).catch(
+      (err: NodeJS.ErrnoException) => {
+        throw new VdError(err.code === 'EADDRINUSE' ? 'ERR_VD_EXISTS' : 'ERR_VD_IO', `NBD server cannot listen: ${err.message}`, {
+          cause: err,
+          details: { errno: err.code },
+        });
+      },
+    );
+    this.#servers.push(server);
+    const name = encodeURIComponent(this.#exports[0]!.name);
+    let address: NbdServerAddress;
+    const a = server.address();
+    if ('path' in opts) {
+      address = { kind: 'unix', path: opts.path, uri: `nbd+unix:///${name}?socket=${encodeURIComponent(opts.path)}` };
+    } else if (a && typeof a === 'object') {
+      const { address: host, port } = a as AddressInfo;
+      const h = host.includes(':') ? `[${host}]` : host;
+      address = { kind: 'fd' in opts ? 'fd' : 'tcp', host, port, uri: `nbd://${h}:${port}/${name}` };
+    } else {
+      address = { kind: 'fd', uri: `nbd+unix:///${name}?socket=${String(a)}` };
+    }
+    this.#addresses.push(address);
+    return address;
+  }
+
+  /**
+   * systemd socket activation: when `LISTEN_PID` is this process and `LISTEN_FDS` ≥ 1, serves the
+   * inherited listening sockets from fd 3 on (what `nbdcopy -- [ cmd ]` and libnbd's
+   * socket-activation connect pass). Resolves to how many it took, 0 when not activated.
+   */
+  async listenSystemd(env: NodeJS.ProcessEnv = process.env): Promise<number> {
+    if (env.LISTEN_PID !== String(process.pid)) return 0;
+    const n = Number(env.LISTEN_FDS);
+    if (!Number.isSafeInteger(n) || n < 1) return 0;
+    for (let fd = 3; fd < 3 + n; fd++) await this.listen({ fd });
+    // Children must not think the sockets are theirs.
+    delete env.LISTEN_PID;
+    delete env.LISTEN_FDS;
+    delete env.LISTEN_FDNAMES;
+    return n;
+  }
+
+  /** Serves one already-connected duplex (a socket, a TLS stream, a test pair). */
+  handle(socket: Duplex): void {
+    if (this.#closing || this.#connections.size >= this.#limits.maxConnections) {
+      debug('nbd server: refusing a connection (%s)', this.#closing ? 'closing' : 'too many connections');
+      socket.destroy();
+      return;
+    }
+    (socket as Socket).setKeepAlive?.(true, 60_000);
+    const conn = new ServerConnection(socket, this.#ctx);
+    this.#connections.add(conn);
+    conn.closed.then(() => this.#connections.delete(conn));
+  }
+
+  /**
+   * Graceful and idempotent: stops accepting, refuses new options, lets every connection finish
+   * the requests it has in flight, then closes them (dropping any left after `shutdownTimeout`).
+   */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      const listeners = this.#servers.map((s) => new Promise<void>((r) => s.close(() => r())));
+      const drains = [...this.#connections].map((c) => c.shutdown());
+      const timer = setTimeout(() => {
+        for (const c of this.#connections) c.destroy();
+      }, this.#limits.shutdownTimeout);
+      timer.unref();
+      await Promise.all(drains);
+      await Promise.all([...this.#connections].map((c) => c.closed));
+      clearTimeout(timer);
+      await Promise.all(listeners);
+    })();
+    return this.#closing;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
