@@ -1,8 +1,8 @@
 import { rm } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import { type CopyProgress, type CopyResult, copyDisk, type Disk, toLocation, VdError } from '@vd/core';
+import { type CopyProgress, type CopyResult, copyDisk, createDisk, type Disk, toLocation, VdError } from '@vd/core';
 import { openDiskArg } from './disk-arg.js';
-import { createDisk } from './file-shim.js';
+import { formats } from './transports.js';
 
 export interface ConvertOptions {
   /** Format of the new target (default `raw`). */
@@ -40,7 +40,7 @@ export async function convertDisk(src: string, dst: string, opts: ConvertOptions
   const source = await openDiskArg(src, { signal: opts.signal });
   try {
     opts.onStart?.(source);
-    await createDisk(path, { size: source.size, format });
+    await createDisk(path, { size: source.size, format, formats, signal: opts.signal });
     try {
       const target = await openDiskArg(path, { readOnly: false, format, signal: opts.signal });
       try {

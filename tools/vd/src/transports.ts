@@ -1,5 +1,15 @@
-import type { Transport } from '@vd/core';
-import { file } from './file-shim.js';
+import { defaultFormats, type FormatDriver, file, type Transport, vmdkFormat } from '@vd/core';
+
+/**
+ * The formats the CLI reads, detected in this order (raw accepts anything, so it stays last).
+ * Deduplicated by name so core adding a driver to `defaultFormats` changes nothing here.
+ */
+export const formats: readonly FormatDriver[] = [vmdkFormat, ...defaultFormats].filter(
+  (f, i, all) => all.findIndex((g) => g.name === f.name) === i,
+);
+
+/** Formats `vd create` and `vd convert` can write: those whose driver can lay out a new disk. */
+export const creatableFormats: readonly string[] = formats.filter((f) => typeof f.create === 'function').map((f) => f.name);
 
 /**
  * The transports `vd` tries, in order, for every disk argument: the one list in the CLI. To add
@@ -8,5 +18,5 @@ import { file } from './file-shim.js';
  * skipped.
  */
 export function transports(): Transport[] {
-  return [file()];
+  return [file({ formats })];
 }

@@ -4,6 +4,7 @@ import { convertDisk } from '../convert.js';
 import { jsonOption } from '../options.js';
 import { formatFields, printJson, printLines } from '../output.js';
 import { createProgress, type Progress } from '../progress.js';
+import { creatableFormats } from '../transports.js';
 import { formatBytes, formatRate } from '../units.js';
 
 interface ConvertCliOptions {
@@ -19,7 +20,7 @@ export function registerConvert(program: Command, ctx: Context): void {
     .description('copy a disk into a new disk file, keeping it sparse')
     .argument('<src>', 'path or URI of the source disk')
     .argument('<dst>', 'path of the new disk (must not exist)')
-    .addOption(new Option('--format <format>', 'format of the new disk').choices(['raw']).default('raw'))
+    .addOption(new Option('--format <format>', 'format of the new disk').choices(creatableFormats).default('raw'))
     .option('--progress', 'show progress on stderr (a bar on a terminal, plain lines otherwise)')
     .option('--verify', 'read the new disk back and check it against what was copied')
     .addOption(jsonOption())

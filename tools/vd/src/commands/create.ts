@@ -1,9 +1,10 @@
+import { createDisk } from '@vd/core';
 import { type Command, Option } from 'commander';
 import type { Context } from '../context.js';
 import { localPath } from '../convert.js';
-import { createDisk } from '../file-shim.js';
 import { jsonOption, sizeOption } from '../options.js';
 import { printJson, printLines } from '../output.js';
+import { creatableFormats, formats } from '../transports.js';
 import { formatBytes } from '../units.js';
 
 export function registerCreate(program: Command, ctx: Context): void {
@@ -12,7 +13,7 @@ export function registerCreate(program: Command, ctx: Context): void {
     .description('create a new, empty (all-zero, sparse) disk')
     .argument('<path>', 'path of the new disk (must not exist)')
     .addOption(sizeOption('virtual size, e.g. 4G, 512M, 1T or bytes').makeOptionMandatory())
-    .addOption(new Option('--format <format>', 'disk format').choices(['raw']).default('raw'))
+    .addOption(new Option('--format <format>', 'disk format').choices(creatableFormats).default('raw'))
     .addOption(jsonOption())
     .addHelpText(
       'after',
@@ -23,7 +24,7 @@ Examples:
     )
     .action(async (arg: string, opts: { size: number; format: string; json?: boolean }) => {
       const path = localPath(arg);
-      await createDisk(path, { size: opts.size, format: opts.format });
+      await createDisk(path, { size: opts.size, format: opts.format, formats });
       if (opts.json) printJson(ctx, { path, format: opts.format, size: opts.size });
       else printLines(ctx, `created ${arg}: ${opts.format}, ${formatBytes(opts.size)} (${opts.size} bytes)`);
     });

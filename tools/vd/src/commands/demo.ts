@@ -1,14 +1,13 @@
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { VdError } from '@vd/core';
+import { createDisk, VdError } from '@vd/core';
 import type { Command } from 'commander';
 import { compareDisks } from '../compare.js';
 import type { Context } from '../context.js';
 import { convertDisk } from '../convert.js';
 import { writeDemoData } from '../demo-data.js';
 import { openDiskArg } from '../disk-arg.js';
-import { createDisk } from '../file-shim.js';
 import { jsonOption, sizeOption } from '../options.js';
 import { formatTable, printJson, printLines } from '../output.js';
 import { formatBytes, formatRate } from '../units.js';
