@@ -12,6 +12,16 @@ export {
 export { type ClientTlsOptions, type ClientTlsResult, startTlsClient } from './client-tls.js';
 export { type CreatePkiOptions, caPair, createPki, loadPki, type Pki, pkiFiles, type WritePkiOptions, writePki } from './pki.js';
 export { loadPskFile, type PskKey, type PskTable, parsePskFile, pickPsk } from './psk.js';
+export {
+  defaultPkiDir,
+  describeServerPki,
+  type EnsuredPki,
+  ensureServerPki,
+  type NbdTlsServerOptions,
+  nbdServerTls,
+  tlsUri,
+  wrap,
+} from './server.js';
 export { type ClientIdentity, ServerTls, type ServerTlsOptions, serverTlsFromPki, type TlsMode } from './server-tls.js';
 export {
   formatThumbprint,

@@ -29,7 +29,11 @@ describe.skipIf(skipWithoutPeers('nbdkit', 'nbdinfo', 'qemu-nbd'))('vd-made cert
 
   it('nbdkit --tls=require --tls-verify-peer accepts them and nbdinfo verifies the server', async () => {
     const sock = join(dir, 'nbdkit.sock');
-    const d = await daemon('nbdkit', ['-f', '--tls=require', `--tls-certificates=${pki.dir}`, '--tls-verify-peer', '-U', sock, 'memory', '1M'], sock);
+    const d = await daemon(
+      'nbdkit',
+      ['-f', '--tls=require', `--tls-certificates=${pki.dir}`, '--tls-verify-peer', '-U', sock, 'memory', '1M'],
+      sock,
+    );
     try {
       const { stdout } = await run('nbdinfo', [`nbds+unix:///?socket=${sock}&tls-certificates=${pki.dir}`]);
       expect(stdout).toMatch(/with TLS/);
@@ -49,7 +53,18 @@ describe.skipIf(skipWithoutPeers('nbdkit', 'nbdinfo', 'qemu-nbd'))('vd-made cert
     await truncate(img, 1 << 20);
     const d = await daemon(
       'qemu-nbd',
-      ['--object', `tls-creds-x509,id=tls0,endpoint=server,dir=${pki.dir},verify-peer=on`, '--tls-creds', 'tls0', '-k', sock, '-f', 'raw', '-t', img],
+      [
+        '--object',
+        `tls-creds-x509,id=tls0,endpoint=server,dir=${pki.dir},verify-peer=on`,
+        '--tls-creds',
+        'tls0',
+        '-k',
+        sock,
+        '-f',
+        'raw',
+        '-t',
+        img,
+      ],
       sock,
     );
     try {
