@@ -111,6 +111,9 @@ describe('FileStore', () => {
     await store.truncate(4096);
     expect(await store.size()).toBe(4096);
     expect(await codeOf(store.truncate(-1))).toBe('ERR_VD_INVALID_ARGUMENT');
+    expect(await codeOf(store.read(-1, new Uint8Array(1)))).toBe('ERR_VD_INVALID_ARGUMENT');
+    expect(await codeOf(store.read(2 ** 53, new Uint8Array(1)))).toBe('ERR_VD_INVALID_ARGUMENT');
+    expect(await codeOf(store.write(1.5, new Uint8Array(1)))).toBe('ERR_VD_INVALID_ARGUMENT');
     await store.close();
   });
 

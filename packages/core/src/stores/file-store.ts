@@ -106,6 +106,7 @@ export class FileStore implements ByteStore {
 
   async read(position: number, into: Uint8Array): Promise<number> {
     this.#checkOpen('read');
+    checkRange('read', position, into.length);
     try {
       const { bytesRead } = await this.#fh.read(into, 0, into.length, position);
       return bytesRead;
@@ -116,6 +117,7 @@ export class FileStore implements ByteStore {
 
   async write(position: number, data: Uint8Array): Promise<void> {
     this.#checkWritable('write');
+    checkRange('write', position, data.length);
     try {
       let done = 0;
       // write(2) may write less than asked (a signal, a full quota near the limit); carry on.
