@@ -150,8 +150,7 @@ describe('FileStore', () => {
     expect(isVdError(err) && err.details.errno).toBe('ENOENT');
   });
 
-  it('refuses permission as ERR_VD_PERMISSION when not root', async () => {
-    if (process.getuid?.() === 0) return; // root reads anything; nothing to check
+  it.skipIf(process.getuid?.() === 0)('refuses permission as ERR_VD_PERMISSION (not as root, who may open anything)', async () => {
     const path = tempPath();
     await writeFile(path, 'x', { mode: 0o000 });
     expect(await codeOf(FileStore.open(path))).toBe('ERR_VD_PERMISSION');

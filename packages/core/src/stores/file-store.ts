@@ -68,7 +68,12 @@ export class FileStore implements ByteStore {
     if (opts.create) flags |= constants.O_CREAT | (opts.overwrite ? constants.O_TRUNC : constants.O_EXCL);
     const [fh, sparse] = await Promise.all([
       open(path, flags, 0o644).catch((err: unknown) => {
-        throw fromSystemError(err, `open ${path}`);
+        // Refused for writing is often fixed by not writing: say so.
+        const hint =
+          !readOnly && ['EACCES', 'EPERM', 'EROFS'].includes((err as NodeJS.ErrnoException)?.code ?? '')
+            ? ' (open read-only to only read it)'
+            : '';
+        throw fromSystemError(err, `open ${path}${opts.create ? ' to create it' : readOnly ? '' : ' read-write'}${hint}`);
       }),
       opts.sparse === false ? undefined : loadSparse(),
     ]);
