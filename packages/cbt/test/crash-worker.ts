@@ -1,0 +1,28 @@
+// Child process of crash.test.ts: a tracked write workload on a file disk that runs until it is
+// killed. Prints `marked <changeId>` once the point is named, waits for `go` on stdin (the parent
+// copies the disk meanwhile), prints `running`, then writes, zeroes and marks at random forever.
+import { randomBytes, randomInt } from 'node:crypto';
+import { fileFingerprint, mark, track } from '../src/index.js';
+import { fileDisk } from './helpers.js';
+
+const [img, cbt, durability] = process.argv.slice(2) as [string, string, 'fsync' | 'boot'];
+const disk = await track(await fileDisk(img), { path: cbt, granularity: 4096, durability, fingerprint: fileFingerprint(img) });
+process.stdout.write(`marked ${await mark(disk)}\n`);
+await new Promise<void>((resolve) => process.stdin.once('data', () => resolve()));
+process.stdin.pause();
+process.stdout.write('running\n');
+
+const IN_FLIGHT = 8;
+async function one(): Promise<void> {
+  const length = randomInt(1, 64 * 1024);
+  const offset = randomInt(0, disk.size - length);
+  const r = randomInt(100);
+  if (r < 80) await disk.write(offset, randomBytes(length));
+  else if (r < 98) await disk.zero(offset, length);
+  else await mark(disk);
+}
+await Promise.all(
+  Array.from({ length: IN_FLIGHT }, async () => {
+    for (;;) await one();
+  }),
+);
