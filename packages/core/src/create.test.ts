@@ -94,6 +94,30 @@ describe('createDisk', () => {
     expect(await readFile(made, 'utf8')).toBe('CUSTOM');
   });
 
+  it('creates sibling files through the resolver, replacing them only with overwrite', async () => {
+    const twoFiles: FormatDriver = {
+      name: 'two',
+      detect: () => false,
+      open: rawFormat.open,
+      async create(store, ctx) {
+        const extent = await ctx.resolver.create!('two-extent.bin');
+        await extent.write(0, new TextEncoder().encode(`extent of ${ctx.size}`));
+        await extent.close();
+        await store.write(0, new TextEncoder().encode('two-extent.bin'));
+      },
+    };
+    const path = join(dir, 'two.img');
+    await createDisk(path, { size: 10, format: 'two', formats: [twoFiles] });
+    expect(await readFile(join(dir, 'two-extent.bin'), 'utf8')).toBe('extent of 10');
+    // Without overwrite an existing main file is refused, and so is an existing extent (the new main file is then removed).
+    expect(await codeOf(createDisk(path, { size: 20, format: 'two', formats: [twoFiles] }))).toBe('ERR_VD_EXISTS');
+    const other = join(dir, 'two-b.img');
+    expect(await codeOf(createDisk(other, { size: 30, format: 'two', formats: [twoFiles] }))).toBe('ERR_VD_EXISTS');
+    expect(await exists(other)).toBe(false);
+    await createDisk(path, { size: 40, format: 'two', formats: [twoFiles], overwrite: true });
+    expect(await readFile(join(dir, 'two-extent.bin'), 'utf8')).toBe('extent of 40');
+  });
+
   it('removes the half-made file when the driver fails', async () => {
     const failing: FormatDriver = {
       name: 'failing',

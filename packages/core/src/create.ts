@@ -56,7 +56,7 @@ export async function createDisk(path: string | URL, opts: CreateDiskOptions): P
     await driver.create(store, {
       size: opts.size,
       formatOptions: opts.formatOptions,
-      resolver: fileResolver(dirname(file)),
+      resolver: fileResolver(dirname(file), { overwrite: opts.overwrite }),
       signal: opts.signal,
     });
     await store.flush();

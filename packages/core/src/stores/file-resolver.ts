@@ -7,9 +7,10 @@ import { FileStore } from './file-store.js';
 /**
  * Opens files named relative to `dir`, the directory of the disk being opened (VMDK extents,
  * parents of a redo log). Absolute names are allowed: a VMDK parent hint may be absolute, and the
- * format itself decides which names it trusts.
+ * format itself decides which names it trusts. With `overwrite`, `create` replaces an existing
+ * file (a disk being re-created replaces its extent files too).
  */
-export function fileResolver(dir: string): StoreResolver {
+export function fileResolver(dir: string, opts: { overwrite?: boolean | undefined } = {}): StoreResolver {
   const pathOf = (name: string): string => {
     if (typeof name !== 'string' || name.length === 0 || name.includes('\0')) {
       throw new VdError('ERR_VD_INVALID_ARGUMENT', `a file name must be a non-empty string without NUL bytes, got ${JSON.stringify(name)}`);
@@ -21,7 +22,7 @@ export function fileResolver(dir: string): StoreResolver {
       return FileStore.open(pathOf(name), { readOnly: opts.readOnly });
     },
     async create(name: string): Promise<ByteStore> {
-      return FileStore.open(pathOf(name), { create: true });
+      return FileStore.open(pathOf(name), { create: true, overwrite: opts.overwrite === true });
     },
     async exists(name: string): Promise<boolean> {
       const path = pathOf(name);
