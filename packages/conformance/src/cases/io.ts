@@ -33,7 +33,7 @@ export const ioCases: CaseSpec[] = [
   },
   {
     id: 'read/consistent',
-    title: 'reading a range in one request or in odd pieces gives the same bytes, twice',
+    title: "reading a range whole, in odd pieces or into a caller's buffer gives the same bytes",
     requires: [],
     async body({ disk, window, rng, range }) {
       const whole = await disk.read(0, window);
