@@ -1,3 +1,7 @@
+export { type ExportInfo, type HandshakeOptions, listExports, type NbdClientTls, NbdConnection } from './client/connection.js';
+export { type NbdClientOptions, NbdClientSource } from './client/source.js';
+export { type NbdTransportOptions, nbd } from './client/transport.js';
+export { formatNbdUri, NBD_PORT, type NbdTarget, parseNbdUri } from './client/uri.js';
 export { extentFlags, extentType } from './contexts.js';
 export { fromErrno, toErrno } from './errno.js';
 export * as protocol from './protocol.js';

@@ -464,6 +464,11 @@ export class ServerStreamDecoder extends Decoder<ServerMessage> {
     this.#exportNameSize = noZeroes ? 10 : 134;
   }
 
+  /** After a TLS upgrade: a fresh decoder on the new channel continues with option replies. */
+  skipGreeting(): void {
+    if (this.#state === 'greeting') this.#state = 'optionReply';
+  }
+
   /** After GO's ACK or the EXPORT_NAME block: replies follow, 32-byte chunks if `extended`. */
   enterTransmission(extended: boolean, targets: ReplyTargets): void {
     this.#state = 'reply';

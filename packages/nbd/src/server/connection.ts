@@ -9,7 +9,6 @@ import {
   ClientStreamDecoder,
   Cmd,
   CmdFlag,
-  chunkHeaderSize,
   decodeInfoRequest,
   decodeMetaContextRequest,
   Errno,
@@ -219,14 +218,26 @@ export class ServerConnection {
         this.#end();
         return;
       case Opt.LIST:
-        if (data.length > 0) return this.#error(option, Rep.ERR_INVALID, 'LIST takes no data');
+        if (data.length > 0) {
+          this.#error(option, Rep.ERR_INVALID, 'LIST takes no data');
+          return;
+        }
         for (const e of ctx.exports()) this.#reply(option, Rep.SERVER, encodeServerReply(e.name, e.description ?? ''));
         this.#reply(option, Rep.ACK);
         return;
       case Opt.STARTTLS:
-        if (!ctx.tls) return this.#error(option, Rep.ERR_POLICY, 'this server does not offer TLS');
-        if (data.length > 0) return this.#error(option, Rep.ERR_INVALID, 'STARTTLS takes no data');
-        if (this.#tlsDone) return this.#error(option, Rep.ERR_INVALID, 'TLS is already on');
+        if (!ctx.tls) {
+          this.#error(option, Rep.ERR_POLICY, 'this server does not offer TLS');
+          return;
+        }
+        if (data.length > 0) {
+          this.#error(option, Rep.ERR_INVALID, 'STARTTLS takes no data');
+          return;
+        }
+        if (this.#tlsDone) {
+          this.#error(option, Rep.ERR_INVALID, 'TLS is already on');
+          return;
+        }
         this.#reply(option, Rep.ACK);
         this.#startTls(ctx.tls);
         return;
@@ -235,17 +246,38 @@ export class ServerConnection {
         this.#onInfo(option, data);
         return;
       case Opt.STRUCTURED_REPLY:
-        if (!ctx.structuredReplies) return this.#error(option, Rep.ERR_UNSUP, 'structured replies are off');
-        if (data.length > 0) return this.#error(option, Rep.ERR_INVALID, 'STRUCTURED_REPLY takes no data');
-        if (this.#extended) return this.#error(option, Rep.ERR_EXT_HEADER_REQD, 'extended headers are already on');
-        if (this.#structured) return this.#error(option, Rep.ERR_INVALID, 'structured replies are already on');
+        if (!ctx.structuredReplies) {
+          this.#error(option, Rep.ERR_UNSUP, 'structured replies are off');
+          return;
+        }
+        if (data.length > 0) {
+          this.#error(option, Rep.ERR_INVALID, 'STRUCTURED_REPLY takes no data');
+          return;
+        }
+        if (this.#extended) {
+          this.#error(option, Rep.ERR_EXT_HEADER_REQD, 'extended headers are already on');
+          return;
+        }
+        if (this.#structured) {
+          this.#error(option, Rep.ERR_INVALID, 'structured replies are already on');
+          return;
+        }
         this.#structured = true;
         this.#reply(option, Rep.ACK);
         return;
       case Opt.EXTENDED_HEADERS:
-        if (!ctx.extendedHeaders) return this.#error(option, Rep.ERR_UNSUP, 'extended headers are off');
-        if (data.length > 0) return this.#error(option, Rep.ERR_INVALID, 'EXTENDED_HEADERS takes no data');
-        if (this.#extended) return this.#error(option, Rep.ERR_INVALID, 'extended headers are already on');
+        if (!ctx.extendedHeaders) {
+          this.#error(option, Rep.ERR_UNSUP, 'extended headers are off');
+          return;
+        }
+        if (data.length > 0) {
+          this.#error(option, Rep.ERR_INVALID, 'EXTENDED_HEADERS takes no data');
+          return;
+        }
+        if (this.#extended) {
+          this.#error(option, Rep.ERR_INVALID, 'extended headers are already on');
+          return;
+        }
         this.#extended = true;
         this.#reply(option, Rep.ACK);
         return;
@@ -263,12 +295,19 @@ export class ServerConnection {
     try {
       req = decodeInfoRequest(data);
     } catch (err) {
-      return this.#error(option, Rep.ERR_INVALID, (err as Error).message);
+      this.#error(option, Rep.ERR_INVALID, (err as Error).message);
+      return;
     }
     const exp = this.#ctx.findExport(req.name);
-    if (!exp) return this.#error(option, Rep.ERR_UNKNOWN, `no export named ${JSON.stringify(req.name)}`);
+    if (!exp) {
+      this.#error(option, Rep.ERR_UNKNOWN, `no export named ${JSON.stringify(req.name)}`);
+      return;
+    }
     const disk = exp.disk;
-    if (disk.closed) return this.#error(option, Rep.ERR_SHUTDOWN, 'the export is closed');
+    if (disk.closed) {
+      this.#error(option, Rep.ERR_SHUTDOWN, 'the export is closed');
+      return;
+    }
     this.#reply(option, Rep.INFO, encodeInfoExport(disk.size, this.#flagsFor(exp)));
     const { minimum, maximum } = this.#blockSizes(disk);
     this.#reply(option, Rep.INFO, encodeInfoBlockSize(minimum, this.#preferred(disk), maximum));
@@ -285,15 +324,22 @@ export class ServerConnection {
   #onMetaContext(option: number, data: Uint8Array): void {
     const set = option === Opt.SET_META_CONTEXT;
     if (set) this.#contexts = [];
-    if (!this.#structured && !this.#extended) return this.#error(option, Rep.ERR_INVALID, 'negotiate structured replies first');
+    if (!this.#structured && !this.#extended) {
+      this.#error(option, Rep.ERR_INVALID, 'negotiate structured replies first');
+      return;
+    }
     let req: { name: string; queries: string[] };
     try {
       req = decodeMetaContextRequest(data);
     } catch (err) {
-      return this.#error(option, Rep.ERR_INVALID, (err as Error).message);
+      this.#error(option, Rep.ERR_INVALID, (err as Error).message);
+      return;
     }
     const exp = this.#ctx.findExport(req.name);
-    if (!exp) return this.#error(option, Rep.ERR_UNKNOWN, `no export named ${JSON.stringify(req.name)}`);
+    if (!exp) {
+      this.#error(option, Rep.ERR_UNKNOWN, `no export named ${JSON.stringify(req.name)}`);
+      return;
+    }
     const offered = offeredContexts(exp.disk);
     const picked: string[] = [];
     if (req.queries.length === 0) {
@@ -307,7 +353,7 @@ export class ServerConnection {
       this.#contexts = picked;
       this.#contextExport = req.name;
     }
-    picked.forEach((name, i) => this.#reply(option, Rep.META_CONTEXT, encodeMetaContextReply(set ? i + 1 : 0, name)));
+    for (let i = 0; i < picked.length; i++) this.#reply(option, Rep.META_CONTEXT, encodeMetaContextReply(set ? i + 1 : 0, picked[i]!));
     this.#reply(option, Rep.ACK);
   }
 

@@ -60,21 +60,21 @@ describe.skipIf(skipWithoutPeers('nbdinfo', 'nbdcopy', 'nbdsh', 'qemu-img', 'qem
     expect(info.structured).toBe(true);
     const exp = info.exports[0];
     expect(exp['export-size']).toBe(SIZE);
-    expect(exp['is_read_only']).toBe(true);
-    expect(exp['can_multi_conn']).toBe(true);
-    expect(exp['can_df']).toBe(true);
-    expect(exp['contexts']).toContain('base:allocation');
-    expect(exp['block_size_minimum']).toBe(1);
-    expect(exp['block_size_maximum']).toBe(32 * MiB);
-    expect(exp['description']).toBe('the source');
+    expect(exp.is_read_only).toBe(true);
+    expect(exp.can_multi_conn).toBe(true);
+    expect(exp.can_df).toBe(true);
+    expect(exp.contexts).toContain('base:allocation');
+    expect(exp.block_size_minimum).toBe(1);
+    expect(exp.block_size_maximum).toBe(32 * MiB);
+    expect(exp.description).toBe('the source');
     const rw = JSON.parse(await run('nbdinfo', ['--json', unix.replace('/src?', '/scratch?')]));
     const w = rw.exports[0];
-    expect(w['is_read_only']).toBe(false);
-    expect(w['can_flush']).toBe(true);
-    expect(w['can_fua']).toBe(true);
-    expect(w['can_trim']).toBe(true);
-    expect(w['can_zero']).toBe(true);
-    expect(w['can_fast_zero']).toBe(true);
+    expect(w.is_read_only).toBe(false);
+    expect(w.can_flush).toBe(true);
+    expect(w.can_fua).toBe(true);
+    expect(w.can_trim).toBe(true);
+    expect(w.can_zero).toBe(true);
+    expect(w.can_fast_zero).toBe(true);
   });
 
   it('nbdinfo --list lists both exports', async () => {

@@ -1,0 +1,225 @@
+import { createServer, connect as netConnect, type Socket } from 'node:net';
+import { runConformance } from '@vd/conformance/vitest';
+import { type Disk, isVdError, memoryDisk, openDisk } from '@vd/core';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { NbdServer, type NbdServerOptions } from '../index.js';
+import { listExports } from './connection.js';
+import { NbdClientSource } from './source.js';
+import { nbd } from './transport.js';
+import { formatNbdUri, parseNbdUri } from './uri.js';
+
+const MiB = 1 << 20;
+
+interface Served {
+  server: NbdServer;
+  uri: string;
+  disk: Disk;
+}
+
+const cleanups: (() => Promise<void>)[] = [];
+
+async function serve(disk: Disk, opts: Partial<NbdServerOptions> = {}, name = 'd'): Promise<Served> {
+  const server = new NbdServer({ exports: [{ name, disk }], ...opts });
+  const { uri } = await server.listen({ port: 0 });
+  cleanups.push(async () => {
+    await server.close();
+    await disk.close().catch(() => {});
+  });
+  return { server, uri, disk };
+}
+
+afterEach(async () => {
+  for (const c of cleanups.splice(0)) await c();
+});
+
+function pattern(n: number, seed: number): Uint8Array {
+  const b = new Uint8Array(n);
+  for (let i = 0; i < n; i++) b[i] = (i * 7 + seed + (i >> 12)) & 255;
+  return b;
+}
+
+describe('NBD URIs', () => {
+  it('parses the standard forms', () => {
+    expect(parseNbdUri('nbd://example.com/disk')).toEqual({
+      kind: 'tcp',
+      host: 'example.com',
+      port: 10809,
+      exportName: 'disk',
+      tls: false,
+    });
+    expect(parseNbdUri('nbd://[::1]:1234/a%20b')).toEqual({ kind: 'tcp', host: '::1', port: 1234, exportName: 'a b', tls: false });
+    expect(parseNbdUri('nbd://h//abs')).toMatchObject({ exportName: '/abs' });
+    expect(parseNbdUri('nbd+unix:///e?socket=/tmp/s.sock')).toEqual({ kind: 'unix', path: '/tmp/s.sock', exportName: 'e', tls: false });
+    expect(parseNbdUri('nbds://h/')).toMatchObject({ tls: true, exportName: '' });
+    expect(() => parseNbdUri('nbd+unix:///e')).toThrow(/socket/);
+    expect(() => parseNbdUri('http://h/e')).toThrow(/not an NBD URI/);
+    expect(formatNbdUri(parseNbdUri('nbd+unix:///e?socket=/tmp/s.sock'))).toBe('nbd+unix:///e?socket=%2Ftmp%2Fs.sock');
+  });
+
+  it('probe says why an nbds URI cannot be opened without TLS', async () => {
+    const r = await nbd().probe(new URL('nbds://h/e'), {});
+    expect(r).toMatchObject({ ok: false });
+  });
+});
+
+describe('client against our server', () => {
+  it('negotiates extended headers with our server and reads, writes, zeroes, trims, flushes', async () => {
+    const { uri } = await serve(memoryDisk(16 * MiB));
+    const disk = await openDisk(uri, { transports: [nbd()] });
+    cleanups.push(() => disk.close());
+    expect(disk.info()).toMatchObject({ format: 'nbd', extendedHeaders: true, structuredReplies: true });
+    const data = pattern(3 * MiB + 512, 3);
+    await disk.write(MiB - 512, data, { fua: true });
+    expect(Buffer.compare(await disk.read(MiB - 512, data.length), data)).toBe(0);
+    await disk.zero(MiB, MiB, { noHole: true });
+    await disk.trim(2 * MiB, MiB);
+    await disk.flush();
+    const got = await disk.read(MiB - 512, 512);
+    expect(Buffer.compare(got, data.subarray(0, 512))).toBe(0);
+    expect((await disk.read(MiB, 2 * MiB)).every((b) => b === 0)).toBe(true);
+    const ext = [];
+    for await (const e of disk.extents()) ext.push(e);
+    expect(ext[0]).toEqual({ offset: 0, length: MiB - 4096, type: 'hole' });
+    expect(ext.find((e) => e.offset === MiB)?.type).toBe('zero');
+  });
+
+  it.each<[string, { extendedHeaders: boolean; structuredReplies?: boolean }]>([
+    ['structured replies only', { extendedHeaders: false }],
+    ['simple replies only', { extendedHeaders: false, structuredReplies: false }],
+  ])('falls back to %s', async (_name, opts) => {
+    const { uri } = await serve(memoryDisk(4 * MiB), opts);
+    const disk = await openDisk(uri, { transports: [nbd()] });
+    cleanups.push(() => disk.close());
+    const info = disk.info();
+    expect(info.extendedHeaders).toBe(false);
+    expect(info.structuredReplies).toBe(opts.structuredReplies !== false);
+    const data = pattern(MiB, 9);
+    await disk.write(4096, data);
+    expect(Buffer.compare(await disk.read(4096, data.length), data)).toBe(0);
+    // Without structured replies there is no block status; the wrapper reports one data extent.
+    expect(disk.capabilities.extents.length).toBe(opts.structuredReplies === false ? 0 : 1);
+    const err = await disk.read(4 * MiB - 512, 1024).catch((e) => e);
+    expect(isVdError(err, 'ERR_VD_OUT_OF_RANGE')).toBe(true);
+  });
+
+  it('pipelines many requests with a bounded window and splits to the maximum block size', async () => {
+    const { server, uri } = await serve(memoryDisk(64 * MiB), { limits: { maxPayload: MiB } });
+    const disk = await openDisk(uri, { transports: [nbd({ maxInFlight: 4, connections: 1 })] });
+    cleanups.push(() => disk.close());
+    expect(disk.capabilities.blockSize.maximum).toBe(MiB);
+    const big = pattern(10 * MiB + 4096, 5);
+    await disk.write(0, big);
+    const reads = Array.from({ length: 64 }, (_, i) => disk.read(i * 65536, 65536));
+    const parts = await Promise.all(reads);
+    for (const [i, p] of parts.entries()) expect(Buffer.compare(p, big.subarray(i * 65536, (i + 1) * 65536))).toBe(0);
+    expect(Buffer.compare(await disk.read(0, big.length), big)).toBe(0);
+    expect(server.connections).toBe(1);
+  });
+
+  it('opens several connections only when the server advertises multi-conn', async () => {
+    const { server, uri } = await serve(memoryDisk(4 * MiB));
+    const disk = await openDisk(uri, { transports: [nbd({ connections: 3 })] });
+    cleanups.push(() => disk.close());
+    expect(disk.capabilities.multiConn).toBe(true);
+    expect(disk.info().connections).toBe(3);
+    expect(server.connections).toBe(3);
+    // Writes on one connection are visible to reads on another after a flush.
+    const data = pattern(MiB, 1);
+    await Promise.all([disk.write(0, data), disk.write(MiB, data)]);
+    await disk.flush();
+    const back = await Promise.all([0, 1, 2, 3].map((i) => disk.read(i * 512 * 1024, 512 * 1024)));
+    expect(Buffer.compare(Buffer.concat(back.slice(0, 2)), data)).toBe(0);
+  });
+
+  it('maps server errors to coded errors that keep the errno', async () => {
+    const { uri } = await serve(memoryDisk(MiB), {}, 'ro');
+    const server2 = new NbdServer({ exports: [{ name: 'ro', disk: memoryDisk(MiB), readOnly: true }] });
+    const { uri: roUri } = await server2.listen({ port: 0 });
+    cleanups.push(() => server2.close());
+    const src = await NbdClientSource.open(parseNbdUri(roUri));
+    cleanups.push(() => src._close());
+    const err = await src._write(0, new Uint8Array(512), {}).catch((e) => e);
+    expect(isVdError(err, 'ERR_VD_READ_ONLY')).toBe(true);
+    expect(err.details).toMatchObject({ errno: 1, errnoName: 'EPERM' });
+    const missing = await openDisk(uri.replace(/\/ro$/, '/nope'), { transports: [nbd()] }).catch((e) => e);
+    expect(isVdError(missing, 'ERR_VD_NOT_FOUND')).toBe(true);
+    expect(String(missing.message)).toMatch(/nope/);
+  });
+
+  it('lists exports', async () => {
+    const server = new NbdServer({
+      exports: [
+        { name: 'a', disk: memoryDisk(MiB), description: 'first' },
+        { name: 'b', disk: memoryDisk(MiB) },
+      ],
+    });
+    const { uri } = await server.listen({ port: 0 });
+    cleanups.push(() => server.close());
+    expect(await listExports(parseNbdUri(uri))).toEqual([
+      { name: 'a', description: 'first' },
+      { name: 'b', description: '' },
+    ]);
+  });
+
+  it('reconnects and retries reads after a dropped connection, with a bound', async () => {
+    const { uri } = await serve(memoryDisk(4 * MiB, { data: pattern(4 * MiB, 7) }));
+    const t = parseNbdUri(uri);
+    if (t.kind !== 'tcp') throw new Error('tcp expected');
+    // A proxy we can cut.
+    const sockets = new Set<Socket>();
+    let refuse = false;
+    const proxy = createServer((c) => {
+      if (refuse) {
+        c.destroy();
+        return;
+      }
+      const up = netConnect({ host: t.host, port: t.port });
+      sockets.add(c).add(up);
+      c.pipe(up).pipe(c);
+      const drop = () => {
+        c.destroy();
+        up.destroy();
+      };
+      c.on('error', drop).on('close', drop);
+      up.on('error', drop).on('close', drop);
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => proxy.close(() => r())));
+    const port = (proxy.address() as { port: number }).port;
+    const disk = await openDisk(`nbd://127.0.0.1:${port}/d`, { transports: [nbd({ retryDelay: 5, retries: 2 })] });
+    cleanups.push(() => disk.destroy());
+    expect((await disk.read(0, 4096))[1]).toBe(pattern(2, 7)[1]);
+    for (const s of sockets) s.destroy();
+    const again = await disk.read(MiB, 65536);
+    expect(Buffer.compare(again, pattern(4 * MiB, 7).subarray(MiB, MiB + 65536))).toBe(0);
+    // The retries are bounded: with the server unreachable the read fails.
+    refuse = true;
+    for (const s of sockets) s.destroy();
+    const failed = await disk.read(0, 4096).catch((e) => e);
+    expect(isVdError(failed, 'ERR_VD_IO')).toBe(true);
+  });
+
+  it('times out a handshake the server never answers', async () => {
+    const silent = createServer(() => {});
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    const port = (silent.address() as { port: number }).port;
+    const err = await openDisk(`nbd://127.0.0.1:${port}/x`, { transports: [nbd({ handshakeTimeout: 200 })] }).catch((e) => e);
+    silent.close();
+    expect(isVdError(err, 'ERR_VD_TIMEOUT')).toBe(true);
+  });
+});
+
+const servers: NbdServer[] = [];
+afterAll(async () => {
+  for (const s of servers) await s.close();
+});
+
+runConformance({
+  name: 'nbd client ↔ NbdServer (memory disk)',
+  factory: async ({ readOnly }) => {
+    const server = new NbdServer({ exports: [{ name: 'c', disk: memoryDisk(4 * MiB) }] });
+    servers.push(server);
+    const { uri } = await server.listen({ port: 0 });
+    return openDisk(uri, { transports: [nbd()], readOnly });
+  },
+});

@@ -1,0 +1,680 @@
+import { connect as netConnect, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { debug, VdError } from '@vd/core';
+import { fromErrno } from '../errno.js';
+import {
+  type BlockDescriptor,
+  Cmd,
+  CmdFlag,
+  decodeErrorText,
+  decodeInfoReply,
+  decodeMetaContextReply,
+  decodeServerReply,
+  encodeClientFlags,
+  encodeInfoRequest,
+  encodeMetaContextRequest,
+  encodeOption,
+  encodeString,
+  HandshakeFlag,
+  Info,
+  type NbdReply,
+  Opt,
+  protocolError,
+  Rep,
+  type ReplyTargets,
+  requestHeaderSize,
+  type ServerMessage,
+  ServerStreamDecoder,
+  TxFlag,
+  writeRequestHeader,
+} from '../protocol.js';
+import { formatNbdUri, type NbdTarget } from './uri.js';
+
+/** TLS upgrade hook for the client (implemented by `@vd/nbdssl`): wraps the socket after STARTTLS. */
+export interface NbdClientTls {
+  upgrade(socket: Duplex, target: NbdTarget): Promise<Duplex>;
+}
+
+export interface HandshakeOptions {
+  /** Milliseconds for connect plus handshake (default 10 s). A single-connection qemu-nbd never greets a second client. */
+  handshakeTimeout?: number;
+  /** Ask for structured replies (default true). */
+  structuredReplies?: boolean;
+  /** Ask for extended headers (default true). */
+  extendedHeaders?: boolean;
+  /** Meta contexts to select; a query ending in `:` selects every context the server lists under it. */
+  metaContexts?: readonly string[];
+  /** Requests in flight on this connection (default 16). */
+  maxInFlight?: number;
+  tls?: NbdClientTls;
+  signal?: AbortSignal;
+}
+
+export interface ExportInfo {
+  size: number;
+  flags: number;
+  minimum: number;
+  preferred: number;
+  maximum: number;
+  /** Whether the server sent INFO_BLOCK_SIZE. */
+  blockSizeAdvertised: boolean;
+  structured: boolean;
+  extended: boolean;
+  /** Selected context names by id. */
+  contexts: Map<number, string>;
+  description?: string;
+}
+
+interface Pending {
+  command: number;
+  offset: number;
+  length: number;
+  into: Uint8Array | undefined;
+  covered: number;
+  ranges: number[] | undefined;
+  error: VdError | undefined;
+  status: Map<string, BlockDescriptor[]> | undefined;
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+}
+
+/** Thrown when the connection dropped under a request; reads may be retried on a new one. */
+export function connectionLost(target: string, cause?: unknown): VdError {
+  return new VdError('ERR_VD_IO', `NBD connection to ${target} was lost`, { cause, details: { connectionLost: true } });
+}
+
+const COOKIE_LIMIT = 0xffffffff;
+
+/**
+ * One NBD connection in the transmission phase: requests are pipelined and keyed by cookie,
+ * replies land straight in the caller's buffers, at most `maxInFlight` are outstanding.
+ */
+export class NbdConnection {
+  readonly info: ExportInfo;
+  readonly uri: string;
+  readonly #socket: Duplex;
+  readonly #decoder: ServerStreamDecoder;
+  readonly #pending = new Map<number, Pending>();
+  readonly #waiters: (() => void)[] = [];
+  readonly #maxInFlight: number;
+  readonly #extended: boolean;
+  readonly #headerSize: number;
+  #cookie = 0;
+  #corked = false;
+  #dead: VdError | undefined;
+  readonly #onDeath: ((err: VdError) => void)[] = [];
+
+  private constructor(socket: Duplex, decoder: ServerStreamDecoder, info: ExportInfo, uri: string, maxInFlight: number) {
+    this.#socket = socket;
+    this.#decoder = decoder;
+    this.info = info;
+    this.uri = uri;
+    this.#maxInFlight = maxInFlight;
+    this.#extended = info.extended;
+    this.#headerSize = requestHeaderSize(info.extended);
+    const targets: ReplyTargets = {
+      simpleTarget: (cookie, error) => {
+        const p = this.#get(cookie);
+        return p.command === Cmd.READ && error === 0 ? p.into : undefined;
+      },
+      dataTarget: (cookie, offset, length) => {
+        const p = this.#get(cookie);
+        return p.into!.subarray(...this.#claim(p, cookie, offset, length));
+      },
+    };
+    decoder.enterTransmission(info.extended, targets);
+    socket.on('data', (chunk: Uint8Array) => this.#onData(chunk));
+    socket.on('error', (err) => this.#die(connectionLost(uri, err)));
+    socket.on('close', () => this.#die(connectionLost(uri)));
+  }
+
+  /** Connects, negotiates and enters transmission; the socket is destroyed on any failure. */
+  static async open(target: NbdTarget, opts: HandshakeOptions = {}): Promise<NbdConnection> {
+    const uri = formatNbdUri(target);
+    const hs = await Handshake.run(target, opts, async (h) => h.go(target.exportName, opts));
+    return new NbdConnection(hs.socket, hs.decoder, hs.result, uri, opts.maxInFlight ?? 16);
+  }
+
+  get closed(): boolean {
+    return this.#dead !== undefined;
+  }
+
+  get inFlight(): number {
+    return this.#pending.size;
+  }
+
+  onDeath(f: (err: VdError) => void): void {
+    this.#onDeath.push(f);
+  }
+
+  read(offset: number, into: Uint8Array, flags = 0): Promise<void> {
+    return this.#request(Cmd.READ, flags, offset, into.length, into, undefined) as Promise<void>;
+  }
+
+  write(offset: number, data: Uint8Array, flags = 0): Promise<void> {
+    return this.#request(
+      Cmd.WRITE,
+      flags | (this.#extended ? CmdFlag.PAYLOAD_LEN : 0),
+      offset,
+      data.length,
+      undefined,
+      data,
+    ) as Promise<void>;
+  }
+
+  flush(): Promise<void> {
+    return this.#request(Cmd.FLUSH, 0, 0, 0, undefined, undefined) as Promise<void>;
+  }
+
+  trim(offset: number, length: number, flags = 0): Promise<void> {
+    return this.#request(Cmd.TRIM, flags, offset, length, undefined, undefined) as Promise<void>;
+  }
+
+  zero(offset: number, length: number, flags = 0): Promise<void> {
+    return this.#request(Cmd.WRITE_ZEROES, flags, offset, length, undefined, undefined) as Promise<void>;
+  }
+
+  cache(offset: number, length: number): Promise<void> {
+    return this.#request(Cmd.CACHE, 0, offset, length, undefined, undefined) as Promise<void>;
+  }
+
+  /** Block status for every selected context, by context name. */
+  blockStatus(offset: number, length: number, flags = 0): Promise<Map<string, BlockDescriptor[]>> {
+    return this.#request(Cmd.BLOCK_STATUS, flags, offset, length, undefined, undefined) as Promise<Map<string, BlockDescriptor[]>>;
+  }
+
+  /** Soft disconnect: waits for requests in flight, sends DISC, closes. */
+  async disconnect(): Promise<void> {
+    if (this.#dead) return;
+    while (this.#pending.size > 0)
+      await Promise.allSettled([...this.#pending.values()].map((p) => new Promise((r) => this.#onSettle(p, r))));
+    if (this.#dead) return;
+    const h = Buffer.allocUnsafe(this.#headerSize);
+    writeRequestHeader(h, 0, this.#extended, 0, Cmd.DISC, this.#nextCookie(), 0, 0);
+    const socket = this.#socket;
+    this.#dead = new VdError('ERR_VD_CLOSED', `NBD connection to ${this.uri} is closed`);
+    await new Promise<void>((resolve) => {
+      socket.end(h, () => resolve());
+      setTimeout(resolve, 2000).unref();
+    });
+    socket.destroy();
+  }
+
+  destroy(err?: Error): void {
+    this.#die(err instanceof VdError ? err : new VdError('ERR_VD_CLOSED', `NBD connection to ${this.uri} was destroyed`, { cause: err }));
+  }
+
+  #onSettle(p: Pending, done: (v: unknown) => void): void {
+    const { resolve, reject } = p;
+    p.resolve = (v) => {
+      resolve(v);
+      done(v);
+    };
+    p.reject = (e) => {
+      reject(e);
+      done(e);
+    };
+  }
+
+  async #request(
+    command: number,
+    flags: number,
+    offset: number,
+    length: number,
+    into: Uint8Array | undefined,
+    data: Uint8Array | undefined,
+  ): Promise<unknown> {
+    while (this.#pending.size >= this.#maxInFlight && !this.#dead) await new Promise<void>((r) => this.#waiters.push(r));
+    if (this.#dead) throw this.#dead;
+    const cookie = this.#nextCookie();
+    const h = Buffer.allocUnsafe(this.#headerSize);
+    writeRequestHeader(h, 0, this.#extended, flags, command, cookie, offset, length);
+    return new Promise((resolve, reject) => {
+      this.#pending.set(cookie, {
+        command,
+        offset,
+        length,
+        into,
+        covered: 0,
+        ranges: undefined,
+        error: undefined,
+        status: command === Cmd.BLOCK_STATUS ? new Map() : undefined,
+        resolve,
+        reject,
+      });
+      this.#send(h, data);
+    });
+  }
+
+  #nextCookie(): number {
+    do {
+      this.#cookie = this.#cookie >= COOKIE_LIMIT ? 1 : this.#cookie + 1;
+    } while (this.#pending.has(this.#cookie));
+    return this.#cookie;
+  }
+
+  /** Header and payload go out together; requests issued in one tick leave in one writev. */
+  #send(header: Uint8Array, data: Uint8Array | undefined): void {
+    const s = this.#socket;
+    if (!this.#corked) {
+      this.#corked = true;
+      s.cork();
+      process.nextTick(() => {
+        this.#corked = false;
+        s.uncork();
+      });
+    }
+    s.write(header);
+    if (data) s.write(data);
+  }
+
+  #get(cookie: number): Pending {
+    const p = this.#pending.get(cookie);
+    if (!p) throw protocolError(`reply for cookie ${cookie}, which no request in flight has`, { cookie });
+    return p;
+  }
+
+  /** Checks a READ chunk lies inside its request and does not overlap earlier ones; returns its [start, end) in the buffer. */
+  #claim(p: Pending, cookie: number, offset: number, length: number): [number, number] {
+    if (p.command !== Cmd.READ || !p.into) throw protocolError(`read data for cookie ${cookie}, which is not a read`, { cookie });
+    const start = offset - p.offset;
+    if (start < 0 || length <= 0 || start + length > p.length) {
+      throw protocolError(`read chunk ${offset}+${length} lies outside its request ${p.offset}+${p.length}`, { cookie });
+    }
+    if (p.covered === 0 && length === p.length) {
+      p.covered = length;
+      return [0, length];
+    }
+    p.ranges ??= [];
+    for (let i = 0; i < p.ranges.length; i += 2) {
+      if (start < p.ranges[i + 1]! && p.ranges[i]! < start + length)
+        throw protocolError(`read chunk ${offset}+${length} overlaps an earlier one`, { cookie });
+    }
+    p.ranges.push(start, start + length);
+    p.covered += length;
+    return [start, start + length];
+  }
+
+  #onData(chunk: Uint8Array): void {
+    if (this.#dead) return;
+    const d = this.#decoder;
+    try {
+      d.push(chunk);
+      for (let m = d.next(); m !== undefined; m = d.next()) this.#onReply(m);
+    } catch (err) {
+      this.#die(err instanceof VdError ? err : protocolError(String(err)));
+    }
+  }
+
+  #onReply(m: ServerMessage): void {
+    switch (m.kind) {
+      case 'simple': {
+        const p = this.#get(m.cookie);
+        if (m.error !== 0) p.error = fromErrno(m.error, commandName(p.command), '', { offset: p.offset, length: p.length });
+        else if (p.command === Cmd.READ) p.covered = p.length;
+        else if (p.command === Cmd.BLOCK_STATUS) throw protocolError('simple reply to BLOCK_STATUS');
+        this.#complete(m.cookie, p);
+        return;
+      }
+      case 'data':
+        break;
+      case 'hole': {
+        const p = this.#get(m.cookie);
+        const [a, b] = this.#claim(p, m.cookie, m.offset, m.length);
+        p.into!.fill(0, a, b);
+        break;
+      }
+      case 'blockStatus': {
+        const p = this.#get(m.cookie);
+        const name = this.info.contexts.get(m.contextId);
+        if (p.command !== Cmd.BLOCK_STATUS || !name)
+          throw protocolError(`block status for context ${m.contextId}, which was not selected`, { cookie: m.cookie });
+        if (p.status!.has(name)) throw protocolError(`two block status chunks for ${name}`, { cookie: m.cookie });
+        p.status!.set(name, m.extents);
+        break;
+      }
+      case 'error': {
+        const p = this.#get(m.cookie);
+        p.error ??= fromErrno(m.error, commandName(p.command), m.message, { offset: m.offset ?? p.offset, length: p.length });
+        break;
+      }
+      case 'none':
+        this.#get(m.cookie);
+        break;
+      default:
+        throw protocolError(`unexpected ${m.kind} message in transmission`);
+    }
+    if ((m as NbdReply & { done?: boolean }).done) this.#complete(m.cookie, this.#get(m.cookie));
+  }
+
+  #complete(cookie: number, p: Pending): void {
+    this.#pending.delete(cookie);
+    let broken: VdError | undefined;
+    if (p.error) p.reject(p.error);
+    else if (p.command === Cmd.READ && p.covered !== p.length) {
+      broken = protocolError(`read of ${p.length} bytes completed with ${p.covered} bytes of data`, { cookie });
+    } else if (p.command === Cmd.BLOCK_STATUS && p.status!.size === 0) {
+      broken = protocolError('block status completed without a status chunk', { cookie });
+    } else p.resolve(p.status);
+    this.#waiters.shift()?.();
+    if (broken) {
+      p.reject(broken);
+      throw broken;
+    }
+  }
+
+  #die(err: VdError): void {
+    if (this.#dead && this.#pending.size === 0) return;
+    const first = this.#dead === undefined;
+    this.#dead ??= err;
+    this.#decoder.fail(err);
+    this.#socket.destroy();
+    if (first) debug('nbd client: connection to %s closed: %s', this.uri, err.message);
+    const reason = err.code === 'ERR_VD_PROTOCOL' ? err : this.#dead;
+    for (const p of this.#pending.values()) p.reject(reason);
+    this.#pending.clear();
+    for (const w of this.#waiters.splice(0)) w();
+    if (first) for (const f of this.#onDeath) f(err);
+  }
+}
+
+function commandName(c: number): string {
+  return ['read', 'write', 'disconnect', 'flush', 'trim', 'cache', 'write zeroes', 'block status'][c] ?? `command ${c}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handshake
+
+/** The option haggling, lock-step: one option out, its replies in, under one timeout. */
+class Handshake {
+  socket!: Duplex;
+  readonly decoder = new ServerStreamDecoder();
+  readonly #queue: ServerMessage[] = [];
+  #wake: (() => void) | undefined;
+  #error: VdError | undefined;
+  serverFlags = 0;
+  result!: ExportInfo;
+
+  constructor(readonly target: NbdTarget) {}
+
+  static async run<T>(target: NbdTarget, opts: HandshakeOptions, body: (h: Handshake) => Promise<T>): Promise<Handshake & { value: T }> {
+    const h = new Handshake(target);
+    const uri = formatNbdUri(target);
+    const timeout = opts.handshakeTimeout ?? 10_000;
+    let timer: NodeJS.Timeout | undefined;
+    const onAbort = () => h.#fail(new VdError('ERR_VD_ABORTED', `NBD connect to ${uri} aborted`, { cause: opts.signal?.reason }));
+    try {
+      if (opts.signal?.aborted) throw new VdError('ERR_VD_ABORTED', `NBD connect to ${uri} aborted`);
+      opts.signal?.addEventListener('abort', onAbort, { once: true });
+      timer = setTimeout(
+        () =>
+          h.#fail(
+            new VdError(
+              'ERR_VD_TIMEOUT',
+              `NBD server ${uri} did not finish the handshake in ${timeout} ms (a single-connection server may be busy with another client)`,
+            ),
+          ),
+        timeout,
+      );
+      await h.#connect();
+      await h.#greet();
+      if (opts.tls || target.tls) await h.#startTls(opts.tls);
+      const value = await body(h);
+      h.socket.removeAllListeners('data');
+      h.socket.removeAllListeners('error');
+      h.socket.removeAllListeners('close');
+      return Object.assign(h, { value });
+    } catch (err) {
+      h.socket?.destroy();
+      throw err;
+    } finally {
+      clearTimeout(timer);
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  #fail(err: VdError): void {
+    this.#error ??= err;
+    this.socket?.destroy();
+    this.#wake?.();
+  }
+
+  async #connect(): Promise<void> {
+    const t = this.target;
+    const socket: Socket = t.kind === 'tcp' ? netConnect({ host: t.host, port: t.port, noDelay: true }) : netConnect({ path: t.path });
+    this.#listen(socket);
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', reject);
+      this.#wake = () => reject(this.#error);
+    }).catch((err: NodeJS.ErrnoException) => {
+      if (err instanceof VdError) throw err;
+      const code = err.code === 'ECONNREFUSED' || err.code === 'ENOENT' ? 'ERR_VD_NOT_FOUND' : 'ERR_VD_IO';
+      throw new VdError(code, `cannot connect to NBD server ${formatNbdUri(t)}: ${err.message}`, {
+        cause: err,
+        details: { errno: err.code },
+      });
+    });
+    socket.setNoDelay(true);
+  }
+
+  #listen(socket: Duplex): void {
+    this.socket = socket;
+    socket.on('data', (chunk: Uint8Array) => {
+      try {
+        this.decoder.push(chunk);
+        for (let m = this.decoder.next(); m; m = this.decoder.next()) {
+          this.#queue.push(m);
+          // Stop at the end of the handshake: what follows belongs to the transmission decoder state.
+          if (m.kind === 'exportName' || (m.kind === 'optionReply' && m.option === Opt.GO && m.reply === Rep.ACK)) break;
+        }
+      } catch (err) {
+        this.#fail(err as VdError);
+      }
+      this.#wake?.();
+    });
+    socket.on('error', (err) =>
+      this.#fail(new VdError('ERR_VD_IO', `NBD handshake with ${formatNbdUri(this.target)} failed: ${err.message}`, { cause: err })),
+    );
+    socket.on('close', () =>
+      this.#fail(new VdError('ERR_VD_IO', `NBD server ${formatNbdUri(this.target)} closed the connection during the handshake`)),
+    );
+  }
+
+  async next(): Promise<ServerMessage> {
+    for (;;) {
+      const m = this.#queue.shift();
+      if (m) return m;
+      if (this.#error) throw this.#error;
+      await new Promise<void>((r) => (this.#wake = r));
+    }
+  }
+
+  send(bytes: Uint8Array): void {
+    this.socket.write(bytes);
+  }
+
+  async #greet(): Promise<void> {
+    const g = await this.next();
+    if (g.kind !== 'greeting') throw protocolError('expected the greeting');
+    if (!(g.flags & HandshakeFlag.FIXED_NEWSTYLE)) throw protocolError('the server does not speak fixed newstyle');
+    this.serverFlags = g.flags;
+    this.send(encodeClientFlags(HandshakeFlag.FIXED_NEWSTYLE | (g.flags & HandshakeFlag.NO_ZEROES)));
+  }
+
+  async #startTls(tls: NbdClientTls | undefined): Promise<void> {
+    if (!tls) throw new VdError('ERR_VD_TLS', `${formatNbdUri(this.target)} needs TLS: pass a TLS upgrade (e.g. from @vd/nbdssl)`);
+    this.send(encodeOption(Opt.STARTTLS));
+    const r = await this.#optionReply(Opt.STARTTLS);
+    if (r.reply !== Rep.ACK)
+      throw new VdError('ERR_VD_TLS', `the NBD server refused STARTTLS: ${decodeErrorText(r.data) || replyName(r.reply)}`);
+    if (this.decoder.buffered > 0 || this.#queue.length > 0) throw protocolError('the server sent data after accepting STARTTLS');
+    const plain = this.socket;
+    plain.removeAllListeners('data');
+    plain.removeAllListeners('error');
+    plain.removeAllListeners('close');
+    const secure = await tls.upgrade(plain, this.target);
+    (this as { decoder: ServerStreamDecoder }).decoder = new ServerStreamDecoder();
+    this.decoder.skipGreeting();
+    this.#listen(secure);
+  }
+
+  async #optionReply(option: number): Promise<{ reply: number; data: Uint8Array }> {
+    const m = await this.next();
+    if (m.kind !== 'optionReply') throw protocolError(`expected an option reply, got ${m.kind}`);
+    if (m.option !== option) throw protocolError(`reply to option ${m.option} while option ${option} is pending`);
+    return m;
+  }
+
+  /** Sends an option with no data; true when acknowledged, false when refused. */
+  async #simple(option: number): Promise<boolean> {
+    this.send(encodeOption(option));
+    const r = await this.#optionReply(option);
+    if (r.reply === Rep.ACK) return true;
+    if (r.reply & 0x80000000) return false;
+    throw protocolError(`unexpected reply ${r.reply} to option ${option}`);
+  }
+
+  async list(): Promise<{ name: string; description: string }[]> {
+    this.send(encodeOption(Opt.LIST));
+    const out: { name: string; description: string }[] = [];
+    for (;;) {
+      const r = await this.#optionReply(Opt.LIST);
+      if (r.reply === Rep.SERVER) out.push(decodeServerReply(r.data));
+      else if (r.reply === Rep.ACK) break;
+      else throw new VdError('ERR_VD_REMOTE', `the NBD server refused to list exports: ${decodeErrorText(r.data) || replyName(r.reply)}`);
+    }
+    return out;
+  }
+
+  async abort(): Promise<void> {
+    this.send(encodeOption(Opt.ABORT));
+    // The server should ACK, but a plain close is fine too.
+    await Promise.race([this.next().catch(() => {}), new Promise((r) => setTimeout(r, 1000).unref())]);
+    this.socket.end();
+  }
+
+  async #metaContexts(exportName: string, op: number, queries: readonly string[]): Promise<Map<number, string>> {
+    this.send(encodeOption(op, encodeMetaContextRequest(exportName, queries)));
+    const out = new Map<number, string>();
+    for (;;) {
+      const r = await this.#optionReply(op);
+      if (r.reply === Rep.META_CONTEXT) {
+        const { id, name } = decodeMetaContextReply(r.data);
+        if (op === Opt.SET_META_CONTEXT && out.has(id)) throw protocolError(`meta context id ${id} given twice`);
+        out.set(op === Opt.LIST_META_CONTEXT ? out.size : id, name);
+      } else if (r.reply === Rep.ACK) return out;
+      else {
+        debug('nbd client: meta context option refused: %s', decodeErrorText(r.data) || replyName(r.reply));
+        return new Map();
+      }
+    }
+  }
+
+  async go(exportName: string, opts: HandshakeOptions): Promise<void> {
+    encodeString(exportName, 'export name');
+    let extended = false;
+    let structured = false;
+    if (opts.extendedHeaders !== false) extended = await this.#simple(Opt.EXTENDED_HEADERS);
+    if (!extended && opts.structuredReplies !== false) structured = await this.#simple(Opt.STRUCTURED_REPLY);
+    let contexts = new Map<number, string>();
+    const queries = opts.metaContexts ?? [];
+    if ((structured || extended) && queries.length > 0) {
+      const exact = queries.filter((q) => !q.endsWith(':'));
+      const wild = queries.filter((q) => q.endsWith(':'));
+      if (wild.length > 0) {
+        for (const name of (await this.#metaContexts(exportName, Opt.LIST_META_CONTEXT, wild)).values())
+          if (!exact.includes(name)) exact.push(name);
+      }
+      if (exact.length > 0) contexts = await this.#metaContexts(exportName, Opt.SET_META_CONTEXT, exact);
+    }
+    this.send(encodeOption(Opt.GO, encodeInfoRequest(exportName, [Info.BLOCK_SIZE, Info.DESCRIPTION])));
+    const info: Partial<ExportInfo> = { blockSizeAdvertised: false };
+    for (;;) {
+      const r = await this.#optionReply(Opt.GO);
+      if (r.reply === Rep.INFO) {
+        const i = decodeInfoReply(r.data);
+        if ('size' in i) {
+          info.size = i.size;
+          info.flags = i.flags;
+        } else if ('minimum' in i) {
+          info.minimum = i.minimum;
+          info.preferred = i.preferred;
+          info.maximum = i.maximum;
+          info.blockSizeAdvertised = true;
+        } else if ('description' in i) info.description = i.description;
+        continue;
+      }
+      if (r.reply === Rep.ACK) break;
+      const text = decodeErrorText(r.data);
+      if (r.reply === Rep.ERR_UNSUP && !extended) {
+        // A server without GO: fall back to EXPORT_NAME, which fails by closing the connection.
+        this.decoder.expectExportName((this.serverFlags & HandshakeFlag.NO_ZEROES) !== 0);
+        this.send(encodeOption(Opt.EXPORT_NAME, new TextEncoder().encode(exportName)));
+        const m = await this.next();
+        if (m.kind !== 'exportName') throw protocolError('expected the EXPORT_NAME reply');
+        info.size = m.size;
+        info.flags = m.flags;
+        break;
+      }
+      throw goError(r.reply, text, exportName, formatNbdUri(this.target));
+    }
+    if (info.size === undefined || info.flags === undefined) throw protocolError('the server accepted GO without INFO_EXPORT');
+    if (!Number.isSafeInteger(info.size)) throw protocolError(`export size ${info.size} is too large`);
+    if (!(info.flags & TxFlag.HAS_FLAGS)) throw protocolError('transmission flags lack HAS_FLAGS');
+    const minimum = info.minimum ?? 1;
+    const maximum = info.maximum ?? 32 << 20;
+    const preferred = info.preferred ?? 4096;
+    if (!isPow2(minimum) || minimum > 65536 || !isPow2(preferred) || preferred < minimum || maximum < minimum) {
+      throw protocolError(`block sizes ${minimum}/${preferred}/${maximum} are not valid`);
+    }
+    this.result = {
+      size: info.size,
+      flags: info.flags,
+      minimum,
+      preferred,
+      maximum,
+      blockSizeAdvertised: info.blockSizeAdvertised ?? false,
+      structured: structured || extended,
+      extended,
+      contexts,
+      ...(info.description ? { description: info.description } : {}),
+    };
+  }
+}
+
+function isPow2(n: number): boolean {
+  return n > 0 && (n & (n - 1)) === 0;
+}
+
+const replyNames: Record<number, string> = Object.fromEntries(Object.entries(Rep).map(([k, v]) => [v, k]));
+
+function replyName(r: number): string {
+  return replyNames[r] ?? `reply 0x${r.toString(16)}`;
+}
+
+function goError(reply: number, text: string, exportName: string, uri: string): VdError {
+  const why = text ? `: ${text}` : '';
+  const details = { reply: replyName(reply), exportName };
+  if (reply === Rep.ERR_UNKNOWN)
+    return new VdError('ERR_VD_NOT_FOUND', `NBD server ${uri} has no export ${JSON.stringify(exportName)}${why}`, { details });
+  if (reply === Rep.ERR_TLS_REQD)
+    return new VdError('ERR_VD_TLS', `NBD server ${uri} requires TLS (use nbds:// with @vd/nbdssl)${why}`, { details });
+  if (reply === Rep.ERR_SHUTDOWN) return new VdError('ERR_VD_CLOSED', `NBD server ${uri} is shutting down${why}`, { details });
+  if (reply === Rep.ERR_POLICY)
+    return new VdError('ERR_VD_PERMISSION', `NBD server ${uri} refused export ${JSON.stringify(exportName)}${why}`, { details });
+  return new VdError('ERR_VD_REMOTE', `NBD server ${uri} refused export ${JSON.stringify(exportName)} with ${replyName(reply)}${why}`, {
+    details,
+  });
+}
+
+/** The exports a server lists (NBD_OPT_LIST), then ABORT. */
+export async function listExports(target: NbdTarget, opts: HandshakeOptions = {}): Promise<{ name: string; description: string }[]> {
+  const hs = await Handshake.run(target, opts, async (h) => {
+    const list = await h.list();
+    await h.abort();
+    return list;
+  });
+  hs.socket.destroy();
+  return hs.value;
+}

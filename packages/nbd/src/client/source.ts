@@ -1,0 +1,242 @@
+import {
+  BASE_ALLOCATION,
+  type BlockSource,
+  type Capabilities,
+  channels,
+  type DiskInfo,
+  debug,
+  type Extent,
+  type IoOptions,
+  isVdError,
+  throwIfAborted,
+  VdError,
+  type WriteOptions,
+  type ZeroOptions,
+} from '@vd/core';
+import { extentType } from '../contexts.js';
+import { CmdFlag, protocolError, TxFlag } from '../protocol.js';
+import { type HandshakeOptions, NbdConnection } from './connection.js';
+import { formatNbdUri, type NbdTarget } from './uri.js';
+
+export interface NbdClientOptions extends HandshakeOptions {
+  /** Connections to open when the server advertises multi-conn (default 4); otherwise one. */
+  connections?: number;
+  /** Reconnect-and-retry attempts for reads, block status and cache after a dropped connection (default 3; 0 turns it off). */
+  retries?: number;
+  /** Milliseconds before the first reconnect; doubles each attempt (default 100). */
+  retryDelay?: number;
+}
+
+const MiB = 1 << 20;
+/** Payloads above 32 MiB are refused by qemu and common servers unless advertised. */
+const MAX_REQUEST = 32 * MiB;
+
+/**
+ * A remote NBD export as a block source: one connection, or several when the server promises
+ * multi-conn; requests go to the least busy connection. Reads (and other requests that change
+ * nothing) survive a dropped connection by reconnecting and retrying, a bounded number of times.
+ */
+export class NbdClientSource implements BlockSource {
+  readonly size: number;
+  readonly capabilities: Capabilities;
+  readonly target: NbdTarget;
+  readonly #opts: NbdClientOptions;
+  #conns: NbdConnection[];
+  #reconnecting: Promise<void> | undefined;
+  #closed = false;
+
+  private constructor(target: NbdTarget, conns: NbdConnection[], opts: NbdClientOptions, readOnly: boolean) {
+    this.target = target;
+    this.#conns = conns;
+    this.#opts = opts;
+    const info = conns[0]!.info;
+    this.size = info.size;
+    const f = info.flags;
+    const minimum = info.minimum;
+    const maximum = Math.min(info.maximum, MAX_REQUEST);
+    const max = maximum - (maximum % minimum);
+    // NBD's preferred size only avoids read-modify-write; the best transfer size is larger.
+    const preferred = Math.min(max, Math.max(info.preferred, MiB));
+    this.capabilities = {
+      readOnly: readOnly || (f & TxFlag.READ_ONLY) !== 0,
+      flush: (f & TxFlag.SEND_FLUSH) !== 0,
+      fua: f & TxFlag.SEND_FUA ? 'native' : 'emulate',
+      zero: f & TxFlag.SEND_WRITE_ZEROES ? 'native' : 'emulate',
+      fastZero: (f & TxFlag.SEND_FAST_ZERO) !== 0 && (f & TxFlag.SEND_WRITE_ZEROES) !== 0,
+      trim: f & TxFlag.SEND_TRIM ? 'native' : 'none',
+      trimReadsZero: false,
+      extents: [...new Set(info.contexts.values())],
+      blockSize: { minimum, preferred: preferred - (preferred % minimum), maximum: max },
+      concurrency: { model: 'parallel', maxInFlight: (opts.maxInFlight ?? 16) * conns.length },
+      multiConn: (f & TxFlag.CAN_MULTI_CONN) !== 0,
+    };
+  }
+
+  static async open(target: NbdTarget, opts: NbdClientOptions = {}, readOnly = false): Promise<NbdClientSource> {
+    const hs = { ...opts, metaContexts: contextsToAsk(opts.metaContexts) };
+    const first = await NbdConnection.open(target, hs);
+    const conns = [first];
+    const want = Math.max(1, Math.floor(opts.connections ?? 4));
+    // A second connection to a server without multi-conn may never be greeted (qemu-nbd -e 1), and
+    // would not see our writes consistently anyway: open more only when the server promises it.
+    if (want > 1 && first.info.flags & TxFlag.CAN_MULTI_CONN) {
+      const more = await Promise.allSettled(Array.from({ length: want - 1 }, () => NbdConnection.open(target, hs)));
+      for (const r of more) {
+        if (r.status === 'fulfilled') conns.push(r.value);
+        else debug('nbd client: extra connection to %s failed: %s', formatNbdUri(target), (r.reason as Error).message);
+      }
+    }
+    return new NbdClientSource(target, conns, { ...opts, metaContexts: hs.metaContexts }, readOnly);
+  }
+
+  get connections(): number {
+    return this.#conns.length;
+  }
+
+  _info(): DiskInfo {
+    const info = this.#conns[0]!.info;
+    return {
+      format: 'nbd',
+      uri: formatNbdUri(this.target),
+      exportName: this.target.exportName,
+      ...(info.description ? { description: info.description } : {}),
+      transmissionFlags: info.flags,
+      structuredReplies: info.structured,
+      extendedHeaders: info.extended,
+      connections: this.#conns.length,
+    };
+  }
+
+  _read(offset: number, into: Uint8Array, opts: IoOptions): Promise<void> {
+    return this.#retrying('read', opts, (c) => c.read(offset, into));
+  }
+
+  _write(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
+    return this.#once(opts, (c) => c.write(offset, data, opts.fua ? CmdFlag.FUA : 0));
+  }
+
+  _flush(opts: IoOptions): Promise<void> {
+    return this.#flushAll(opts);
+  }
+
+  _zero(offset: number, length: number, opts: ZeroOptions): Promise<void> {
+    const flags = (opts.fua ? CmdFlag.FUA : 0) | (opts.noHole ? CmdFlag.NO_HOLE : 0) | (opts.fast ? CmdFlag.FAST_ZERO : 0);
+    return this.#once(opts, (c) => c.zero(offset, length, flags)).catch((err) => {
+      if (opts.fast && isVdError(err, 'ERR_VD_NOT_SUPPORTED')) err.details.fast = true;
+      throw err;
+    });
+  }
+
+  _trim(offset: number, length: number, opts: WriteOptions): Promise<void> {
+    return this.#once(opts, (c) => c.trim(offset, length, opts.fua ? CmdFlag.FUA : 0));
+  }
+
+  /** A prefetch hint (NBD_CMD_CACHE); not part of the block source spec, offered to callers that know it. */
+  cache(offset: number, length: number): Promise<void> {
+    return this.#retrying('cache', {}, (c) => c.cache(offset, length));
+  }
+
+  async _extents(offset: number, length: number, context: string, opts: IoOptions): Promise<Extent[]> {
+    const conn0 = this.#conns[0]!;
+    const min = this.capabilities.blockSize.minimum;
+    // Compact requests carry 32-bit lengths; the answer may be shorter anyway, the wrapper asks again.
+    const cap = conn0.info.extended ? length : Math.min(length, 0xffffffff - (0xffffffff % min));
+    const status = await this.#retrying('block status', opts, (c) => c.blockStatus(offset, cap));
+    const descriptors = status.get(context);
+    if (!descriptors) throw protocolError(`block status did not answer for context ${context}`);
+    const end = offset + length;
+    const out: Extent[] = [];
+    let at = offset;
+    for (const d of descriptors) {
+      if (at >= end) break;
+      if (d.length === 0) throw protocolError('block status descriptor of length 0');
+      const n = Math.min(d.length, end - at);
+      out.push({ offset: at, length: n, type: extentType(context, d.flags) });
+      at += n;
+    }
+    return out;
+  }
+
+  async _close(): Promise<void> {
+    this.#closed = true;
+    await this.#reconnecting?.catch(() => {});
+    await Promise.allSettled(this.#conns.map((c) => c.disconnect()));
+  }
+
+  async _destroy(err?: Error): Promise<void> {
+    this.#closed = true;
+    for (const c of this.#conns) c.destroy(err);
+  }
+
+  /** The connection with the fewest requests in flight. */
+  #pick(): NbdConnection {
+    let best = this.#conns[0]!;
+    for (const c of this.#conns) if (!c.closed && (best.closed || c.inFlight < best.inFlight)) best = c;
+    return best;
+  }
+
+  #once<T>(opts: IoOptions, call: (c: NbdConnection) => Promise<T>): Promise<T> {
+    throwIfAborted(opts.signal);
+    if (this.#closed) return Promise.reject(new VdError('ERR_VD_CLOSED', `NBD disk ${formatNbdUri(this.target)} is closed`));
+    return call(this.#pick());
+  }
+
+  /** Flush goes to every connection unless multi-conn makes one enough. */
+  async #flushAll(opts: IoOptions): Promise<void> {
+    if (this.capabilities.multiConn || this.#conns.length === 1) return this.#once(opts, (c) => c.flush());
+    await Promise.all(this.#conns.map((c) => c.flush()));
+  }
+
+  async #retrying<T>(op: string, opts: IoOptions, call: (c: NbdConnection) => Promise<T>): Promise<T> {
+    const retries = this.#opts.retries ?? 3;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.#once(opts, call);
+      } catch (err) {
+        if (attempt >= retries || this.#closed || !isLost(err) || opts.signal?.aborted) throw err;
+        if (channels.retry.hasSubscribers) channels.retry.publish({ transport: 'nbd', op, attempt: attempt + 1, error: err });
+        debug('nbd client: %s failed on a dropped connection, reconnecting (attempt %d)', op, attempt + 1);
+        await new Promise((r) => setTimeout(r, (this.#opts.retryDelay ?? 100) * 2 ** attempt));
+        await this.#reconnect().catch((e) => debug('nbd client: reconnect failed: %s', (e as Error).message));
+      }
+    }
+  }
+
+  /** Replaces dead connections; concurrent callers share one attempt. */
+  #reconnect(): Promise<void> {
+    this.#reconnecting ??= (async () => {
+      try {
+        const hs = { ...this.#opts, metaContexts: this.#opts.metaContexts };
+        const next: NbdConnection[] = [];
+        for (const c of this.#conns) {
+          if (!c.closed) {
+            next.push(c);
+            continue;
+          }
+          const fresh = await NbdConnection.open(this.target, hs);
+          if (fresh.info.size !== this.size) {
+            fresh.destroy();
+            throw new VdError('ERR_VD_PROTOCOL', `NBD export ${formatNbdUri(this.target)} changed size across a reconnect`);
+          }
+          next.push(fresh);
+        }
+        if (this.#closed) for (const c of next) c.destroy();
+        this.#conns = next;
+      } finally {
+        this.#reconnecting = undefined;
+      }
+    })();
+    return this.#reconnecting;
+  }
+}
+
+function isLost(err: unknown): boolean {
+  return isVdError(err) && err.details.connectionLost === true;
+}
+
+/** base:allocation always, then whatever else the caller asked for. */
+function contextsToAsk(extra: readonly string[] | undefined): string[] {
+  const out = [BASE_ALLOCATION];
+  for (const c of extra ?? []) if (!out.includes(c)) out.push(c);
+  return out;
+}
