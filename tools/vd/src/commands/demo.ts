@@ -10,12 +10,13 @@ import { writeDemoData } from '../demo-data.js';
 import { openDiskArg } from '../disk-arg.js';
 import { jsonOption, sizeOption } from '../options.js';
 import { formatTable, printJson, printLines } from '../output.js';
+import { formats } from '../transports.js';
 import { formatBytes, formatRate } from '../units.js';
 
 interface Step {
   step: string;
-  what: string;
-  result: string;
+  ok: boolean;
+  detail: string;
 }
 
 export function registerDemo(program: Command, ctx: Context): void {
@@ -29,10 +30,11 @@ export function registerDemo(program: Command, ctx: Context): void {
       'after',
       `
 Needs nothing but Node: the disks live in a temporary directory, removed afterwards unless --keep.
+Exit status 0 only when every step succeeded and every check passed.
 
 Examples:
   vd demo
-  vd demo --size 1G --keep`,
+  vd demo --size 1G --keep --json`,
     )
     .action(async (opts: { size: number; keep?: boolean; json?: boolean }) => {
       const dir = await mkdtemp(join(tmpdir(), 'vd-demo-'));
@@ -41,15 +43,15 @@ Examples:
       const live = !opts.json && ctx.io.stderrIsTTY;
       const log = (s: Step) => {
         steps.push(s);
-        if (live) ctx.io.stderr.write(`  ${s.step}: ${s.result}\n`);
+        if (live) ctx.io.stderr.write(`  ${s.step}: ${s.detail}\n`);
       };
       try {
         if (live) ctx.io.stderr.write(`vd demo in ${dir}\n`);
         const source = join(dir, 'source.raw');
         const copy = join(dir, 'copy.raw');
 
-        await createDisk(source, { size: opts.size, format: 'raw' });
-        log({ step: 'create', what: `source.raw, raw, ${formatBytes(opts.size)}`, result: 'ok' });
+        await createDisk(source, { size: opts.size, format: 'raw', formats });
+        log({ step: 'create', ok: true, detail: `source.raw: raw, ${formatBytes(opts.size)}, empty and sparse` });
 
         const disk = await openDiskArg(source, { readOnly: false });
         let written: Awaited<ReturnType<typeof writeDemoData>>;
@@ -58,24 +60,23 @@ Examples:
         } finally {
           await disk.close();
         }
-        const dataBytes = written.reduce((n, w) => n + w.length, 0);
-        const kinds = new Map<string, { count: number; bytes: number }>();
-        for (const w of written) {
-          const k = kinds.get(w.what) ?? { count: 0, bytes: 0 };
-          k.count++;
-          k.bytes += w.length;
-          kinds.set(w.what, k);
-        }
-        const what = [...kinds].map(([name, k]) => (k.count > 1 ? `${k.count} × ${name}` : `${name} ${formatBytes(k.bytes)}`));
-        log({ step: 'write', what: what.join(', '), result: `ok: ${written.length} writes, ${formatBytes(dataBytes)}` });
+        const bytes = written.reduce((n, w) => n + w.length, 0);
+        const kinds = new Map<string, number>();
+        for (const w of written) kinds.set(w.what, (kinds.get(w.what) ?? 0) + 1);
+        const what = [...kinds].map(([name, count]) => (count > 1 ? `${count} × ${name}` : name));
+        log({ step: 'write', ok: true, detail: `${formatBytes(bytes)} in ${written.length} writes: ${what.join(', ')}` });
 
         const r = await convertDisk(source, copy, { verify: true });
         log({
           step: 'convert',
-          what: 'source.raw → copy.raw, --verify',
-          result: `${r.verified ? 'verified' : 'NOT verified'}: read ${formatBytes(r.bytesRead)}, wrote ${formatBytes(r.bytesWritten)}, ${r.seconds.toFixed(2)} s, ${formatRate(r.size, r.seconds)}`,
+          ok: true,
+          detail: `copy.raw: read ${formatBytes(r.bytesRead)}, wrote ${formatBytes(r.bytesWritten)}, ${r.seconds.toFixed(2)} s (${formatRate(r.size, r.seconds)})`,
         });
-        if (!r.verified) throw new VdError('ERR_VD_VERIFY', 'demo: the copy was not verified');
+        log({
+          step: 'verify',
+          ok: r.verified,
+          detail: r.verified ? 'copy.raw read back, every chunk matches its SHA-256' : 'not verified',
+        });
 
         const a = await openDiskArg(source);
         const b = await openDiskArg(copy).catch(async (err) => {
@@ -90,33 +91,44 @@ Examples:
         }
         log({
           step: 'cmp',
-          what: 'source.raw copy.raw',
-          result: cmp.identical ? `identical (${formatBytes(cmp.bytesCompared)} compared)` : `DIFFER at offset ${cmp.firstDifference}`,
+          ok: cmp.identical,
+          detail: cmp.identical
+            ? `identical: ${formatBytes(cmp.bytesCompared)} compared, ${formatBytes(cmp.bytesSkipped)} of holes skipped`
+            : `the copy differs at offset ${cmp.firstDifference}`,
         });
-        if (!cmp.identical) throw new VdError('ERR_VD_VERIFY', `demo: the copy differs from the source at offset ${cmp.firstDifference}`);
 
-        // The copy must stay sparse: explicit zeroes and holes are not written as data.
+        // Holes and the explicitly written zeroes must not have become data in the copy.
         const allocated = (await stat(copy)).blocks * 512;
-        const sparse = allocated < opts.size;
         log({
           step: 'sparse',
-          what: 'copy.raw allocated on disk',
-          result: `${formatBytes(allocated)} of ${formatBytes(opts.size)} (${sparse ? 'sparse' : 'NOT sparse'})`,
+          ok: allocated < opts.size,
+          detail: `copy.raw occupies ${formatBytes(allocated)} of ${formatBytes(opts.size)}`,
         });
 
-        const summary = { dir: opts.keep ? dir : undefined, size: opts.size, steps, convert: r, cmp, allocatedBytes: allocated };
+        const passed = steps.every((s) => s.ok);
         if (opts.json) {
-          printJson(ctx, summary);
+          printJson(ctx, {
+            ok: passed,
+            dir: opts.keep ? dir : undefined,
+            size: opts.size,
+            steps,
+            convert: r,
+            cmp,
+            allocatedBytes: allocated,
+          });
         } else {
           printLines(
             ctx,
-            '',
             ...formatTable(
-              steps.map((s) => [s.step, s.what, s.result]),
-              { header: ['step', 'what', 'result'] },
+              steps.map((s) => [s.step, s.ok ? 'ok' : 'FAILED', s.detail]),
+              { header: ['step', 'result', 'detail'] },
             ),
           );
           if (opts.keep) printLines(ctx, '', `disks kept in ${dir}`);
+        }
+        if (!passed) {
+          const failed = steps.filter((s) => !s.ok).map((s) => s.step);
+          throw new VdError('ERR_VD_VERIFY', `demo: ${failed.join(', ')} failed`, { details: { failed } });
         }
       } finally {
         if (!opts.keep) await rm(dir, { recursive: true, force: true });
