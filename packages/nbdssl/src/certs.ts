@@ -1,9 +1,10 @@
 import { generateKeyPair as generateKeyPairCb, randomBytes, X509Certificate } from 'node:crypto';
+import { createRequire } from 'node:module';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { promisify } from 'node:util';
 import { VdError } from '@vd/core';
-import forge from 'node-forge';
+import type * as Forge from 'node-forge';
 
 /**
  * Certificate generation for NBD over TLS. node-forge builds and signs the X.509 certificates;
@@ -14,6 +15,9 @@ import forge from 'node-forge';
  * basicConstraints cA and keyCertSign; leaves with cA false, digitalSignature + keyEncipherment,
  * and the extended key usage of their role; servers name every host and address in subjectAltName.
  */
+
+// node-forge is CommonJS whose typings declare no default export; require keeps both honest.
+const forge: typeof Forge = createRequire(import.meta.url)('node-forge');
 
 /** A certificate and its private key, both PEM. */
 export interface CertificatePair {
@@ -51,7 +55,7 @@ export function defaultServerHosts(): string[] {
   return names;
 }
 
-async function newKey(bits: number): Promise<{ pem: string; forgeKey: forge.pki.rsa.PrivateKey; forgePublic: forge.pki.rsa.PublicKey }> {
+async function newKey(bits: number): Promise<{ pem: string; forgeKey: Forge.pki.rsa.PrivateKey; forgePublic: Forge.pki.rsa.PublicKey }> {
   if (!Number.isSafeInteger(bits) || bits < 2048 || bits > 8192) {
     throw new VdError('ERR_VD_INVALID_ARGUMENT', `keyBits must be an integer from 2048 to 8192, got ${bits}`);
   }
@@ -63,7 +67,7 @@ async function newKey(bits: number): Promise<{ pem: string; forgeKey: forge.pki.
   return {
     pem: privateKey,
     forgeKey: forge.pki.privateKeyFromPem(privateKey),
-    forgePublic: forge.pki.publicKeyFromPem(publicKey) as forge.pki.rsa.PublicKey,
+    forgePublic: forge.pki.publicKeyFromPem(publicKey) as Forge.pki.rsa.PublicKey,
   };
 }
 
@@ -85,8 +89,8 @@ function validity(opts: CertificateOptions, defaultDays: number): { notBefore: D
   return { notBefore, notAfter };
 }
 
-function subject(commonName: string, organization: string | undefined): forge.pki.CertificateField[] {
-  const attrs: forge.pki.CertificateField[] = [];
+function subject(commonName: string, organization: string | undefined): Forge.pki.CertificateField[] {
+  const attrs: Forge.pki.CertificateField[] = [];
   if (organization) attrs.push({ shortName: 'O', value: organization });
   attrs.push({ shortName: 'CN', value: commonName });
   return attrs;
@@ -104,7 +108,7 @@ function sanEntries(hosts: readonly string[]): { type: number; value?: string; i
   });
 }
 
-function sign(cert: forge.pki.Certificate, key: forge.pki.rsa.PrivateKey): string {
+function sign(cert: Forge.pki.Certificate, key: Forge.pki.rsa.PrivateKey): string {
   cert.sign(key, forge.md.sha256.create());
   return forge.pki.certificateToPem(cert);
 }
@@ -129,7 +133,7 @@ export async function generateCa(opts: CertificateOptions = {}): Promise<Certifi
   return { cert: sign(cert, key.forgeKey), key: key.pem };
 }
 
-function loadCa(ca: CertificatePair): { cert: forge.pki.Certificate; key: forge.pki.rsa.PrivateKey } {
+function loadCa(ca: CertificatePair): { cert: Forge.pki.Certificate; key: Forge.pki.rsa.PrivateKey } {
   try {
     const cert = forge.pki.certificateFromPem(ca.cert);
     const key = forge.pki.privateKeyFromPem(ca.key);

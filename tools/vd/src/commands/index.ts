@@ -1,4 +1,5 @@
 import type { RegisterCommand } from '../context.js';
+import { registerCert } from './cert.js';
 import { registerCmp } from './cmp.js';
 import { registerConvert } from './convert.js';
 import { registerCreate } from './create.js';
@@ -20,4 +21,5 @@ export const commands: readonly RegisterCommand[] = [
   registerDump,
   registerCmp,
   registerDemo,
+  registerCert,
 ];
