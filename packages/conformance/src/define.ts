@@ -53,14 +53,15 @@ export interface CaseEnv {
   readonly disk: Disk;
   readonly caps: Readonly<Capabilities>;
   readonly rng: Rng;
-  /** blockSize.minimum, blockSize.maximum. */
+  /** capabilities.blockSize.minimum */
   readonly min: number;
+  /** capabilities.blockSize.maximum */
   readonly max: number;
   /** Another disk from the factory; closed or destroyed after the case like the first. */
   open(opts?: FactoryOptions): Promise<Disk>;
   /** Rounds down to blockSize.minimum. */
   align(n: number): number;
-  /** A random aligned range of 1 to `maxBlocks` minimum blocks inside [start, end). */
+  /** A random range inside [start, end), aligned to blockSize.minimum, at most `maxLength` bytes (at least one block). */
   range(start: number, end: number, maxLength: number): { offset: number; length: number };
   /** The working window at the start of the disk: min(size, 4 MiB), aligned. */
   readonly window: number;
