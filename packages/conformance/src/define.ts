@@ -136,11 +136,10 @@ export function bindCases(specs: readonly CaseSpec[], options: ConformanceOption
             align,
             window: align(Math.min(disk.size, WINDOW)),
             range(start, end, maxLength) {
-              const blocks = Math.max(1, Math.floor(Math.min(maxLength, end - start) / min));
-              const length = rng.int(1, blocks) * min;
               const first = Math.ceil(start / min);
-              const last = Math.floor((end - length) / min);
-              return { offset: rng.int(first, Math.max(first, last)) * min, length };
+              const stop = Math.floor(end / min);
+              const blocks = rng.int(1, Math.max(1, Math.min(Math.floor(maxLength / min), stop - first)));
+              return { offset: rng.int(first, Math.max(first, stop - blocks)) * min, length: blocks * min };
             },
           };
           try {
