@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { processIo } from './io.js';
 import { main } from './main.js';
 
 // `vd dump --format raw disk | head -c 10` closes the pipe early: that is not an error.
@@ -7,5 +8,15 @@ process.stdout.on('error', (err: NodeJS.ErrnoException) => {
   throw err;
 });
 
+// The first Ctrl-C asks the running command to stop and clean up (a half-made convert target is
+// removed); a second one exits at once.
+const stop = new AbortController();
+const onSignal = (signal: NodeJS.Signals) => {
+  if (stop.signal.aborted) process.exit(130);
+  stop.abort(new Error(`interrupted by ${signal}`));
+};
+process.on('SIGINT', onSignal);
+process.on('SIGTERM', onSignal);
+
 // Set the code rather than calling process.exit, so pending stdout writes are flushed.
-process.exitCode = await main(process.argv.slice(2));
+process.exitCode = await main(process.argv.slice(2), { ...processIo(), signal: stop.signal });

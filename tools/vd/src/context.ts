@@ -4,6 +4,8 @@ import type { CliIo } from './io.js';
 /** What every command gets besides its parsed arguments. */
 export interface Context {
   readonly io: CliIo;
+  /** Pass to every long operation: aborted on Ctrl-C. */
+  readonly signal: AbortSignal | undefined;
   /**
    * The exit code when the command returns normally. A command that ran fine but has a negative
    * answer (`vd cmp`: the disks differ) sets 1; failures throw instead.

@@ -12,6 +12,8 @@ export interface CliIo {
   /** Whether stderr is a terminal: decides between a progress bar and plain progress lines. */
   stderrIsTTY: boolean;
   env: Record<string, string | undefined>;
+  /** Aborted on Ctrl-C (SIGINT) or SIGTERM: long commands stop, clean up, and fail with ERR_VD_ABORTED. */
+  signal?: AbortSignal | undefined;
   /**
    * Writes raw bytes to stdout and resolves when the sink can take more (backpressure), so
    * `vd dump --format raw` of a large range holds one chunk in memory, not the whole range.

@@ -37,7 +37,7 @@ Set VD_DEBUG=1 for stack traces.`,
  * `vd: <message> [ERR_VD_CODE]`, and with `--json` also as `{ "error": ... }` on stdout.
  */
 export async function main(argv: readonly string[], io: CliIo = processIo()): Promise<number> {
-  const ctx: Context = { io, exitCode: EXIT_OK, jsonPrinted: false };
+  const ctx: Context = { io, signal: io.signal, exitCode: EXIT_OK, jsonPrinted: false };
   try {
     const program = createProgram(ctx);
     // `vd` alone is `vd --help`.

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { open, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { convertDisk } from '../src/convert.js';
 import { vd, withTempDir } from './run.js';
 
 const MiB = 1 << 20;
@@ -65,6 +66,19 @@ describe('vd convert', () => {
       expect(r.code).toBe(1);
       expect(r.stderr).toMatch(/\[ERR_VD_EXISTS\]/);
       expect((await stat(dst)).size).toBe(7);
+    });
+  });
+
+  it('an abort (Ctrl-C) stops with ERR_VD_ABORTED and removes the half-made target', async () => {
+    await withTempDir(async (dir) => {
+      const src = join(dir, 'src.img');
+      const dst = join(dir, 'dst.img');
+      await writeFile(src, randomBytes(64 * MiB));
+      const stop = new AbortController();
+      // The first progress event comes after the first chunk, with many more still to copy.
+      const copying = convertDisk(src, dst, { signal: stop.signal, onProgress: () => stop.abort(new Error('interrupted')) });
+      await expect(copying).rejects.toMatchObject({ code: 'ERR_VD_ABORTED' });
+      await expect(stat(dst)).rejects.toThrow(/ENOENT/);
     });
   });
 });

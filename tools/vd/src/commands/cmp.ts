@@ -24,11 +24,11 @@ Examples:
   vd cmp disk.img file:///backups/disk.img --json`,
     )
     .action(async (argA: string, argB: string, opts: { json?: boolean }) => {
-      const a = await openDiskArg(argA);
+      const a = await openDiskArg(argA, { signal: ctx.signal });
       try {
-        const b = await openDiskArg(argB);
+        const b = await openDiskArg(argB, { signal: ctx.signal });
         try {
-          const r = await compareDisks(a, b);
+          const r = await compareDisks(a, b, { signal: ctx.signal });
           if (!r.identical) ctx.exitCode = EXIT_FAILURE;
           if (opts.json) {
             printJson(ctx, { a: a.location, b: b.location, size: a.size, ...r });

@@ -39,6 +39,7 @@ Examples:
         const r = await convertDisk(src, dst, {
           format: opts.format,
           verify: opts.verify,
+          signal: ctx.signal,
           onStart: (source) => {
             progress = createProgress(ctx, { enabled: opts.progress === true, total: source.size, label: 'converting' });
           },

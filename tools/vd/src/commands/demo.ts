@@ -66,7 +66,7 @@ Examples:
         const what = [...kinds].map(([name, count]) => (count > 1 ? `${count} × ${name}` : name));
         log({ step: 'write', ok: true, detail: `${formatBytes(bytes)} in ${written.length} writes: ${what.join(', ')}` });
 
-        const r = await convertDisk(source, copy, { verify: true });
+        const r = await convertDisk(source, copy, { verify: true, signal: ctx.signal });
         log({
           step: 'convert',
           ok: true,
@@ -85,7 +85,7 @@ Examples:
         });
         let cmp: Awaited<ReturnType<typeof compareDisks>>;
         try {
-          cmp = await compareDisks(a, b);
+          cmp = await compareDisks(a, b, { signal: ctx.signal });
         } finally {
           await Promise.all([a.close(), b.close()]);
         }

@@ -44,7 +44,8 @@ Examples:
         const buffers = [new Uint8Array(Math.min(CHUNK, range.length)), new Uint8Array(Math.min(CHUNK, range.length))];
         const end = range.offset + range.length;
         let next: Promise<Uint8Array> | undefined;
-        const readAt = (at: number, i: number) => disk.readInto(at, buffers[i % 2]!.subarray(0, Math.min(CHUNK, end - at)));
+        const readAt = (at: number, i: number) =>
+          disk.readInto(at, buffers[i % 2]!.subarray(0, Math.min(CHUNK, end - at)), { signal: ctx.signal });
         if (range.length > 0) next = readAt(range.offset, 0);
         for (let at = range.offset, i = 0; next; at += CHUNK, i++) {
           const chunk = await next;

@@ -37,7 +37,7 @@ Examples:
       try {
         const { length } = checkRange(disk.size, opts.offset, opts.length);
         const extents: Extent[] = [];
-        for await (const e of disk.extents({ offset: opts.offset, length, context: opts.context })) extents.push(e);
+        for await (const e of disk.extents({ offset: opts.offset, length, context: opts.context, signal: ctx.signal })) extents.push(e);
         if (opts.json) {
           printJson(ctx, { location: disk.location, size: disk.size, context: opts.context, offset: opts.offset, length, extents });
           return;
