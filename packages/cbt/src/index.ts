@@ -14,3 +14,4 @@ export {
   type TrackerReset,
   type TrackOptions,
 } from './tracker.js';
+export { type BlockDigests, type DigestOptions, digestBlocks, type VerifyOptions, type VerifyReport, verifyUnchanged } from './verify.js';

@@ -1,4 +1,4 @@
-import { constants } from 'node:fs';
+import { constants, writeSync } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
 import { type ByteStore, fromSystemError, VdError } from '@vd/core';
 
@@ -52,6 +52,20 @@ class SidecarFile implements ByteStore {
         const { bytesWritten } = await this.fh.write(data, done, data.length - done, position + done);
         if (bytesWritten <= 0) throw new VdError('ERR_VD_IO', `write ${this.name} at ${position + done}: no progress`);
         done += bytesWritten;
+      }
+    } catch (err) {
+      throw fromSystemError(err, `write ${this.name} at ${position}`);
+    }
+  }
+
+  /** For `boot` durability: a page reaches the page cache before the caller goes on. */
+  writeSync(position: number, data: Uint8Array): void {
+    try {
+      let done = 0;
+      while (done < data.length) {
+        const n = writeSync(this.fh.fd, data, done, data.length - done, position + done);
+        if (n <= 0) throw new VdError('ERR_VD_IO', `write ${this.name} at ${position + done}: no progress`);
+        done += n;
       }
     } catch (err) {
       throw fromSystemError(err, `write ${this.name} at ${position}`);

@@ -132,6 +132,9 @@ export function pageOffset(index: number): number {
   return HEADER_SIZE + index * PAGE_SIZE;
 }
 
+/** Counters are little-endian on disk; on a little-endian host a page is one copy. */
+const LITTLE_ENDIAN = new Uint8Array(Uint32Array.of(1).buffer)[0] === 1;
+
 /**
  * The page CRC covers the epoch and the page index before the counters, so a page left over
  * from another epoch, or written at the wrong place, fails its check.
@@ -146,7 +149,8 @@ function pageCrc(epoch: Uint8Array, index: number, body: Uint8Array): number {
 /** Writes page `index` holding `entries` (ENTRIES_PER_PAGE counters) into `out` (PAGE_SIZE bytes). */
 export function encodePage(epoch: Uint8Array, index: number, entries: Uint32Array, out: Uint8Array): void {
   const v = new DataView(out.buffer, out.byteOffset, PAGE_SIZE);
-  for (let i = 0; i < ENTRIES_PER_PAGE; i++) v.setUint32(i * 4, entries[i] ?? 0, true);
+  if (LITTLE_ENDIAN) out.set(new Uint8Array(entries.buffer, entries.byteOffset, ENTRIES_PER_PAGE * 4));
+  else for (let i = 0; i < ENTRIES_PER_PAGE; i++) v.setUint32(i * 4, entries[i] ?? 0, true);
   v.setUint32(PAGE_SIZE - 4, pageCrc(epoch, index, out.subarray(0, PAGE_SIZE - 4)), true);
 }
 

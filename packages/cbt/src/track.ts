@@ -21,22 +21,70 @@ const trackers = new WeakMap<Disk, Tracker>();
 
 /**
  * Tracks changes to a writable disk. The returned disk is the one to write through: every write,
- * zero and trim is marked in the sidecar before it reaches `disk`. Closing it closes `disk` and
- * records a clean close. Get the tracker with `trackerOf(tracked)` (for `mark()`).
+ * zero and trim is marked in the sidecar before it reaches the inner disk. Closing it closes the
+ * inner disk and records a clean close. Get the tracker with `trackerOf(tracked)` (for `mark()`).
+ *
+ * `disk` is a `Disk`, or the `BlockSource` a transport or format opened (the host's case): then
+ * requests reach it through one validating wrapper instead of two, which is measurably faster.
  */
-export async function track(disk: Disk, opts: TrackOptions): Promise<Disk> {
-  if (trackers.has(disk)) throw new VdError('ERR_VD_INVALID_ARGUMENT', 'this disk is already a tracked disk; track the inner disk once');
+export async function track(disk: Disk | BlockSource, opts: TrackOptions): Promise<Disk> {
+  if (disk instanceof Disk && trackers.has(disk)) {
+    throw new VdError('ERR_VD_INVALID_ARGUMENT', 'this disk is already a tracked disk; track the inner disk once');
+  }
   const bitmap = opts.bitmap ?? DEFAULT_BITMAP;
   if (typeof bitmap !== 'string' || bitmap.length === 0)
     throw new VdError('ERR_VD_INVALID_ARGUMENT', 'CBT bitmap name must be a non-empty string');
-  const tracker = await Tracker.open(disk, opts);
-  const tracked = new Disk(new TrackedSource(disk, tracker, DIRTY_BITMAP_PREFIX + bitmap), {
-    transport: disk.transport,
-    location: disk.location,
-    selection: [...disk.selection],
-  });
+  const source = disk instanceof Disk ? sourceOf(disk) : disk;
+  if (!source || typeof source._read !== 'function' || !source.capabilities) {
+    throw new VdError('ERR_VD_INVALID_ARGUMENT', 'track() takes a Disk or a BlockSource');
+  }
+  const readOnly = source.capabilities.readOnly || typeof source._write !== 'function';
+  const tracker = await Tracker.open({ size: source.size, readOnly }, opts);
+  let tracked: Disk;
+  try {
+    tracked = new Disk(new TrackedSource(source, tracker, DIRTY_BITMAP_PREFIX + bitmap), {
+      transport: disk instanceof Disk ? disk.transport : 'source',
+      location: disk instanceof Disk ? disk.location : undefined,
+      selection: disk instanceof Disk ? [...disk.selection] : undefined,
+    });
+  } catch (err) {
+    await tracker.destroy();
+    throw err;
+  }
   trackers.set(tracked, tracker);
   return tracked;
+}
+
+/**
+ * A Disk seen as a block source. It emulates what its own source lacks, so zero and FUA are
+ * offered as "native" here: passing them on is all there is to do.
+ */
+function sourceOf(d: Disk): BlockSource {
+  const c = d.capabilities;
+  return {
+    size: d.size,
+    capabilities: {
+      ...c,
+      zero: c.zero === 'none' ? 'none' : 'native',
+      fua: c.fua === 'none' && !c.flush ? 'none' : 'native',
+      extents: [...new Set([BASE_ALLOCATION, ...c.extents])],
+    },
+    _read: async (offset, into, opts) => {
+      await d.readInto(offset, into, opts);
+    },
+    _write: c.readOnly ? undefined : (offset, data, opts) => d.write(offset, data, opts),
+    _zero: c.zero === 'none' ? undefined : (offset, length, opts) => d.zero(offset, length, opts),
+    _trim: c.trim === 'none' ? undefined : (offset, length, opts) => d.trim(offset, length, opts),
+    _flush: (opts) => d.flush(opts),
+    _extents: async (offset, length, context, opts) => {
+      const out: Extent[] = [];
+      for await (const e of d.extents({ offset, length, context, signal: opts.signal })) out.push(e);
+      return out;
+    },
+    _info: () => d.info(),
+    _close: () => d.close(),
+    _destroy: (err) => d.destroy(err),
+  };
 }
 
 /** The tracker behind a disk `track()` returned; ERR_VD_INVALID_ARGUMENT for any other disk. */
@@ -61,73 +109,69 @@ export function queryChangedAreas(disk: Disk, changeId: string, opts: QueryOptio
   return trackerOf(disk).queryChangedAreas(changeId, opts, disk);
 }
 
-/**
- * The wrapper between the consumer's Disk and the inner Disk: marks before it forwards. It
- * declares what the inner disk effectively offers, so the outer wrapper emulates nothing twice.
- */
+/** Marks before it forwards; declares what the inner source declares, plus the bitmap context. */
 class TrackedSource implements BlockSource {
   readonly size: number;
   readonly capabilities: Capabilities;
+  readonly #inner: BlockSource;
 
   constructor(
-    readonly inner: Disk,
+    inner: BlockSource,
     readonly tracker: Tracker,
     readonly bitmapContext: string,
   ) {
-    const c = inner.capabilities;
+    this.#inner = inner;
     this.size = inner.size;
-    this.capabilities = {
-      ...c,
-      // The inner Disk emulates zeroes and FUA itself; passing the request on is "native" here.
-      zero: c.zero === 'none' ? 'none' : 'native',
-      fua: c.fua === 'none' && !c.flush ? 'none' : 'native',
-      extents: [...new Set([BASE_ALLOCATION, ...c.extents, bitmapContext])],
-    };
+    this.capabilities = { ...inner.capabilities, extents: [...new Set([...inner.capabilities.extents, bitmapContext])] };
+    if (!inner._write) this.capabilities.readOnly = true;
+    // Methods the inner source lacks stay absent, so the outer Disk's checks see the same source.
+    if (!inner._zero) this._zero = undefined;
+    if (!inner._trim) this._trim = undefined;
+    if (!inner._flush) this._flush = undefined;
   }
 
   _read(offset: number, into: Uint8Array, opts: IoOptions): Promise<void> {
-    return this.inner.readInto(offset, into, opts).then(() => {});
+    return this.#inner._read(offset, into, opts);
   }
 
   async _write(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const point = this.tracker.enter();
     try {
-      await this.tracker.prepare(offset, data.length);
-      await this.inner.write(offset, data, opts);
+      const marked = this.tracker.prepare(offset, data.length);
+      if (marked) await marked;
+      await this.#inner._write!(offset, data, opts);
     } finally {
       this.tracker.leave(point);
     }
   }
 
-  async _zero(offset: number, length: number, opts: ZeroOptions): Promise<void> {
+  _zero? = async (offset: number, length: number, opts: ZeroOptions): Promise<void> => {
     const point = this.tracker.enter();
     try {
-      await this.tracker.prepare(offset, length);
-      await this.inner.zero(offset, length, opts);
+      const marked = this.tracker.prepare(offset, length);
+      if (marked) await marked;
+      await this.#inner._zero!(offset, length, opts);
     } finally {
       this.tracker.leave(point);
     }
-  }
+  };
 
-  async _trim(offset: number, length: number, opts: WriteOptions): Promise<void> {
+  _trim? = async (offset: number, length: number, opts: WriteOptions): Promise<void> => {
     const point = this.tracker.enter();
     try {
-      await this.tracker.prepare(offset, length);
-      await this.inner.trim(offset, length, opts);
+      const marked = this.tracker.prepare(offset, length);
+      if (marked) await marked;
+      await this.#inner._trim!(offset, length, opts);
     } finally {
       this.tracker.leave(point);
     }
-  }
+  };
 
-  _flush(opts: IoOptions): Promise<void> {
-    return this.inner.flush(opts);
-  }
+  _flush? = (opts: IoOptions): Promise<void> => this.#inner._flush!(opts);
 
   async _extents(offset: number, length: number, context: string, opts: IoOptions): Promise<Extent[]> {
     if (context === this.bitmapContext) return this.#bitmapExtents(offset, length);
-    const out: Extent[] = [];
-    for await (const e of this.inner.extents({ offset, length, context, signal: opts.signal })) out.push(e);
-    return out;
+    return this.#inner._extents!(offset, length, context, opts);
   }
 
   /** Changes since the last mark, as `changed` / `unchanged` extents (NBD: dirty bit set / clear). */
@@ -148,12 +192,13 @@ class TrackedSource implements BlockSource {
 
   _info(): DiskInfo {
     const t = this.tracker;
-    return { ...this.inner.info(), cbt: { epoch: t.epoch, point: t.point, granularity: t.granularity, durability: t.durability } };
+    const info = this.#inner._info?.() ?? { format: 'raw' };
+    return { ...info, cbt: { epoch: t.epoch, point: t.point, granularity: t.granularity, durability: t.durability } };
   }
 
   async _close(): Promise<void> {
     try {
-      await this.inner.close();
+      await this.#inner._close();
     } finally {
       await this.tracker.close();
     }
@@ -161,7 +206,7 @@ class TrackedSource implements BlockSource {
 
   async _destroy(err?: Error): Promise<void> {
     try {
-      await this.inner.destroy(err);
+      await (this.#inner._destroy ? this.#inner._destroy(err) : this.#inner._close());
     } finally {
       await this.tracker.destroy();
     }

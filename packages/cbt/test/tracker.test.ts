@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { isVdError, memoryDisk } from '@vd/core';
+import { isVdError, MemorySource, memoryDisk } from '@vd/core';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { changedAreasFromBitmap, mark, queryChangedAreas, track, trackerOf } from '../src/index.js';
@@ -104,6 +104,24 @@ describe('track', () => {
     const areas = await changedAreasFromBitmap(disk, 'b0');
     expect(areas).toEqual(await queryChangedAreas(disk, trackerOf(disk).latestChangeId!));
     await disk.close();
+  });
+
+  it('tracks a BlockSource directly, with its own capabilities', async () => {
+    const source = new MemorySource(1 << 20);
+    const disk = await track(source, { path: sidecar(), granularity: 4096 });
+    expect(disk.capabilities.trim).toBe('native');
+    expect(disk.capabilities.extents).toEqual(['base:allocation', 'qemu:dirty-bitmap:vd-cbt']);
+    const id = await mark(disk);
+    await disk.write(4096 * 3, new Uint8Array(10).fill(1));
+    await disk.trim(4096 * 7, 4096);
+    expect((await queryChangedAreas(disk, id)).areas).toEqual([
+      { start: 4096 * 3, length: 4096 },
+      { start: 4096 * 7, length: 4096 },
+    ]);
+    expect((await queryChangedAreas(disk, '*')).areas).toEqual([{ start: 4096 * 3, length: 4096 }]);
+    expect(disk.info()).toMatchObject({ format: 'memory', cbt: { granularity: 4096, point: 2 } });
+    await disk.close();
+    await expect(source._read(0, new Uint8Array(1), {})).rejects.toMatchObject({ code: 'ERR_VD_CLOSED' });
   });
 
   it('mark() waits for writes issued before it', async () => {
