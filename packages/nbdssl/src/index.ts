@@ -32,4 +32,5 @@ export {
   thumbprintOf,
 } from './thumbprint.js';
 export { handshakeError, type TlsFailure, tlsError } from './tls-error.js';
+export { clientTlsFor, clientUpgrade, type NbdsslOptions, nbdssl } from './transport.js';
 export { checkThumbprintOption, type PeerIdentity, type PeerVerification, verifyServer } from './verify.js';

@@ -1,0 +1,176 @@
+import { access } from 'node:fs/promises';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { type BlockSource, isVdError, type OpenOptions, type ProbeResult, type Transport, VdError } from '@vd/core';
+import { type NbdClientTls, type NbdTarget, type NbdTransportOptions, nbd, parseNbdUri } from '@vd/nbd';
+import { type ClientTlsOptions, startTlsClient } from './client-tls.js';
+import { loadPki } from './pki.js';
+import { loadPskFile, type PskKey, pickPsk } from './psk.js';
+import { defaultPkiDir } from './server.js';
+import type { Thumbprint } from './thumbprint.js';
+import { tlsError } from './tls-error.js';
+import { checkThumbprintOption, type PeerIdentity } from './verify.js';
+
+/** Settings of the nbdssl transport; the URI's query parameters override them per disk. */
+export interface NbdsslOptions extends Omit<NbdTransportOptions, 'tls'> {
+  /** A PKI directory: ca-cert.pem to trust, client-cert.pem and client-key.pem to present (libnbd's tls-certificates). */
+  certificates?: string;
+  /** Trusted CA certificates (PEM), instead of or besides the directory's. */
+  ca?: string | readonly string[];
+  /** Client certificate and key (PEM). */
+  cert?: string;
+  key?: string;
+  /** Pin the server certificate: `sha256:AB:…`, `sha1:…` or VDDK's bare colon-hex. */
+  thumbprint?: string | Thumbprint | readonly (string | Thumbprint)[];
+  /** `false`: encrypt but do not authenticate the server (libnbd's tls-verify-peer=false). */
+  verifyPeer?: boolean;
+  /** The name the server certificate must carry; default the URI's host (`localhost` for Unix sockets). */
+  hostname?: string;
+  /** TLS-PSK: a keys file (libnbd's tls-psk-file) and the identity to use (tls-username / user@). */
+  pskFile?: string;
+  psk?: PskKey;
+  username?: string;
+  /** Milliseconds for the TLS handshake itself (default 30 s). */
+  tlsHandshakeTimeout?: number;
+  /** Called once per connection with what was learnt about the server. */
+  onPeer?: (peer: PeerIdentity, target: NbdTarget) => void;
+}
+
+const schemes = ['nbds', 'nbds+unix'] as const;
+
+/** What `nbd()` takes of our options: everything but the TLS settings. */
+function nbdOptions(o: NbdsslOptions): Omit<NbdTransportOptions, 'tls'> {
+  const { certificates, ca, cert, key, thumbprint, verifyPeer, hostname, pskFile, psk, username, tlsHandshakeTimeout, onPeer, ...rest } = o;
+  return rest;
+}
+
+/** The TLS settings for one URI: options, then the URI's query (libnbd's keys plus tls-thumbprint). */
+export async function clientTlsFor(location: URL, options: NbdsslOptions): Promise<ClientTlsOptions & { certificates?: string }> {
+  const q = location.searchParams;
+  const flag = (name: string): boolean | undefined => {
+    const v = q.get(name);
+    if (v === null) return undefined;
+    if (/^(1|true|yes|on)$/i.test(v)) return true;
+    if (/^(0|false|no|off)$/i.test(v)) return false;
+    throw new VdError('ERR_VD_INVALID_ARGUMENT', `${name}=${v} in ${location.href}: expected true or false`);
+  };
+  let certificates = q.get('tls-certificates') ?? options.certificates;
+  if (certificates === undefined) {
+    // Like libnbd's ~/.pki/libnbd: the directory `vd serve --tls` fills on this machine.
+    const dir = defaultPkiDir();
+    if (
+      await access(dir).then(
+        () => true,
+        () => false,
+      )
+    )
+      certificates = dir;
+  }
+  const thumbprint = q.getAll('tls-thumbprint').length > 0 ? q.getAll('tls-thumbprint') : options.thumbprint;
+  checkThumbprintOption(thumbprint);
+  const tls: ClientTlsOptions & { certificates?: string } = {
+    thumbprint,
+    verifyPeer: flag('tls-verify-peer') ?? options.verifyPeer,
+    hostname: q.get('tls-hostname') ?? options.hostname,
+    handshakeTimeout: options.tlsHandshakeTimeout,
+    ca: options.ca,
+    cert: options.cert,
+    key: options.key,
+    signal: options.signal,
+  };
+  if (certificates !== undefined) {
+    const pki = await loadPki(certificates);
+    tls.certificates = certificates;
+    if (pki.caCert !== undefined) tls.ca = [pki.caCert, ...[options.ca ?? []].flat()];
+    if (pki.client !== undefined && tls.cert === undefined) {
+      tls.cert = pki.client.cert;
+      tls.key = pki.client.key;
+    }
+  }
+  const pskFile = q.get('tls-psk-file') ?? options.pskFile;
+  const username = q.get('tls-username') ?? (location.username ? decodeURIComponent(location.username) : undefined) ?? options.username;
+  if (pskFile !== undefined) tls.psk = pickPsk(await loadPskFile(pskFile), username, pskFile);
+  else if (options.psk !== undefined) tls.psk = options.psk;
+  return tls;
+}
+
+/** The STARTTLS hook `@vd/nbd` calls on each connection it opens (first, multi-conn, reconnects). */
+export function clientUpgrade(tls: ClientTlsOptions, onPeer?: NbdsslOptions['onPeer']): NbdClientTls {
+  return {
+    async upgrade(socket: Duplex, target: NbdTarget): Promise<Duplex> {
+      const host = target.kind === 'tcp' ? target.host : 'localhost';
+      const r = await startTlsClient(socket as Socket, host, tls);
+      onPeer?.(r.peer, target);
+      return r.socket;
+    },
+  };
+}
+
+/**
+ * `@vd/nbd`'s messages for a refused or broken STARTTLS, as ERR_VD_TLS with a reason: nothing
+ * was sent in the clear after the refusal.
+ */
+function classify(err: unknown): unknown {
+  if (!isVdError(err) || err.details.reason !== undefined) return err;
+  if (err.code === 'ERR_VD_TLS' && /refused STARTTLS/.test(err.message)) {
+    return tlsError(
+      'starttls-refused',
+      `${err.message}; nothing was sent in the clear (use nbd:// only if the network is trusted)`,
+      {},
+      err,
+    );
+  }
+  if (err.code === 'ERR_VD_TLS' && /requires TLS/.test(err.message)) return tlsError('tls-required', err.message, {}, err);
+  if (err.code === 'ERR_VD_PROTOCOL' && /after accepting STARTTLS/.test(err.message)) {
+    return tlsError(
+      'plaintext-after-starttls',
+      `the NBD server sent plaintext after accepting STARTTLS (${err.message}); refusing it`,
+      {},
+      err,
+    );
+  }
+  return err;
+}
+
+/**
+ * NBD over TLS: `nbds://host[:port]/export` and `nbds+unix:///export?socket=PATH`. The server is
+ * verified by a CA (`tls-certificates=DIR`, `certificates`, `ca`) or a pinned thumbprint
+ * (`tls-thumbprint=sha256:…`, `thumbprint`); TLS-PSK with `tls-psk-file=`. A refused STARTTLS
+ * ends the connection: nothing goes in the clear.
+ *
+ * ```ts
+ * const disk = await openDisk('nbds://host/disk?tls-certificates=/etc/pki/vd', { transports: [nbdssl(), nbd()] });
+ * ```
+ */
+export function nbdssl(options: NbdsslOptions = {}): Transport {
+  return {
+    specificationVersion: 'v1',
+    name: 'nbdssl',
+    schemes,
+    async probe(location: URL): Promise<ProbeResult> {
+      const scheme = location.protocol.slice(0, -1);
+      if (!(schemes as readonly string[]).includes(scheme))
+        return { ok: false, reason: `nbdssl handles ${schemes.join(', ')} URIs, not ${scheme}:` };
+      try {
+        parseNbdUri(location);
+        await clientTlsFor(location, options);
+        return { ok: true };
+      } catch (err) {
+        return { ok: false, reason: (err as Error).message };
+      }
+    },
+    async open(location: URL, opts: OpenOptions): Promise<BlockSource> {
+      const scheme = location.protocol.slice(0, -1);
+      if (!(schemes as readonly string[]).includes(scheme)) {
+        throw new VdError('ERR_VD_INVALID_ARGUMENT', `nbdssl opens ${schemes.join(', ')} URIs, not ${location.href}`);
+      }
+      const tls = await clientTlsFor(location, { ...options, signal: opts.signal ?? options.signal });
+      const transport = nbd({ ...nbdOptions(options), tls: clientUpgrade(tls, options.onPeer) });
+      try {
+        return await transport.open(location, opts);
+      } catch (err) {
+        throw classify(err);
+      }
+    },
+  };
+}
