@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { setMaxListeners } from 'node:events';
 import { processIo } from './io.js';
 import { main } from './main.js';
 
@@ -11,6 +12,8 @@ process.stdout.on('error', (err: NodeJS.ErrnoException) => {
 // The first Ctrl-C asks the running command to stop and clean up (a half-made convert target is
 // removed); a second one exits at once.
 const stop = new AbortController();
+// Every request in flight listens on it (a copy keeps dozens going): not a leak.
+setMaxListeners(4096, stop.signal);
 const onSignal = (signal: NodeJS.Signals) => {
   if (stop.signal.aborted) process.exit(130);
   stop.abort(new Error(`interrupted by ${signal}`));
