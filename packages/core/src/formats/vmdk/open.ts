@@ -1,5 +1,5 @@
 import { isVdError, VdError } from '../../errors.js';
-import type { BlockSource, ByteStore, FormatDriver, FormatOpenContext, StoreResolver } from '../../spec.js';
+import type { BlockSource, ByteStore, FormatCreateContext, FormatDriver, FormatOpenContext, StoreResolver } from '../../spec.js';
 import { readFully } from '../raw.js';
 import { CID_NOPARENT, MAX_CHAIN_DEPTH, MAX_DESCRIPTOR_BYTES, SECTOR } from './constants.js';
 import { CowdExtent, isCowdMagic, parseCowdHeader } from './cowd.js';
@@ -35,6 +35,10 @@ export const vmdkFormat: FormatDriver = {
   detect: detectVmdk,
   open(store: ByteStore, ctx: FormatOpenContext): Promise<BlockSource> {
     return openVmdkStore(store, ctx.resolver, baseOf(store.name), vmdkOptions(ctx));
+  },
+  async create(store: ByteStore, ctx: FormatCreateContext): Promise<void> {
+    const { createVmdkDriver } = await import('./create.js');
+    await createVmdkDriver(store, ctx);
   },
 };
 
