@@ -3,12 +3,13 @@ import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { throwIfAborted, VdError } from '../errors.js';
 import { rawFormat } from '../formats/raw.js';
+import { vmdkFormat } from '../formats/vmdk/index.js';
 import type { BlockSource, ByteStore, FormatDriver, OpenOptions, ProbeResult, Transport } from '../spec.js';
 import { fileResolver } from '../stores/file-resolver.js';
 import { FileStore } from '../stores/file-store.js';
 
 /** Format drivers tried, in order, when none is named; `raw` accepts anything, so it goes last. */
-export const defaultFormats: readonly FormatDriver[] = [rawFormat];
+export const defaultFormats: readonly FormatDriver[] = [vmdkFormat, rawFormat];
 
 export interface FileTransportOptions {
   /** Format drivers to detect from, in order (default `defaultFormats`). */
