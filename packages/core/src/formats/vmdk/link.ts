@@ -352,8 +352,15 @@ export function subformatOf(d: Descriptor): string {
   return d.createType;
 }
 
-/** Any open `Disk` as a parent link (VDDK's Attach to an arbitrary disk). */
+/**
+ * Any open `Disk` as a parent link (VDDK's Attach): `child.attachParent(diskParent(parent))`. The
+ * CID to check against is the parent's own when it is a VMDK; give `cid` to override.
+ */
 export function diskParent(disk: Disk, cid?: number): ParentLink {
+  if (cid === undefined) {
+    const own = disk.info().cid;
+    if (typeof own === 'string' && /^[0-9a-f]{8}$/i.test(own)) cid = Number.parseInt(own, 16);
+  }
   return {
     size: disk.size,
     cid,
