@@ -19,3 +19,49 @@ export function hexLines(bytes: Uint8Array, address: number): string {
   }
   return out;
 }
+
+/**
+ * Hex lines over a stream of pieces of any length: whole 16-byte lines are printed as they
+ * arrive, a partial line waits for the next piece (or `end()`), so the layout does not depend on
+ * where the pieces were cut.
+ */
+export class HexDumper {
+  #address: number;
+  readonly #held = new Uint8Array(16);
+  #heldLength = 0;
+
+  constructor(address: number) {
+    this.#address = address;
+  }
+
+  push(bytes: Uint8Array): string {
+    let out = '';
+    let from = 0;
+    if (this.#heldLength > 0) {
+      const n = Math.min(16 - this.#heldLength, bytes.length);
+      this.#held.set(bytes.subarray(0, n), this.#heldLength);
+      this.#heldLength += n;
+      from = n;
+      if (this.#heldLength < 16) return '';
+      out += this.#emit(this.#held);
+      this.#heldLength = 0;
+    }
+    const whole = from + Math.floor((bytes.length - from) / 16) * 16;
+    out += this.#emit(bytes.subarray(from, whole));
+    this.#held.set(bytes.subarray(whole));
+    this.#heldLength = bytes.length - whole;
+    return out;
+  }
+
+  end(): string {
+    const out = this.#emit(this.#held.subarray(0, this.#heldLength));
+    this.#heldLength = 0;
+    return out;
+  }
+
+  #emit(bytes: Uint8Array): string {
+    const out = hexLines(bytes, this.#address);
+    this.#address += bytes.length;
+    return out;
+  }
+}

@@ -2,7 +2,7 @@ import { type Command, Option } from 'commander';
 import type { Context } from '../context.js';
 import { openDiskArg } from '../disk-arg.js';
 import { usageError } from '../errors.js';
-import { hexLines } from '../hexdump.js';
+import { HexDumper } from '../hexdump.js';
 import { checkRange, lengthOption, offsetOption } from '../options.js';
 import { formatBytes } from '../units.js';
 
@@ -40,19 +40,27 @@ Examples:
       try {
         const length = opts.length ?? Math.min(DEFAULT_LENGTH, Math.max(0, disk.size - opts.offset));
         const range = checkRange(disk.size, opts.offset, length);
-        // One chunk read ahead while the previous one is written: the disk and stdout both stay busy.
-        const buffers = [new Uint8Array(Math.min(CHUNK, range.length)), new Uint8Array(Math.min(CHUNK, range.length))];
         const end = range.offset + range.length;
-        let next: Promise<Uint8Array> | undefined;
+        // Reads cover whole blocks of the disk's minimum size (an NBD disk may need 512); only the
+        // asked-for bytes are printed.
+        const min = disk.capabilities.blockSize.minimum;
+        const first = range.offset - (range.offset % min);
+        const last = Math.min(disk.size, Math.ceil(end / min) * min);
+        const step = Math.ceil(CHUNK / min) * min;
+        // One chunk read ahead while the previous one is written: the disk and stdout both stay busy.
+        const buffers = [new Uint8Array(Math.min(step, last - first)), new Uint8Array(Math.min(step, last - first))];
         const readAt = (at: number, i: number) =>
-          disk.readInto(at, buffers[i % 2]!.subarray(0, Math.min(CHUNK, end - at)), { signal: ctx.signal });
-        if (range.length > 0) next = readAt(range.offset, 0);
-        for (let at = range.offset, i = 0; next; at += CHUNK, i++) {
-          const chunk = await next;
-          next = at + CHUNK < end ? readAt(at + CHUNK, i + 1) : undefined;
+          disk.readInto(at, buffers[i % 2]!.subarray(0, Math.min(step, last - at)), { signal: ctx.signal });
+        const hex = new HexDumper(range.offset);
+        let next = range.length > 0 ? readAt(first, 0) : undefined;
+        for (let at = first, i = 0; next; at += step, i++) {
+          const got = await next;
+          next = at + step < last ? readAt(at + step, i + 1) : undefined;
+          const chunk = got.subarray(Math.max(range.offset, at) - at, Math.min(end, at + got.length) - at);
           if (opts.format === 'raw') await ctx.io.writeStdout(chunk);
-          else ctx.io.stdout.write(hexLines(chunk, at));
+          else ctx.io.stdout.write(hex.push(chunk));
         }
+        if (opts.format === 'hex') ctx.io.stdout.write(hex.end());
       } finally {
         await disk.close();
       }

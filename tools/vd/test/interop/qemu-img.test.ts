@@ -98,7 +98,7 @@ describe.skipIf(skipWithoutPeers('xxd'))('interop with xxd', () => {
   it('vd dump prints what xxd -s -l prints', async () => {
     await withTempDir(async (dir) => {
       const disk = join(dir, 'd.img');
-      const bytes = randomBytes(70000);
+      const bytes = randomBytes(3 * MiB + 100);
       bytes.write('Hello, disk!\n\x00\x7f~ ', 100, 'latin1');
       await writeFile(disk, bytes);
       for (const [offset, length] of [
@@ -106,8 +106,11 @@ describe.skipIf(skipWithoutPeers('xxd'))('interop with xxd', () => {
         [100, 37],
         [4097, 20000],
         [69990, 10],
+        // across the 1 MiB read chunks, at an offset that is not a multiple of 16
+        [MiB - 7, 40],
+        [MiB - 3, 2 * MiB + 50],
       ]) {
-        const theirs = execFileSync('xxd', ['-s', String(offset), '-l', String(length), disk], { encoding: 'utf8' });
+        const theirs = execFileSync('xxd', ['-s', String(offset), '-l', String(length), disk], { encoding: 'utf8', maxBuffer: 64 * MiB });
         const r = await vd('dump', disk, '--offset', String(offset), '--length', String(length));
         expect(r.code).toBe(0);
         expect(r.stdout).toBe(theirs);
