@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Disk } from '../../src/disk.js';
 import { createChild, createVmdk, diskParent, openVmdk } from '../../src/formats/vmdk/index.js';
-import { TestResolver, pattern, qemu, qemuIo, skipWithout, tempDir } from './helpers.js';
+import { pattern, qemu, qemuIo, skipWithout, TestResolver, tempDir } from './helpers.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 8 * MiB + 512;
@@ -111,13 +111,22 @@ describe('redo-log chains', () => {
     await writeFile(join(dir, 'gone.vmdk'), ''); // now empty: not a VMDK
     await expect(openVmdk(r, 'orphan.vmdk')).rejects.toMatchObject({ code: 'ERR_VD_UNKNOWN_FORMAT' });
     const text = (await readFile(join(dir, 'orphan.vmdk'))).toString('latin1');
-    await writeFile(join(dir, 'orphan.vmdk'), Buffer.from(text.replace('parentFileNameHint="gone.vmdk"', 'parentFileNameHint="none.vmdk"'), 'latin1'));
-    await expect(openVmdk(r, 'orphan.vmdk')).rejects.toMatchObject({ code: 'ERR_VD_NOT_FOUND', message: expect.stringContaining('none.vmdk') });
+    await writeFile(
+      join(dir, 'orphan.vmdk'),
+      Buffer.from(text.replace('parentFileNameHint="gone.vmdk"', 'parentFileNameHint="none.vmdk"'), 'latin1'),
+    );
+    await expect(openVmdk(r, 'orphan.vmdk')).rejects.toMatchObject({
+      code: 'ERR_VD_NOT_FOUND',
+      message: expect.stringContaining('none.vmdk'),
+    });
     // a → b → a
     await createVmdk(r, 'la.vmdk', { size: SIZE, subformat: 'monolithicFlat' });
     await createChild(r, 'la.vmdk', 'lb.vmdk');
     const a = (await readFile(join(dir, 'la.vmdk'))).toString('latin1');
-    await writeFile(join(dir, 'la.vmdk'), a.replace('createType="monolithicFlat"', 'createType="monolithicFlat"\nparentFileNameHint="lb.vmdk"'));
+    await writeFile(
+      join(dir, 'la.vmdk'),
+      a.replace('createType="monolithicFlat"', 'createType="monolithicFlat"\nparentFileNameHint="lb.vmdk"'),
+    );
     await expect(openVmdk(r, 'lb.vmdk', { ignoreCidMismatch: true })).rejects.toMatchObject({ code: 'ERR_VD_LOOP' });
     expect(r.openCount).toBe(0);
   });

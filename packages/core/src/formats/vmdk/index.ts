@@ -12,5 +12,6 @@ export {
 export { type Descriptor, type DescriptorExtent, parseDescriptor, serializeDescriptor } from './descriptor.js';
 export { encodeSparseHeader, parseSparseHeader, type SparseHeader } from './header.js';
 export { type ChainEntry, diskParent, type ParentLink, subformatOf, VmdkSource } from './link.js';
+export { readVmdkMetadata, writeVmdkMetadata } from './metadata.js';
 export { detectVmdk, openVmdk, openVmdkStore, readDescriptor, type VmdkOpenOptions, vmdkFormat } from './open.js';
 export { type StreamSink, type StreamWriteOptions, type StreamWriteResult, storeSink, writeStreamOptimized } from './stream-writer.js';
