@@ -1,0 +1,187 @@
+#!/usr/bin/env node
+// `pnpm bench nbd`: NBD throughput, ours against the peers on the same input in one run. Needs
+// `pnpm build` (runs the built packages) and nbdkit, nbdcopy, qemu-nbd, qemu-img on PATH.
+//  1. Client: vd's nbd() client reading the whole export from `nbdkit file` vs `nbdcopy uri null:`.
+//  2. Server: `nbdcopy uri null:` reading from vd's NbdServer vs from `nbdkit file` (same raw),
+//     and vd's NbdServer vs qemu-nbd serving the same monolithicSparse VMDK.
+//  3. Sparse: a 10%-allocated raw copied by nbdcopy from vd's server, as a share of the full copy.
+//  4. Peak RSS of this process (which runs our client and server).
+// Size: BENCH_NBD_MIB (default 2048). Rounds: BENCH_NBD_ROUNDS (default 3, median reported).
+import { spawn, spawnSync } from 'node:child_process';
+import { randomFillSync } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { access, mkdtemp, open, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+
+// The server reads files on libuv's pool; `vd serve` widens it the same way before any I/O.
+if (!process.env.UV_THREADPOOL_SIZE) {
+  const r = spawnSync(process.execPath, process.argv.slice(1), { stdio: 'inherit', env: { ...process.env, UV_THREADPOOL_SIZE: '16' } });
+  process.exit(r.status ?? 1);
+}
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const coreDist = join(root, 'packages/core/dist/index.js');
+const nbdDist = join(root, 'packages/nbd/dist/index.js');
+if (!existsSync(coreDist) || !existsSync(nbdDist)) {
+  console.error('bench nbd: build first (pnpm build, or pnpm --filter @vd/core --filter @vd/nbd build)');
+  process.exit(2);
+}
+const core = await import(coreDist);
+const { NbdServer, nbd } = await import(nbdDist);
+
+const MiB = 1024 * 1024;
+const SIZE = Number(process.env.BENCH_NBD_MIB ?? 2048) * MiB;
+const ROUNDS = Number(process.env.BENCH_NBD_ROUNDS ?? 3);
+const env = { ...process.env, PATH: `/usr/bin:${process.env.PATH}` };
+
+let peakRss = 0;
+const rssTimer = setInterval(() => {
+  peakRss = Math.max(peakRss, process.memoryUsage().rss);
+}, 50);
+
+function exec(cmd, args) {
+  return new Promise((resolve, reject) => {
+    const c = spawn(cmd, args, { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    c.stderr.on('data', (d) => {
+      err += d;
+    });
+    c.on('error', reject);
+    c.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${err}`))));
+  });
+}
+
+async function peer(cmd, args, sock, pid) {
+  const c = spawn(cmd, args, { env, stdio: 'ignore' });
+  for (let i = 0; i < 400; i++) {
+    try {
+      await access(pid);
+      await access(sock);
+      return { uri: `nbd+unix:///?socket=${sock}`, stop: () => c.kill('SIGTERM') };
+    } catch {
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  }
+  c.kill('SIGKILL');
+  throw new Error(`${cmd} did not start`);
+}
+
+async function time(f) {
+  const t = [];
+  for (let i = 0; i < ROUNDS; i++) {
+    const s = performance.now();
+    await f();
+    t.push((performance.now() - s) / 1000);
+  }
+  t.sort((a, b) => a - b);
+  return t[Math.floor(t.length / 2)];
+}
+
+const rate = (bytes, s) => `${(bytes / MiB / s).toFixed(0)} MiB/s`;
+function report(what, oursName, ours, peerName, theirs, bytes = SIZE) {
+  console.log(`${what}`);
+  console.log(`  ${oursName.padEnd(34)} ${ours.toFixed(2)} s  ${rate(bytes, ours)}`);
+  console.log(`  ${peerName.padEnd(34)} ${theirs.toFixed(2)} s  ${rate(bytes, theirs)}`);
+  console.log(`  ratio (ours/peer throughput)      ${(theirs / ours).toFixed(2)}x`);
+}
+
+/** Reads the whole disk through our client, `inFlight` requests of `chunk` bytes into reused buffers. */
+async function readAll(disk, chunk = 2 * MiB, inFlight = 16) {
+  let next = 0;
+  const worker = async () => {
+    const buf = new Uint8Array(chunk);
+    while (next < disk.size) {
+      const at = next;
+      next += chunk;
+      const n = Math.min(chunk, disk.size - at);
+      await disk.readInto(at, n === chunk ? buf : buf.subarray(0, n));
+    }
+  };
+  await Promise.all(Array.from({ length: inFlight }, worker));
+}
+
+const dir = await mkdtemp(join(tmpdir(), 'vd-bench-nbd-'));
+const stops = [];
+try {
+  console.log(`bench nbd: ${SIZE / MiB} MiB, median of ${ROUNDS} rounds`);
+  const raw = join(dir, 'full.raw');
+  {
+    const fh = await open(raw, 'w');
+    const buf = new Uint8Array(8 * MiB);
+    for (let at = 0; at < SIZE; at += buf.length) {
+      randomFillSync(buf);
+      await fh.write(buf, 0, Math.min(buf.length, SIZE - at), at);
+    }
+    await fh.close();
+  }
+  const vmdk = join(dir, 'full.vmdk');
+  await exec('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=monolithicSparse', raw, vmdk]);
+  const sparse = join(dir, 'sparse.raw');
+  {
+    // 10% allocated: 1 MiB of data in every 10 MiB.
+    const fh = await open(sparse, 'w');
+    await fh.truncate(SIZE);
+    const buf = new Uint8Array(MiB);
+    for (let at = 0; at < SIZE; at += 10 * MiB) {
+      randomFillSync(buf);
+      await fh.write(buf, 0, buf.length, at);
+    }
+    await fh.close();
+  }
+  const sock = (n) => join(dir, `${n}.sock`);
+  const pid = (n) => join(dir, `${n}.pid`);
+
+  // 1. Client.
+  const kit = await peer('nbdkit', ['-f', '-U', sock('kit'), '-P', pid('kit'), 'file', raw], sock('kit'), pid('kit'));
+  stops.push(kit.stop);
+  const ours1 = await time(async () => {
+    const disk = await core.openDisk(kit.uri, { transports: [nbd()], readOnly: true });
+    await readAll(disk);
+    await disk.close();
+  });
+  const theirs1 = await time(() => exec('nbdcopy', [kit.uri, 'null:']));
+  report('client: full read from nbdkit file', 'vd nbd() client', ours1, 'nbdcopy ... null:', theirs1);
+
+  // 2. Server, raw and VMDK.
+  const fileT = core.file({ formats: [core.vmdkFormat, core.rawFormat] });
+  const rawDisk = await core.openDisk(raw, { transports: [fileT], readOnly: true });
+  const vmdkDisk = await core.openDisk(vmdk, { transports: [fileT], readOnly: true });
+  const sparseDisk = await core.openDisk(sparse, { transports: [fileT], readOnly: true });
+  const server = new NbdServer({
+    exports: [
+      { name: 'raw', disk: rawDisk },
+      { name: 'vmdk', disk: vmdkDisk },
+      { name: 'sparse', disk: sparseDisk },
+    ],
+  });
+  await server.listen({ path: sock('vd') });
+  const vdUri = (name) => `nbd+unix:///${name}?socket=${sock('vd')}`;
+  const ours2 = await time(() => exec('nbdcopy', [vdUri('raw'), 'null:']));
+  const theirs2 = await time(() => exec('nbdcopy', [kit.uri, 'null:']));
+  report('server: nbdcopy reading the raw', 'vd NbdServer', ours2, 'nbdkit file', theirs2);
+
+  const q = await peer('qemu-nbd', ['-k', sock('q'), `--pid-file=${pid('q')}`, '-r', '-t', '-f', 'vmdk', vmdk], sock('q'), pid('q'));
+  stops.push(q.stop);
+  const ours3 = await time(() => exec('nbdcopy', [vdUri('vmdk'), 'null:']));
+  const theirs3 = await time(() => exec('nbdcopy', [q.uri, 'null:']));
+  report('server: nbdcopy reading the monolithicSparse VMDK', 'vd NbdServer', ours3, 'qemu-nbd', theirs3);
+
+  // 3. Sparse.
+  const sparseT = await time(() => exec('nbdcopy', [vdUri('sparse'), 'null:']));
+  console.log('sparse: nbdcopy of a 10%-allocated raw from vd NbdServer');
+  console.log(
+    `  10% allocated ${sparseT.toFixed(2)} s vs full ${ours2.toFixed(2)} s = ${((100 * sparseT) / ours2).toFixed(1)}% of the full time (target <= 15%)`,
+  );
+
+  await server.close();
+  await Promise.all([rawDisk.close(), vmdkDisk.close(), sparseDisk.close()]);
+  clearInterval(rssTimer);
+  console.log(`peak RSS of the vd process: ${(peakRss / MiB).toFixed(0)} MiB (target < 200 MiB)`);
+} finally {
+  clearInterval(rssTimer);
+  for (const s of stops) s();
+  await rm(dir, { recursive: true, force: true });
+}
