@@ -1,4 +1,5 @@
 import { defaultFormats, type FormatDriver, file, type Transport, vmdkFormat } from '@vd/core';
+import { nbdssl } from '@vd/nbdssl';
 
 /**
  * The formats the CLI reads, detected in this order (raw accepts anything, so it stays last).
@@ -18,5 +19,5 @@ export const creatableFormats: readonly string[] = formats.filter((f) => typeof 
  * skipped.
  */
 export function transports(): Transport[] {
-  return [file({ formats })];
+  return [file({ formats }), nbdssl()];
 }
