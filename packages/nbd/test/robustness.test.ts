@@ -319,7 +319,12 @@ function chunkHeader(flags: number, type: number, cookie: bigint, length: number
   return h;
 }
 
-async function failsWith(uri: string, code: VdError['code'], re: RegExp, op = (d: Disk) => d.read(0, 4096)): Promise<void> {
+async function failsWith(
+  uri: string,
+  code: VdError['code'],
+  re: RegExp,
+  op: (d: Disk) => Promise<unknown> = (d) => d.read(0, 4096),
+): Promise<void> {
   const disk = await openDisk(uri, { transports: [nbd({ retries: 0 })] });
   cleanups.push(() => disk.destroy());
   const err = await op(disk).catch((e) => e);
