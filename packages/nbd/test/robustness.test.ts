@@ -327,7 +327,7 @@ async function failsWith(
 ): Promise<void> {
   const disk = await openDisk(uri, { transports: [nbd({ retries: 0 })] });
   cleanups.push(() => disk.destroy());
-  const err = await op(disk).catch((e) => e);
+  const err = (await op(disk).catch((e: unknown) => e)) as VdError;
   expect(isVdError(err, code), String(err)).toBe(true);
   expect(String(err.message)).toMatch(re);
 }
