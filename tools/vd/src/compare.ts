@@ -61,7 +61,8 @@ function firstMismatch(x: Uint8Array, y: Uint8Array): number {
 let zeroes: Uint8Array | undefined;
 
 function firstNonZero(x: Uint8Array): number {
-  const ZEROES = (zeroes ??= new Uint8Array(1 << 20));
+  zeroes ??= new Uint8Array(1 << 20);
+  const ZEROES = zeroes;
   for (let at = 0; at < x.length; at += ZEROES.length) {
     const part = x.subarray(at, Math.min(at + ZEROES.length, x.length));
     const i = firstMismatch(part, ZEROES.subarray(0, part.length));
