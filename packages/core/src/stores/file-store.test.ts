@@ -138,6 +138,11 @@ describe('FileStore', () => {
     expect(await codeOf(FileStore.open(dir, { readOnly: true }))).toBe('ERR_VD_INVALID_ARGUMENT');
     expect(await codeOf(FileStore.open(`${dir}/a\0b`))).toBe('ERR_VD_INVALID_ARGUMENT');
     expect(await codeOf(FileStore.open('/dev/null', { readOnly: true }))).toBe('ERR_VD_INVALID_ARGUMENT');
+    // A FIFO is refused before it is opened (opening it would wait for a writer forever).
+    const fifo = join(dir, 'a.fifo');
+    execFileSync('mkfifo', [fifo]);
+    const fifoErr = await FileStore.open(fifo, { readOnly: true }).catch((e: unknown) => e);
+    expect(isVdError(fifoErr, 'ERR_VD_INVALID_ARGUMENT') && fifoErr.message).toContain('FIFO');
 
     const path = tempPath();
     await writeFile(path, pattern(100, 5));

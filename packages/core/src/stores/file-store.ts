@@ -1,5 +1,5 @@
-import { constants, fstatSync } from 'node:fs';
-import { type FileHandle, open, readFile } from 'node:fs/promises';
+import { constants, fstatSync, type StatsBase } from 'node:fs';
+import { type FileHandle, open, readFile, stat } from 'node:fs/promises';
 import { fromSystemError, VdError } from '../errors.js';
 import type { ByteStore, Extent } from '../spec.js';
 import { loadSparse, type SparseOps } from './sparse.js';
@@ -66,6 +66,10 @@ export class FileStore implements ByteStore {
     if (readOnly && opts.create) throw new VdError('ERR_VD_INVALID_ARGUMENT', `cannot create ${path} read-only`);
     let flags = readOnly ? constants.O_RDONLY : constants.O_RDWR;
     if (opts.create) flags |= constants.O_CREAT | (opts.overwrite ? constants.O_TRUNC : constants.O_EXCL);
+    // Look before opening: opening a FIFO blocks until a writer comes, and opening some character
+    // devices acts (a tape rewinds). The fstat after the open settles what was actually opened.
+    const before = await stat(path).catch(() => undefined);
+    if (before && !before.isFile() && !before.isBlockDevice()) throw notADisk(path, before);
     const [fh, sparse] = await Promise.all([
       open(path, flags, 0o644).catch((err: unknown) => {
         // Refused for writing is often fixed by not writing: say so.
@@ -81,8 +85,7 @@ export class FileStore implements ByteStore {
       const st = await fh.stat({ bigint: true });
       if (st.isFile()) return new FileStore(fh, path, readOnly, 'file', undefined, sparse);
       if (st.isBlockDevice()) return new FileStore(fh, path, readOnly, 'block', await blockDeviceSize(fh, st.rdev, path, sparse), sparse);
-      const what = st.isDirectory() ? 'a directory' : st.isCharacterDevice() ? 'a character device' : 'not a regular file or block device';
-      throw new VdError('ERR_VD_INVALID_ARGUMENT', `${path} is ${what}; a disk is a regular file or a block device`, { details: { path } });
+      throw notADisk(path, st);
     } catch (err) {
       await fh.close().catch(() => {});
       throw fromSystemError(err, `open ${path}`);
@@ -214,6 +217,19 @@ export class FileStore implements ByteStore {
     this.#checkOpen(op);
     if (this.readOnly) throw new VdError('ERR_VD_READ_ONLY', `${op}: ${this.name} is open read-only`);
   }
+}
+
+function notADisk(path: string, st: StatsBase<unknown>): VdError {
+  const what = st.isDirectory()
+    ? 'a directory'
+    : st.isCharacterDevice()
+      ? 'a character device'
+      : st.isFIFO()
+        ? 'a FIFO'
+        : st.isSocket()
+          ? 'a socket'
+          : 'not a regular file or block device';
+  return new VdError('ERR_VD_INVALID_ARGUMENT', `${path} is ${what}; a disk is a regular file or a block device`, { details: { path } });
 }
 
 function checkRange(op: string, position: number, length: number): void {
