@@ -3,7 +3,7 @@ import type { ByteStore } from '../../spec.js';
 import { readFully } from '../raw.js';
 import { COWD_MAGIC, MAX_GRAIN_SECTORS, SECTOR } from './constants.js';
 import type { Fallback, Run, VmdkExtent } from './extent.js';
-import { readOnlyError } from './extent.js';
+import { HOLE, readMapped, readOnlyError } from './extent.js';
 import { readU32Array } from './sparse.js';
 
 /** ESX vmfsSparse ("COWD") redo log header: 2048 bytes, u32 fields. */
@@ -114,30 +114,22 @@ export class CowdExtent implements VmdkExtent {
     return (await gt)[g % COWD_GTES]!;
   }
 
-  async read(offset: number, into: Uint8Array, fallback: Fallback): Promise<void> {
+  read(offset: number, into: Uint8Array, fallback: Fallback): Promise<void> {
     const gb = this.header.grainSize * SECTOR;
-    const cap = this.header.capacity * SECTOR;
-    const tasks: Promise<void>[] = [];
-    let done = 0;
-    while (done < into.length) {
-      const pos = offset + done;
-      if (pos >= cap) {
-        into.fill(0, done);
-        break;
-      }
-      const g = Math.floor(pos / gb);
-      const within = pos - g * gb;
-      const n = Math.min(gb - within, into.length - done, cap - pos);
-      const gte = await this.#gte(g);
-      const sub = into.subarray(done, done + n);
-      if (gte === 0) tasks.push(fallback(pos, sub));
-      else {
+    return readMapped(
+      this.store,
+      offset,
+      into,
+      gb,
+      this.header.capacity * SECTOR,
+      async (g) => {
+        const gte = await this.#gte(g);
+        if (gte === 0) return HOLE;
         if (gte * SECTOR >= this.fileSize) throw corrupt(this.name, `grain ${g} points past the end of the file`);
-        tasks.push(readFully(this.store, gte * SECTOR + within, sub));
-      }
-      done += n;
-    }
-    await Promise.all(tasks);
+        return gte * SECTOR;
+      },
+      fallback,
+    );
   }
 
   async status(offset: number, length: number): Promise<Run[]> {

@@ -123,3 +123,65 @@ export class ZeroExtent implements VmdkExtent {
   async flush(): Promise<void> {}
   async close(): Promise<void> {}
 }
+
+/** `locate` answers: a grain's byte offset in the store, or HOLE (ask the fallback), or ZEROES. */
+export const HOLE = -1;
+export const ZEROES_AT = -2;
+
+/**
+ * The read loop of grain-mapped extents: consecutive grains that are adjacent in the store become
+ * one store read, consecutive holes one fallback call.
+ */
+export async function readMapped(
+  store: ByteStore,
+  offset: number,
+  into: Uint8Array,
+  grainBytes: number,
+  capBytes: number,
+  locate: (grain: number) => Promise<number>,
+  fallback: Fallback,
+): Promise<void> {
+  const tasks: Promise<void>[] = [];
+  let run: { hole: boolean; dst: number; src: number; len: number } | undefined;
+  const flush = () => {
+    if (!run) return;
+    const sub = into.subarray(run.dst, run.dst + run.len);
+    tasks.push(run.hole ? fallback(run.src, sub) : readFully(store, run.src, sub));
+    run = undefined;
+  };
+  let failure: unknown;
+  let done = 0;
+  try {
+    while (done < into.length) {
+      const pos = offset + done;
+      if (pos >= capBytes) {
+        flush();
+        into.fill(0, done);
+        break;
+      }
+      const g = Math.floor(pos / grainBytes);
+      const within = pos - g * grainBytes;
+      const n = Math.min(grainBytes - within, into.length - done, capBytes - pos);
+      const at = await locate(g);
+      if (at === ZEROES_AT) {
+        flush();
+        into.fill(0, done, done + n);
+      } else {
+        const hole = at === HOLE;
+        const src = hole ? pos : at + within;
+        if (run && run.hole === hole && run.src + run.len === src) run.len += n;
+        else {
+          flush();
+          run = { hole, dst: done, src, len: n };
+        }
+      }
+      done += n;
+    }
+    flush();
+  } catch (err) {
+    failure = err;
+  }
+  const results = await Promise.allSettled(tasks);
+  if (failure !== undefined) throw failure;
+  for (const r of results) if (r.status === 'rejected') throw r.reason;
+}

@@ -3,7 +3,7 @@ import type { ByteStore } from '../../spec.js';
 import { readFully } from '../raw.js';
 import { SECTOR, SESPARSE_MAGIC, SESPARSE_VOLATILE_MAGIC } from './constants.js';
 import type { Fallback, Run, VmdkExtent } from './extent.js';
-import { readOnlyError } from './extent.js';
+import { HOLE, readMapped, readOnlyError, ZEROES_AT } from './extent.js';
 
 /** seSparse constant header (sector 0, all u64); offsets and sizes in sectors. */
 export interface SeSparseHeader {
@@ -164,28 +164,20 @@ export class SeSparseExtent implements VmdkExtent {
     return sector;
   }
 
-  async read(offset: number, into: Uint8Array, fallback: Fallback): Promise<void> {
+  read(offset: number, into: Uint8Array, fallback: Fallback): Promise<void> {
     const gb = SESPARSE_GRAIN_SECTORS * SECTOR;
-    const cap = this.header.capacity * SECTOR;
-    const tasks: Promise<void>[] = [];
-    let done = 0;
-    while (done < into.length) {
-      const pos = offset + done;
-      if (pos >= cap) {
-        into.fill(0, done);
-        break;
-      }
-      const g = Math.floor(pos / gb);
-      const within = pos - g * gb;
-      const n = Math.min(gb - within, into.length - done, cap - pos);
-      const sub = into.subarray(done, done + n);
-      const at = await this.#locate(g);
-      if (at === -1) tasks.push(fallback(pos, sub));
-      else if (at === -2) sub.fill(0);
-      else tasks.push(readFully(this.store, at * SECTOR + within, sub));
-      done += n;
-    }
-    await Promise.all(tasks);
+    return readMapped(
+      this.store,
+      offset,
+      into,
+      gb,
+      this.header.capacity * SECTOR,
+      async (g) => {
+        const at = await this.#locate(g);
+        return at === -1 ? HOLE : at === -2 ? ZEROES_AT : at * SECTOR;
+      },
+      fallback,
+    );
   }
 
   async status(offset: number, length: number): Promise<Run[]> {
