@@ -1,4 +1,6 @@
 export { defaultCapabilities, effectiveCapabilities } from './capabilities.js';
+export { type CopyChecksum, type CopyOptions, type CopyProgress, type CopyRange, type CopyResult, copyDisk } from './copy/index.js';
+export { type CreateDiskOptions, createDisk } from './create.js';
 export { channels, debug } from './diagnostics.js';
 export { Disk, type DiskOptions, type ExtentsOptions, type SelectionAttempt } from './disk.js';
 export {
@@ -18,3 +20,5 @@ export { Limiter } from './limiter.js';
 export { MemorySource, type MemorySourceOptions, memoryDisk } from './memory.js';
 export { type OpenDiskOptions, openDisk, toLocation } from './open-disk.js';
 export * from './spec.js';
+export { FileStore, type FileStoreOptions } from './stores/file-store.js';
+export { defaultFormats, type FileTransportOptions, file } from './transports/file.js';

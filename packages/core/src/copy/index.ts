@@ -1,0 +1,2 @@
+export { copyDisk } from './copy.js';
+export type { CopyChecksum, CopyOptions, CopyProgress, CopyRange, CopyResult } from './options.js';
