@@ -132,6 +132,8 @@ export function pageOffset(index: number): number {
   return HEADER_SIZE + index * PAGE_SIZE;
 }
 
+const ZERO_PAGE = Buffer.alloc(PAGE_SIZE);
+
 /** Counters are little-endian on disk; on a little-endian host a page is one copy. */
 const LITTLE_ENDIAN = new Uint8Array(Uint32Array.of(1).buffer)[0] === 1;
 
@@ -159,24 +161,18 @@ export function encodePage(epoch: Uint8Array, index: number, entries: Uint32Arra
  * whose counters are all zero. A failed CRC is ERR_VD_CORRUPT.
  */
 export function decodePage(epoch: Uint8Array, index: number, bytes: Uint8Array): Uint32Array | undefined {
-  const v = new DataView(bytes.buffer, bytes.byteOffset, PAGE_SIZE);
-  let any = false;
-  for (let i = 0; i < PAGE_SIZE; i += 4) {
-    if (v.getUint32(i, true) !== 0) {
-      any = true;
-      break;
-    }
-  }
-  if (!any) return undefined;
-  if (v.getUint32(PAGE_SIZE - 4, true) !== pageCrc(epoch, index, bytes.subarray(0, PAGE_SIZE - 4))) {
+  const page = bytes.subarray(0, PAGE_SIZE);
+  if (Buffer.from(page.buffer, page.byteOffset, PAGE_SIZE).equals(ZERO_PAGE)) return undefined;
+  const v = new DataView(page.buffer, page.byteOffset, PAGE_SIZE);
+  if (v.getUint32(PAGE_SIZE - 4, true) !== pageCrc(epoch, index, page.subarray(0, PAGE_SIZE - 4))) {
     throw new VdError('ERR_VD_CORRUPT', `CBT sidecar page ${index}: checksum mismatch`, { details: { page: index } });
   }
-  const entries = new Uint32Array(ENTRIES_PER_PAGE);
-  let nonZero = false;
-  for (let i = 0; i < ENTRIES_PER_PAGE; i++) {
-    const n = v.getUint32(i * 4, true);
-    entries[i] = n;
-    if (n !== 0) nonZero = true;
+  let entries: Uint32Array;
+  if (LITTLE_ENDIAN) {
+    entries = new Uint32Array(page.slice(0, ENTRIES_PER_PAGE * 4).buffer);
+  } else {
+    entries = new Uint32Array(ENTRIES_PER_PAGE);
+    for (let i = 0; i < ENTRIES_PER_PAGE; i++) entries[i] = v.getUint32(i * 4, true);
   }
-  return nonZero ? entries : undefined;
+  return entries.some((n) => n !== 0) ? entries : undefined;
 }

@@ -10,7 +10,7 @@ import { allAreas, fileDisk, tempDir } from './helpers.js';
 import { transpileForChild } from './transpile.js';
 
 const RUNS = Number(process.env.VD_CBT_CRASH_RUNS ?? 20);
-const SIZE = 32 * 1024 * 1024;
+const SIZE = 16 * 1024 * 1024;
 
 let dir: string;
 let cleanup: () => Promise<void>;
@@ -106,5 +106,5 @@ describe('a tracked workload killed with SIGKILL', () => {
     // each sidecar page is one write, and marks reach the file before their writes are issued.
     expect(changedBytes).toBeGreaterThan(0);
     expect(resets).toBe(0);
-  });
+  }, 600_000);
 });

@@ -191,63 +191,66 @@ describe('after an unclean stop', () => {
 });
 
 describe('write-ahead order', () => {
-  it('a block is marked on stable storage before the write that changes it is issued', async () => {
-    const log: string[] = [];
-    const path = join(dir, `order${n++}.cbt`);
-    const file = (await openSidecarFile(path, false))!;
-    // The real sidecar file, with its calls logged.
-    const store: ByteStore = {
-      name: file.name,
-      readOnly: false,
-      size: () => file.size(),
-      read: (p, into) => file.read(p, into),
-      truncate: (s) => file.truncate!(s),
-      close: () => file.close(),
-      write: async (p, d) => {
-        await file.write(p, d);
-        if (p >= HEADER_SIZE) {
-          const v = new DataView(d.buffer, d.byteOffset, d.byteLength);
-          for (let page = 0; page < d.length / PAGE_SIZE; page++) {
-            for (let i = 0; i < ENTRIES_PER_PAGE; i++) {
-              const at = page * PAGE_SIZE + i * 4;
-              if (v.getUint32(at, true) !== 0) log.push(`mark ${((p - HEADER_SIZE) / PAGE_SIZE + page) * ENTRIES_PER_PAGE + i}`);
+  it.each(['fsync', 'boot'] as const)(
+    '%s: a block is marked on the sidecar (synced for fsync) before the write that changes it is issued',
+    async (durability) => {
+      const log: string[] = [];
+      const path = join(dir, `order${n++}.cbt`);
+      const file = (await openSidecarFile(path, false))!;
+      // The real sidecar file, with its calls logged.
+      const store: ByteStore = {
+        name: file.name,
+        readOnly: false,
+        size: () => file.size(),
+        read: (p, into) => file.read(p, into),
+        truncate: (s) => file.truncate!(s),
+        close: () => file.close(),
+        write: async (p, d) => {
+          await file.write(p, d);
+          if (p >= HEADER_SIZE) {
+            const v = new DataView(d.buffer, d.byteOffset, d.byteLength);
+            for (let page = 0; page < d.length / PAGE_SIZE; page++) {
+              for (let i = 0; i < ENTRIES_PER_PAGE; i++) {
+                const at = page * PAGE_SIZE + i * 4;
+                if (v.getUint32(at, true) !== 0) log.push(`mark ${((p - HEADER_SIZE) / PAGE_SIZE + page) * ENTRIES_PER_PAGE + i}`);
+              }
             }
           }
-        }
-      },
-      flush: async () => {
-        await file.flush();
-        log.push('sync');
-      },
-    };
-    const mem = new MemorySource(64 * 512);
-    const logged: BlockSource = {
-      size: mem.size,
-      capabilities: { ...mem.capabilities, zero: 'emulate', trim: 'none', extents: [] },
-      _read: (o, into, opts) => mem._read(o, into, opts),
-      _write: async (o, d) => {
-        log.push(`write ${o / 512}`);
-        await mem._write(o, d);
-      },
-      _close: () => mem._close(),
-    };
-    const disk = await track(new Disk(logged), { store, granularity: 512 });
-    await Promise.all([
-      disk.write(0, new Uint8Array(512)),
-      disk.write(512 * 5, new Uint8Array(1024)),
-      disk.write(512 * 9, new Uint8Array(512)),
-    ]);
-    await disk.write(0, new Uint8Array(512)); // already marked: no new sync needed
-    await disk.close();
-    for (const [i, entry] of log.entries()) {
-      if (!entry.startsWith('write')) continue;
-      const block = entry.split(' ')[1];
-      const marked = log.lastIndexOf(`mark ${block}`, i);
-      expect(marked, `${entry} without a mark before it: ${log.join(', ')}`).toBeGreaterThanOrEqual(0);
-      expect(log.slice(marked, i), `${entry} issued before its mark was synced`).toContain('sync');
-    }
-    expect(log.filter((e) => e.startsWith('write'))).toHaveLength(4);
-  });
+        },
+        flush: async () => {
+          await file.flush();
+          log.push('sync');
+        },
+      };
+      const mem = new MemorySource(64 * 512);
+      const logged: BlockSource = {
+        size: mem.size,
+        capabilities: { ...mem.capabilities, zero: 'emulate', trim: 'none', extents: [] },
+        _read: (o, into, opts) => mem._read(o, into, opts),
+        _write: async (o, d) => {
+          log.push(`write ${o / 512}`);
+          await mem._write(o, d);
+        },
+        _close: () => mem._close(),
+      };
+      const disk = await track(new Disk(logged), { store, granularity: 512, durability });
+      await Promise.all([
+        disk.write(0, new Uint8Array(512)),
+        disk.write(512 * 5, new Uint8Array(1024)),
+        disk.write(512 * 9, new Uint8Array(512)),
+      ]);
+      await disk.write(0, new Uint8Array(512)); // already marked: no new sync needed
+      await disk.close();
+      for (const [i, entry] of log.entries()) {
+        if (!entry.startsWith('write')) continue;
+        const block = entry.split(' ')[1];
+        const marked = log.lastIndexOf(`mark ${block}`, i);
+        expect(marked, `${entry} without a mark before it: ${log.join(', ')}`).toBeGreaterThanOrEqual(0);
+        if (durability === 'fsync') expect(log.slice(marked, i), `${entry} issued before its mark was synced`).toContain('sync');
+      }
+      expect(log.filter((e) => e.startsWith('write'))).toHaveLength(4);
+    },
+  );
 });
 
 describe('fileFingerprint', () => {
