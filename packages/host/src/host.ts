@@ -1,0 +1,545 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import {
+  type ChangedAreas,
+  DEFAULT_BITMAP,
+  DIRTY_BITMAP_PREFIX,
+  type Durability,
+  fileFingerprint,
+  mark,
+  parseChangeId,
+  queryChangedAreas,
+  type Tracker,
+  track,
+  trackerOf,
+} from '@vd/cbt';
+import { type BlockSource, Disk, debug, type Extent, file, isVdError, VdError } from '@vd/core';
+import {
+  formatNbdUri,
+  type ListenOptions,
+  type NbdExport,
+  NbdServer,
+  type NbdServerAddress,
+  type NbdServerLimits,
+  type NbdServerTls,
+} from '@vd/nbd';
+import { checkDiskName, Datastore } from './datastore.js';
+import { GateSource } from './gate.js';
+import { FrozenSource, LiveSource } from './live-source.js';
+import { Overlay } from './overlay.js';
+import { type DiskRecord, type HostState, readState, type SnapshotRecord, STATE_FILE, writeState } from './state.js';
+
+export interface DiskHostOptions {
+  /** The datastore directory: every regular file directly inside is a disk (VMDK extent files aside). */
+  datastore: string;
+  /** TLS for the NBD listeners (`await nbdServerTls({...})` from `@vd/nbdssl`). */
+  tls?: NbdServerTls | undefined;
+  /** Track changes of writable disks (default true). Snapshots need it. */
+  track?: boolean;
+  /** Tracker granularity in bytes for new sidecars (default 64 KiB); also the redo log's grain. */
+  granularity?: number;
+  durability?: Durability;
+  /** Dirty-bitmap name: exports offer `qemu:dirty-bitmap:<bitmap>` (default `vd-cbt`). */
+  bitmap?: string;
+  limits?: NbdServerLimits;
+}
+
+export interface SnapshotInfo {
+  id: string;
+  disk: string;
+  /** Changes up to the snapshot: pass it as `since` next time, or as `upTo` for this backup. */
+  changeId: string;
+  created: string;
+  status: 'active' | 'deleting';
+  /** The NBD export of the frozen disk (read-only), `<disk>@<id>`. */
+  exportName: string;
+  /** Its URI on the host's first listener, once listening. */
+  uri?: string;
+}
+
+export interface DiskSummary {
+  name: string;
+  size: number;
+  readOnly: boolean;
+  tracked: boolean;
+  exportName: string;
+  uri?: string;
+  /** Granularity of changed areas, in bytes. */
+  granularity?: number;
+  /** The newest change ID handed out (the last snapshot's), if any. */
+  changeId?: string;
+  /** The dirty-bitmap extents context of the export (changes since the last snapshot). */
+  bitmapContext?: string;
+  snapshots: SnapshotInfo[];
+}
+
+export interface ChangesQuery {
+  since: string;
+  upTo?: string | undefined;
+  startOffset?: number | undefined;
+  maxAreas?: number | undefined;
+}
+
+interface Snapshot {
+  record: SnapshotRecord;
+  /** The read-only export of the frozen base (absent while deleting). */
+  disk?: Disk;
+}
+
+interface Served {
+  name: string;
+  path: string;
+  /** The exported disk (the gate over the tracked disk). */
+  disk: Disk;
+  gate: GateSource;
+  live: LiveSource | undefined;
+  tracked: Disk | undefined;
+  snapshots: Snapshot[];
+  /** Snapshot operations on one disk run one at a time. */
+  queue: Promise<unknown>;
+  consolidation?: Promise<void>;
+}
+
+/** The redo log's grain: the unit of copy-on-write and of consolidation. */
+const GRAIN = 64 * 1024;
+
+/**
+ * A disk host: the disks of a datastore directory served over NBD (and NBDSSL with `tls`), each
+ * read-write under its file name and change-tracked; snapshots freeze a disk's state (new writes
+ * go to a redo log) and export it read-only as `<disk>@<id>`; deleting one consolidates the redo
+ * log back while writes continue. Its state (snapshots) lives in `<datastore>/.vd-host/`.
+ *
+ * The HTTP control API (`createApiServer`) and the `HostClient` speak to one of these.
+ */
+export class DiskHost {
+  readonly datastore: Datastore;
+  readonly server: NbdServer;
+  readonly bitmap: string;
+  readonly #served = new Map<string, Served>();
+  readonly #exports: NbdExport[];
+  readonly #statePath: string;
+  #state: HostState;
+  readonly #tls: boolean;
+  #stateWrite: Promise<void> = Promise.resolve();
+  #closing: Promise<void> | undefined;
+
+  private constructor(datastore: Datastore, state: HostState, served: Served[], opts: DiskHostOptions) {
+    this.datastore = datastore;
+    this.bitmap = opts.bitmap ?? DEFAULT_BITMAP;
+    this.#state = state;
+    this.#statePath = join(datastore.hostDir, STATE_FILE);
+    this.#tls = opts.tls !== undefined;
+    for (const s of served) this.#served.set(s.name, s);
+    const exports: NbdExport[] = [];
+    for (const s of served) {
+      exports.push({ name: s.name, disk: s.disk, description: `vd disk ${s.name}` });
+      for (const snap of s.snapshots) if (snap.disk) exports.push(snapshotExport(s.name, snap));
+    }
+    if (exports.length === 0) {
+      throw new VdError('ERR_VD_NOT_FOUND', `datastore ${datastore.dir} holds no disks; put a disk image in it first`, {
+        details: { dir: datastore.dir },
+      });
+    }
+    this.server = new NbdServer({ exports, limits: opts.limits, tls: opts.tls });
+    // Snapshot exports come and go while serving: NbdServer looks exports up in this very array.
+    this.#exports = this.server.exports as NbdExport[];
+  }
+
+  /** Opens every disk of `opts.datastore`, recovers snapshots from the state file, resumes interrupted deletions. */
+  static async open(opts: DiskHostOptions): Promise<DiskHost> {
+    const datastore = await Datastore.open(opts.datastore);
+    await mkdir(datastore.hostDir, { recursive: true, mode: 0o700 });
+    const state = await readState(join(datastore.hostDir, STATE_FILE));
+    const served: Served[] = [];
+    try {
+      for (const name of await datastore.list()) served.push(await openServed(datastore, name, state.disks[name], opts));
+      await removeOrphans(datastore, state);
+    } catch (err) {
+      await Promise.allSettled(served.map((s) => closeServed(s)));
+      throw err;
+    }
+    const host = new DiskHost(datastore, state, served, opts);
+    for (const s of served) {
+      const deleting = s.snapshots.find((x) => x.record.status === 'deleting');
+      if (deleting) host.#startConsolidation(s, deleting);
+    }
+    return host;
+  }
+
+  /** Starts an NBD listener (TCP on 127.0.0.1:0 by default, a unix socket, or a fd). */
+  listen(opts: ListenOptions = {}): Promise<NbdServerAddress> {
+    return this.server.listen(opts);
+  }
+
+  /** Names of the served disks. */
+  get diskNames(): string[] {
+    return [...this.#served.keys()];
+  }
+
+  /** The disk as exported (for in-process use: tests, benchmarks). */
+  exportedDisk(name: string): Disk {
+    return this.#get(name).disk;
+  }
+
+  disks(): DiskSummary[] {
+    return [...this.#served.values()].map((s) => this.#summary(s));
+  }
+
+  disk(name: string): DiskSummary {
+    return this.#summary(this.#get(name));
+  }
+
+  snapshots(name: string): SnapshotInfo[] {
+    const s = this.#get(name);
+    return s.snapshots.map((x) => this.#snapshotInfo(s.name, x.record));
+  }
+
+  /**
+   * Takes a snapshot: pauses the disk's requests (in-flight ones drain), marks a change ID,
+   * starts a redo log that takes every later write, records it, resumes, and exports the frozen
+   * state read-only. One snapshot per disk at a time (ERR_VD_EXISTS for a second).
+   */
+  createSnapshot(name: string): Promise<SnapshotInfo> {
+    const s = this.#get(name);
+    return this.#serialize(s, async () => {
+      if (!s.live || !s.tracked) {
+        throw new VdError('ERR_VD_NOT_SUPPORTED', `disk ${name} is not tracked (read-only or tracking off); it cannot be snapshotted`, {
+          details: { disk: name },
+        });
+      }
+      if (s.snapshots.length > 0) {
+        throw new VdError('ERR_VD_EXISTS', `disk ${name} already has snapshot ${s.snapshots[0]!.record.id}; delete it first`, {
+          details: { disk: name, snapshot: s.snapshots[0]!.record.id },
+        });
+      }
+      const tracker = trackerOf(s.tracked);
+      const id = randomBytes(6).toString('hex');
+      const resume = await s.gate.pause();
+      let record: SnapshotRecord;
+      let overlay: Overlay | undefined;
+      try {
+        const changeId = await mark(s.tracked);
+        const files = redoFiles(this.datastore, name, id);
+        overlay = await Overlay.create(files.data, files.map, s.live.size, GRAIN);
+        const d = this.#diskRecord(name);
+        record = { id, changeId, created: new Date().toISOString(), status: 'active' };
+        if (d.lastChangeId) record.previousChangeId = d.lastChangeId;
+        d.snapshots.push(record);
+        d.lastChangeId = changeId;
+        try {
+          await this.#saveState();
+        } catch (err) {
+          d.snapshots = d.snapshots.filter((x) => x !== record);
+          throw err;
+        }
+        s.live.switchTo(overlay);
+      } catch (err) {
+        await overlay?.close().catch(() => {});
+        if (overlay) await removeRedo(this.datastore, name, id);
+        throw err;
+      } finally {
+        resume();
+      }
+      const snap: Snapshot = { record, disk: frozenDisk(s, tracker, record, this.bitmap) };
+      s.snapshots.push(snap);
+      this.#exports.push(snapshotExport(name, snap));
+      debug('host: snapshot %s of %s at %s', id, name, record.changeId);
+      return this.#snapshotInfo(name, record);
+    });
+  }
+
+  /**
+   * Deletes a snapshot: withdraws its export, then consolidates the redo log into the disk while
+   * writes continue (resolves when done). Interrupted by a crash, it resumes at the next start.
+   */
+  deleteSnapshot(name: string, id: string): Promise<void> {
+    const s = this.#get(name);
+    return this.#serialize(s, async () => {
+      const snap = s.snapshots.find((x) => x.record.id === id);
+      if (!snap)
+        throw new VdError('ERR_VD_NOT_FOUND', `disk ${name} has no snapshot ${JSON.stringify(id)}`, { details: { disk: name, id } });
+      if (snap.record.status === 'active') {
+        const i = this.#exports.findIndex((e) => e.name === exportNameOf(name, id));
+        if (i >= 0) this.#exports.splice(i, 1);
+        await snap.disk?.close().catch(() => {});
+        snap.disk = undefined;
+        snap.record.status = 'deleting';
+        await this.#saveState();
+      }
+      this.#startConsolidation(s, snap);
+      await s.consolidation;
+    });
+  }
+
+  /** Changed areas of a disk since `since` (optionally up to `upTo`, e.g. a snapshot's change ID), one page. */
+  async changes(name: string, q: ChangesQuery): Promise<ChangedAreas> {
+    const s = this.#get(name);
+    if (!s.tracked) throw new VdError('ERR_VD_NOT_SUPPORTED', `disk ${name} is not tracked`, { details: { disk: name } });
+    return queryChangedAreas(s.tracked, q.since, { upTo: q.upTo, startOffset: q.startOffset, maxAreas: q.maxAreas });
+  }
+
+  /** The URI of an export on the first listener (undefined before `listen`). */
+  uriOf(exportName: string): string | undefined {
+    const a = this.server.addresses.find((x) => x.kind !== 'fd' || x.port !== undefined);
+    if (!a) return undefined;
+    if (a.kind === 'unix') return formatNbdUri({ kind: 'unix', path: a.path!, exportName, tls: this.#tls });
+    if (a.host === undefined || a.port === undefined) return undefined;
+    return formatNbdUri({ kind: 'tcp', host: a.host, port: a.port, exportName, tls: this.#tls });
+  }
+
+  /** Stops serving (graceful), finishes running consolidations, closes every disk cleanly. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      await this.server.close();
+      const served = [...this.#served.values()];
+      await Promise.allSettled(served.map((s) => s.queue));
+      await Promise.allSettled(served.map((s) => s.consolidation));
+      const results = await Promise.allSettled(served.map((s) => closeServed(s)));
+      await this.#stateWrite;
+      for (const r of results) if (r.status === 'rejected') throw r.reason;
+    })();
+    return this.#closing;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  #get(name: string): Served {
+    checkDiskName(name);
+    const s = this.#served.get(name);
+    if (!s) throw new VdError('ERR_VD_NOT_FOUND', `no disk ${JSON.stringify(name)} in the datastore`, { details: { disk: name } });
+    return s;
+  }
+
+  #serialize<T>(s: Served, op: () => Promise<T>): Promise<T> {
+    if (this.#closing) return Promise.reject(new VdError('ERR_VD_CLOSED', 'the host is shutting down'));
+    const run = s.queue.then(op, op);
+    s.queue = run.catch(() => {});
+    return run;
+  }
+
+  #diskRecord(name: string): DiskRecord {
+    this.#state.disks[name] ??= { snapshots: [] };
+    return this.#state.disks[name]!;
+  }
+
+  #saveState(): Promise<void> {
+    const next = this.#stateWrite.then(() => writeState(this.#statePath, this.#state));
+    this.#stateWrite = next.catch(() => {});
+    return next;
+  }
+
+  #startConsolidation(s: Served, snap: Snapshot): void {
+    if (s.consolidation) return;
+    const live = s.live!;
+    s.consolidation = (async () => {
+      try {
+        const ov = live.overlay;
+        await live.consolidate(() => s.gate.pause());
+        await ov?.close();
+        s.snapshots = s.snapshots.filter((x) => x !== snap);
+        const d = this.#diskRecord(s.name);
+        d.snapshots = d.snapshots.filter((x) => x.id !== snap.record.id);
+        await this.#saveState();
+        await removeRedo(this.datastore, s.name, snap.record.id);
+        debug('host: snapshot %s of %s consolidated', snap.record.id, s.name);
+      } finally {
+        s.consolidation = undefined;
+      }
+    })();
+    // A failure is reported to the deleting caller; a resumed one only to the log.
+    s.consolidation.catch((err) => debug('host: consolidating %s of %s failed: %s', snap.record.id, s.name, err?.message));
+  }
+
+  #summary(s: Served): DiskSummary {
+    const tracker = s.tracked ? trackerOf(s.tracked) : undefined;
+    const out: DiskSummary = {
+      name: s.name,
+      size: s.disk.size,
+      readOnly: s.disk.capabilities.readOnly,
+      tracked: tracker !== undefined,
+      exportName: s.name,
+      snapshots: s.snapshots.map((x) => this.#snapshotInfo(s.name, x.record)),
+    };
+    const uri = this.uriOf(s.name);
+    if (uri) out.uri = uri;
+    if (tracker) {
+      out.granularity = tracker.granularity;
+      const id = tracker.latestChangeId;
+      if (id) out.changeId = id;
+      out.bitmapContext = DIRTY_BITMAP_PREFIX + this.bitmap;
+    }
+    return out;
+  }
+
+  #snapshotInfo(name: string, r: SnapshotRecord): SnapshotInfo {
+    const exportName = exportNameOf(name, r.id);
+    const info: SnapshotInfo = { id: r.id, disk: name, changeId: r.changeId, created: r.created, status: r.status, exportName };
+    const uri = r.status === 'active' ? this.uriOf(exportName) : undefined;
+    if (uri) info.uri = uri;
+    return info;
+  }
+}
+
+export function exportNameOf(disk: string, id: string): string {
+  return `${disk}@${id}`;
+}
+
+function snapshotExport(name: string, snap: Snapshot): NbdExport {
+  return {
+    name: exportNameOf(name, snap.record.id),
+    disk: snap.disk!,
+    readOnly: true,
+    description: `snapshot ${snap.record.id} of ${name}`,
+  };
+}
+
+function redoFiles(ds: Datastore, name: string, id: string): { data: string; map: string } {
+  return { data: join(ds.hostDir, `${name}@${id}.redo`), map: join(ds.hostDir, `${name}@${id}.map`) };
+}
+
+async function removeRedo(ds: Datastore, name: string, id: string): Promise<void> {
+  const f = redoFiles(ds, name, id);
+  await rm(f.data, { force: true });
+  await rm(f.map, { force: true });
+}
+
+/** Redo logs no state record names: left by a crash during a snapshot's creation. */
+async function removeOrphans(ds: Datastore, state: HostState): Promise<void> {
+  const known = new Set<string>();
+  for (const [name, d] of Object.entries(state.disks)) for (const s of d.snapshots) known.add(`${name}@${s.id}`);
+  for (const entry of await readdir(ds.hostDir)) {
+    const m = /^(.+@[0-9a-f]{12})\.(redo|map)$/.exec(entry);
+    if (m && !known.has(m[1]!)) {
+      debug('host: removing orphaned %s', entry);
+      await rm(join(ds.hostDir, entry), { force: true });
+    }
+  }
+}
+
+async function openServed(ds: Datastore, name: string, record: DiskRecord | undefined, opts: DiskHostOptions): Promise<Served> {
+  const path = await ds.resolve(name);
+  const url = pathToFileURL(path);
+  let base: BlockSource;
+  let readOnly = false;
+  try {
+    base = await file().open(url, {});
+  } catch (err) {
+    if (!isVdError(err) || (err.code !== 'ERR_VD_PERMISSION' && err.code !== 'ERR_VD_READ_ONLY')) throw err;
+    base = await file().open(url, { readOnly: true });
+    readOnly = true;
+  }
+  if (readOnly || base.capabilities.readOnly || !base._write || opts.track === false) {
+    const disk = new Disk(base, { transport: 'file', location: url.href });
+    const gate = new GateSource(disk);
+    if (record?.snapshots.length) {
+      await disk.close();
+      throw new VdError(
+        'ERR_VD_CORRUPT',
+        `disk ${name} has snapshots recorded but cannot be tracked now; open it writable with tracking on`,
+        {
+          details: { disk: name },
+        },
+      );
+    }
+    return {
+      name,
+      path,
+      disk: new Disk(gate, { transport: 'host', location: url.href }),
+      gate,
+      live: undefined,
+      tracked: undefined,
+      snapshots: [],
+      queue: Promise.resolve(),
+    };
+  }
+  const snaps = record?.snapshots ?? [];
+  if (snaps.length > 1) throw new VdError('ERR_VD_CORRUPT', `disk ${name} has ${snaps.length} snapshots recorded; this host keeps one`);
+  let overlay: Overlay | undefined;
+  let live: LiveSource | undefined;
+  let tracked: Disk | undefined;
+  try {
+    const snap = snaps[0];
+    if (snap) {
+      const files = redoFiles(ds, name, snap.id);
+      overlay = await Overlay.open(files.data, files.map, base.size, GRAIN);
+    }
+    live = new LiveSource(base, overlay);
+    const source = live;
+    // Covers the redo log in use too: a change to any of the files outside the host resets tracking.
+    const fingerprint = async () => {
+      const parts = [await fileFingerprint(path)()];
+      const ov = source.overlay;
+      if (ov) parts.push(await fileFingerprint(ov.dataPath)(), await fileFingerprint(ov.mapPath)());
+      return parts.join('|');
+    };
+    tracked = await track(live, {
+      path: join(ds.hostDir, `${name}.cbt`),
+      granularity: opts.granularity,
+      durability: opts.durability,
+      bitmap: opts.bitmap ?? DEFAULT_BITMAP,
+      fingerprint,
+    });
+    const tracker = trackerOf(tracked);
+    const gate = new GateSource(tracked);
+    const served: Served = {
+      name,
+      path,
+      disk: new Disk(gate, { transport: 'host', location: url.href }),
+      gate,
+      live,
+      tracked,
+      snapshots: [],
+      queue: Promise.resolve(),
+    };
+    if (snap) {
+      const s: Snapshot = { record: snap };
+      if (snap.status === 'active') s.disk = frozenDisk(served, tracker, snap, opts.bitmap ?? DEFAULT_BITMAP);
+      served.snapshots.push(s);
+    }
+    return served;
+  } catch (err) {
+    if (tracked) await tracked.close().catch(() => {});
+    else if (live) await live._close().catch(() => {});
+    else await base._close().catch(() => {});
+    throw err;
+  }
+}
+
+async function closeServed(s: Served): Promise<void> {
+  for (const snap of s.snapshots) await snap.disk?.close().catch(() => {});
+  // Closing the exported disk closes the gate's tracked disk, the tracker (clean), the redo log and the base.
+  await s.disk.close();
+}
+
+/** Extents per bitmap answer; the Disk wrapper asks again for the rest. */
+const MAX_EXTENTS = 65_536;
+
+/**
+ * The read-only disk of a snapshot. When the snapshot before it is of the same tracking epoch,
+ * it also offers `qemu:dirty-bitmap:<bitmap>`: what changed between that snapshot and this one,
+ * so an incremental backup can read the snapshot export alone.
+ */
+function frozenDisk(s: Served, tracker: Tracker, record: SnapshotRecord, bitmap: string): Disk {
+  const contexts: Record<string, (offset: number, length: number) => Extent[]> = {};
+  const prev = record.previousChangeId ? parseChangeId(record.previousChangeId) : undefined;
+  const upTo = parseChangeId(record.changeId);
+  if (prev && prev.epoch === tracker.epoch && upTo.epoch === tracker.epoch) {
+    contexts[DIRTY_BITMAP_PREFIX + bitmap] = (offset, length) => {
+      const page = tracker.areas(offset, length, prev.point, upTo.point, MAX_EXTENTS);
+      const out: Extent[] = [];
+      let cursor = offset;
+      for (const a of page.areas) {
+        if (a.start > cursor) out.push({ offset: cursor, length: a.start - cursor, type: 'unchanged' });
+        out.push({ offset: a.start, length: a.length, type: 'changed' });
+        cursor = a.start + a.length;
+      }
+      if (cursor < offset + page.length) out.push({ offset: cursor, length: offset + page.length - cursor, type: 'unchanged' });
+      return out;
+    };
+  }
+  return new Disk(new FrozenSource(s.live!.base, { contexts }), { transport: 'host', location: `${s.path}@${record.id}` });
+}

@@ -1,0 +1,5 @@
+export { checkDiskName, Datastore, HOST_DIR } from './datastore.js';
+export { type ChangesQuery, DiskHost, type DiskHostOptions, type DiskSummary, exportNameOf, type SnapshotInfo } from './host.js';
+export { FrozenSource, LiveSource } from './live-source.js';
+export { Overlay } from './overlay.js';
+export type { DiskRecord, HostState, SnapshotRecord } from './state.js';

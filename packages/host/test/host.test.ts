@@ -1,0 +1,134 @@
+import { randomBytes } from 'node:crypto';
+import { readdir, readFile, symlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { changedAreasFromBitmap } from '@vd/cbt';
+import { type Disk, openDisk } from '@vd/core';
+import { nbd } from '@vd/nbd';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { DiskHost } from '../src/index.js';
+import { allAreas, expectedAreas, randomRegions, rawImage, tempDir } from './helpers.js';
+
+const SIZE = 16 * 1024 * 1024;
+const G = 64 * 1024;
+const CONTEXTS = { metaContexts: ['base:allocation', 'qemu:dirty-bitmap:'] };
+
+let dir: string;
+let cleanup: () => Promise<void>;
+let host: DiskHost | undefined;
+beforeEach(async () => {
+  ({ dir, cleanup } = await tempDir());
+  await rawImage(join(dir, 'disk.img'), SIZE);
+});
+afterEach(async () => {
+  await host?.close();
+  host = undefined;
+  await cleanup();
+});
+
+async function start(): Promise<{ host: DiskHost; live: Disk; model: Uint8Array }> {
+  host = await DiskHost.open({ datastore: dir });
+  await host.listen();
+  const live = await openDisk(host.uriOf('disk.img')!, { transports: [nbd(CONTEXTS)] });
+  return { host, live, model: new Uint8Array(SIZE) };
+}
+
+async function writeRegions(disk: Disk, model: Uint8Array, regions: [number, number][]): Promise<void> {
+  await Promise.all(
+    regions.map(async ([o, l]) => {
+      const data = randomBytes(l);
+      model.set(data, o);
+      await disk.write(o, data);
+    }),
+  );
+}
+
+/** Regions that do not overlap, so concurrent writes leave a known result. */
+function disjoint(regions: [number, number][]): [number, number][] {
+  const out: [number, number][] = [];
+  for (const r of regions) if (!out.some(([o, l]) => r[0] < o + l && o < r[0] + r[1])) out.push(r);
+  return out;
+}
+
+describe('DiskHost', () => {
+  it('serves every disk of the datastore and nothing else', async () => {
+    await rawImage(join(dir, 'other.raw'), 1024 * 1024);
+    await writeFile(join(dir, '.hidden'), 'x');
+    await rawImage(join(dir, '..', `${dir.split('/').pop()}-outside.img`), 4096);
+    await symlink(join(dir, '..', `${dir.split('/').pop()}-outside.img`), join(dir, 'link.img'));
+    await symlink(join(dir, 'other.raw'), join(dir, 'inside-link.img'));
+    host = await DiskHost.open({ datastore: dir });
+    expect(host.diskNames.sort()).toEqual(['disk.img', 'inside-link.img', 'other.raw']);
+    expect(() => host!.disk('../disk.img')).toThrow(expect.objectContaining({ code: 'ERR_VD_INVALID_ARGUMENT' }));
+    expect(() => host!.disk('link.img')).toThrow(expect.objectContaining({ code: 'ERR_VD_NOT_FOUND' }));
+    expect(() => host!.disk('a\0b')).toThrow(expect.objectContaining({ code: 'ERR_VD_INVALID_ARGUMENT' }));
+  });
+
+  it('reports exactly the written regions between two snapshots, and the snapshot export is frozen', async () => {
+    const { host, live, model } = await start();
+    await writeRegions(live, model, disjoint(randomRegions(SIZE, 20)));
+    const s1 = await host.createSnapshot('disk.img');
+    expect(s1.uri).toMatch(/^nbd:\/\/127\.0\.0\.1:\d+\/disk\.img%40[0-9a-f]{12}$/);
+    const frozen1 = await openDisk(s1.uri!, { transports: [nbd()] });
+    expect(frozen1.capabilities.readOnly).toBe(true);
+    const at1 = model.slice();
+    const regions = disjoint(randomRegions(SIZE, 60));
+    await writeRegions(live, model, regions);
+    expect(Buffer.from(await frozen1.read(0, SIZE)).equals(at1)).toBe(true);
+    expect(Buffer.from(await live.read(0, SIZE)).equals(model)).toBe(true);
+    await frozen1.close();
+    await host.deleteSnapshot('disk.img', s1.id);
+    expect(Buffer.from(await readFile(join(dir, 'disk.img'))).equals(model)).toBe(true);
+    const s2 = await host.createSnapshot('disk.img');
+    const changed = await allAreas((startOffset) => host.changes('disk.img', { since: s1.changeId, upTo: s2.changeId, startOffset }), SIZE);
+    expect(changed).toEqual(expectedAreas(regions, G, SIZE));
+    // The snapshot export offers the same as a dirty bitmap (changes from the previous snapshot to it).
+    const frozen2 = await openDisk(s2.uri!, { transports: [nbd(CONTEXTS)] });
+    expect((await changedAreasFromBitmap(frozen2, 'vd-cbt')).areas).toEqual(expectedAreas(regions, G, SIZE));
+    await frozen2.close();
+    // The live export's bitmap: changes since the newest snapshot, as the API says.
+    const later = disjoint(randomRegions(SIZE, 10));
+    await writeRegions(live, model, later);
+    const api = await allAreas((startOffset) => host.changes('disk.img', { since: s2.changeId, startOffset }), SIZE);
+    expect(api).toEqual(expectedAreas(later, G, SIZE));
+    expect((await changedAreasFromBitmap(live, 'vd-cbt')).areas).toEqual(api);
+    await live.close();
+  });
+
+  it('consolidates while writes continue; the disk reads the same before and after', async () => {
+    const { host, live, model } = await start();
+    await writeRegions(live, model, disjoint(randomRegions(SIZE, 10)));
+    const s = await host.createSnapshot('disk.img');
+    await writeRegions(live, model, disjoint(randomRegions(SIZE, 80)));
+    const before = await live.read(0, SIZE);
+    expect(Buffer.from(before).equals(model)).toBe(true);
+    const deleting = host.deleteSnapshot('disk.img', s.id);
+    const during = disjoint(randomRegions(SIZE, 80));
+    await writeRegions(live, model, during);
+    await deleting;
+    expect(Buffer.from(await live.read(0, SIZE)).equals(model)).toBe(true);
+    expect(Buffer.from(await readFile(join(dir, 'disk.img'))).equals(model)).toBe(true);
+    expect((await readdir(join(dir, '.vd-host'))).filter((f) => f.includes('@'))).toEqual([]);
+    expect(host.snapshots('disk.img')).toEqual([]);
+    await live.close();
+  });
+
+  it('keeps a snapshot across a restart and refuses a second one', async () => {
+    let { host: h, live, model } = await start();
+    await writeRegions(live, model, disjoint(randomRegions(SIZE, 10)));
+    const s = await h.createSnapshot('disk.img');
+    await expect(h.createSnapshot('disk.img')).rejects.toMatchObject({ code: 'ERR_VD_EXISTS' });
+    const at = model.slice();
+    await writeRegions(live, model, disjoint(randomRegions(SIZE, 10)));
+    await live.close();
+    await h.close();
+    ({ host: h, live } = await start());
+    expect(h.snapshots('disk.img').map((x) => x.id)).toEqual([s.id]);
+    const frozen = await openDisk(h.snapshots('disk.img')[0]!.uri!, { transports: [nbd()] });
+    expect(Buffer.from(await frozen.read(0, SIZE)).equals(at)).toBe(true);
+    expect(Buffer.from(await live.read(0, SIZE)).equals(model)).toBe(true);
+    await frozen.close();
+    await h.deleteSnapshot('disk.img', s.id);
+    expect(Buffer.from(await readFile(join(dir, 'disk.img'))).equals(model)).toBe(true);
+    await live.close();
+  });
+});
