@@ -1,3 +1,4 @@
+export { type CheckOptions, type CheckProblem, type CheckReport, checkVmdk } from './check.js';
 export {
   createChild,
   createOptionsFrom,
