@@ -45,6 +45,10 @@ export const errorCodes = {
     meaning: 'the TLS channel could not be set up or verified',
     action: 'see the message: it names the expected and the actual certificate',
   },
+  ERR_VD_UNAUTHORIZED: {
+    meaning: 'the server refused the request: its credentials are missing or wrong',
+    action: 'pass the right token (`--token-file`, `VD_TOKEN`)',
+  },
   ERR_VD_UNKNOWN_FORMAT: {
     meaning: 'the file is not in a format vd reads, or a required feature is unknown',
     action: 'name the format explicitly, or convert the image with a tool that knows it',
