@@ -175,6 +175,27 @@ describe('copyDisk', () => {
     expectBytes(await new Disk(dirty).read(0, size), await new Disk(inner).read(0, size));
   });
 
+  it('leaves zero blocks inside data chunks out of a target that reads zero', async () => {
+    const size = 2 * MiB;
+    const inner = new MemorySource(size);
+    const chunk = new Uint8Array(1 * MiB);
+    chunk.set(pattern(4 * KiB, 21), 0);
+    chunk.set(pattern(8 * KiB, 22), 512 * KiB);
+    await inner._write(0, chunk); // one data extent, mostly zero
+    const target = new Tap(new MemorySource(size));
+    const result = await copyDisk(new Disk(inner), new Disk(target), { targetIsZero: true, chunkSize: 1 * MiB });
+    expect(result.bytesWritten).toBe(12 * KiB);
+    expect(result.bytesSkipped).toBe(size - 12 * KiB);
+    expect(target.calls.write).toBe(2);
+    expect(target.inner.allocatedBytes).toBe(12 * KiB);
+    expectBytes(await new Disk(target).read(0, size), await new Disk(inner).read(0, size));
+
+    const whole = new Tap(new MemorySource(size));
+    const plain = await copyDisk(new Disk(inner), new Disk(whole), { targetIsZero: true, chunkSize: 1 * MiB, sparseBlock: 0 });
+    expect(plain.bytesWritten).toBe(1 * MiB);
+    expect(whole.calls.write).toBe(1);
+  });
+
   it('writes zeroes where the target cannot zero natively', async () => {
     const size = 2 * MiB;
     const source = memoryDisk(size);

@@ -8,12 +8,13 @@ import {
   type CopyResult,
   checkInFlight,
   chooseChunkSize,
+  chooseSparseBlock,
   copyAlignment,
 } from './options.js';
 import { planCopy, requestedRanges, type WorkItem } from './plan.js';
 import { runPool } from './pool.js';
 import { sha256, type VerifyRecord, verifyTarget } from './verify.js';
-import { isAllZero, zeroBuffer } from './zeroes.js';
+import { isAllZero, zeroBuffer, zeroRuns } from './zeroes.js';
 
 /** Native zero requests carry no payload: large ones are cheap (the Disk splits past 1 GiB). */
 const NATIVE_ZERO_STEP = 1 << 30;
@@ -50,6 +51,7 @@ export async function copyDisk(source: Disk, target: Disk, options: CopyOptions 
       details: { sourceSize: source.size, minimum: align },
     });
   }
+  const sparseBlock = chooseSparseBlock(options.sparseBlock, align);
   const interval = options.progressInterval ?? 100;
   if (!(interval >= 0))
     throw new VdError('ERR_VD_INVALID_ARGUMENT', `copy: progressInterval ${interval} must be a non-negative number of milliseconds`);
@@ -120,6 +122,18 @@ export async function copyDisk(source: Disk, target: Disk, options: CopyOptions 
           op = 'zero';
           await zeroTarget(offset, length);
           progress.bytesZeroed += length;
+        } else if (targetIsZero && sparseBlock > 0 && sparseBlock < length) {
+          // Only the non-zero runs: zero blocks inside data stay holes on the target.
+          op = 'write';
+          for (const run of zeroRuns(view, sparseBlock)) {
+            const n = run.end - run.start;
+            if (run.zero) {
+              progress.bytesSkipped += n;
+            } else {
+              await target.write(offset + run.start, view.subarray(run.start, run.end));
+              progress.bytesWritten += n;
+            }
+          }
         } else {
           op = 'write';
           await target.write(offset, view);

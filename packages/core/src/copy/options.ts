@@ -51,6 +51,12 @@ export interface CopyOptions {
    */
   targetIsZero?: boolean | undefined;
   /**
+   * On a target that reads zero, zero runs of this many bytes inside a data chunk are not written
+   * either (default 4096, rounded up to both disks' minimum block size; 0: only whole all-zero
+   * chunks are left out), like `qemu-img convert -S`.
+   */
+  sparseBlock?: number | undefined;
+  /**
    * Zeroed ranges may become holes on the target (default true). `false` asks the target to keep
    * them allocated (`noHole`), as for a preallocated image.
    */
@@ -142,6 +148,17 @@ export function chooseChunkSize(source: Disk, target: Disk, requested?: number):
   const unit = (s.preferred / gcd(s.preferred, t.preferred)) * t.preferred;
   if (!Number.isSafeInteger(unit) || unit > max) return max;
   return Math.min(Math.max(1, Math.floor(DEFAULT_CHUNK / unit)) * unit, Math.floor(max / unit) * unit);
+}
+
+/** The zero-run granularity: `sparseBlock` (default 4 KiB) rounded up to `align`, 0 when off. */
+export function chooseSparseBlock(value: number | undefined, align: number): number {
+  const v = value ?? 4096;
+  if (!Number.isSafeInteger(v) || v < 0) {
+    throw new VdError('ERR_VD_INVALID_ARGUMENT', `copy: sparseBlock ${v} must be a non-negative integer (bytes; 0 turns it off)`, {
+      details: { sparseBlock: v },
+    });
+  }
+  return v === 0 ? 0 : Math.ceil(v / align) * align;
 }
 
 export function checkInFlight(value: number | undefined): number {

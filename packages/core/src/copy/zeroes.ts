@@ -16,14 +16,43 @@ function asBuffer(data: Uint8Array): Buffer {
 }
 
 /**
- * True when every byte is zero. Checks the first and last bytes before a memcmp against the
- * shared zero buffer, so typical data fails at once and zero chunks cost one native compare.
+ * True when `data[start, end)` is all zero. Checks the ends before a native memcmp against the
+ * shared zero buffer, so typical data fails at once and a zero block costs one compare; nothing
+ * is allocated for a Buffer (pooled copy buffers are Buffers).
  */
+function zeroRange(data: Buffer, start: number, end: number): boolean {
+  if (end <= start) return true;
+  if (data[start] !== 0 || data[end - 1] !== 0) return false;
+  if (zeroes.length < end - start) zeroBuffer(end - start);
+  return zeroes.compare(data, start, end, 0, end - start) === 0;
+}
+
 export function isAllZero(data: Uint8Array): boolean {
-  const n = data.length;
-  if (n === 0) return true;
-  if (data[0] !== 0 || data[n - 1] !== 0) return false;
-  return asBuffer(data).equals(zeroBuffer(n));
+  return zeroRange(asBuffer(data), 0, data.length);
+}
+
+/** A run of a chunk: `[start, end)` relative to the chunk, all zero or not. */
+export interface Run {
+  start: number;
+  end: number;
+  zero: boolean;
+}
+
+/**
+ * Splits `data` into alternating runs of zero and non-zero blocks of `block` bytes (the last block
+ * may be short), merging neighbours of one kind. Used to keep zero blocks out of sparse targets.
+ */
+export function zeroRuns(data: Uint8Array, block: number): Run[] {
+  const buf = asBuffer(data);
+  const runs: Run[] = [];
+  for (let start = 0; start < buf.length; start += block) {
+    const end = Math.min(start + block, buf.length);
+    const zero = zeroRange(buf, start, end);
+    const last = runs[runs.length - 1];
+    if (last && last.zero === zero) last.end = end;
+    else runs.push({ start, end, zero });
+  }
+  return runs;
 }
 
 /** Index of the first non-zero byte, or -1. Only used to report where verification failed. */
