@@ -3,6 +3,7 @@ import type { Socket } from 'node:net';
 import { createSecureContext, type SecureContext, TLSSocket } from 'node:tls';
 import { VdError } from '@vd/core';
 import { clientCertificateProblem } from './client-cert.js';
+import { preferredCiphers } from './client-tls.js';
 import type { Pki } from './pki.js';
 import type { PskTable } from './psk.js';
 import { formatThumbprint, thumbprintOf } from './thumbprint.js';
@@ -94,7 +95,9 @@ export class ServerTls {
         key: opts.key,
         ca: opts.ca as string | string[] | undefined,
         minVersion: 'TLSv1.2',
-        ...(opts.psk ? { ciphers: `${pskCiphers}:${opts.cert ? 'HIGH:!aNULL' : ''}` } : {}),
+        ciphers: opts.psk
+          ? `${pskCiphers}:TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384${opts.cert ? `:${preferredCiphers}` : ''}`
+          : preferredCiphers,
       });
     } catch (err) {
       throw tlsError('configuration', `the server certificate, key or CA is unusable: ${(err as Error).message}`, {}, err);
