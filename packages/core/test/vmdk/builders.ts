@@ -75,7 +75,7 @@ export function buildSeSparse(capacitySectors: number, grains: Map<number, Uint8
   u64(192, grainsOffset);
   u64(200, grainsSize);
   u64(S, 0xcafecafe);
-  used.forEach((t, i) => u64(gdOffset * S + t * 8, (0x10000000n << 32n) | BigInt(i)));
+  for (const [i, t] of used.entries()) u64(gdOffset * S + t * 8, (0x10000000n << 32n) | BigInt(i));
   let idx = 0;
   for (const [g, d] of [...grains].sort((a, b) => a[0] - b[0])) {
     const table = used.indexOf(Math.floor(g / gtes));

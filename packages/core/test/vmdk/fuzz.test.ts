@@ -218,9 +218,9 @@ describe('bad input never crashes, hangs or allocates without bound', () => {
       new TextEncoder().encode('version=1\nCID=2\nparentCID=1\ncreateType="monolithicFlat"\nparentFileNameHint="top.vmdk"\nRW 8 ZERO\n'),
     );
     cases.set('looping-chain', loop);
-    const escape = new Map<string, Uint8Array>();
-    escape.set('top.vmdk', new TextEncoder().encode('version=1\nCID=1\ncreateType="monolithicFlat"\nRW 8 FLAT "../../etc/passwd" 0\n'));
-    cases.set('extent-escapes-directory', escape);
+    const outside = new Map<string, Uint8Array>();
+    outside.set('top.vmdk', new TextEncoder().encode('version=1\nCID=1\ncreateType="monolithicFlat"\nRW 8 FLAT "../../etc/passwd" 0\n'));
+    cases.set('extent-escapes-directory', outside);
     for (const [name, files] of cases) {
       await mkdir(join(CORPUS, name), { recursive: true });
       const top = [...files.keys()][0]!;
