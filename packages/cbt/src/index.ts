@@ -1,7 +1,16 @@
 export { type BitmapAreasOptions, changedAreasFromBitmap } from './bitmap-areas.js';
 export { ALL_AREAS, formatChangeId, parseChangeId } from './change-id.js';
 export { fileFingerprint } from './fingerprint.js';
-export { DEFAULT_BITMAP, DIRTY_BITMAP_PREFIX, mark, queryChangedAreas, track, trackerOf } from './track.js';
+export {
+  type BitmapViewOptions,
+  bitmapView,
+  DEFAULT_BITMAP,
+  DIRTY_BITMAP_PREFIX,
+  mark,
+  queryChangedAreas,
+  track,
+  trackerOf,
+} from './track.js';
 export {
   type ChangedArea,
   type ChangedAreas,
@@ -10,6 +19,7 @@ export {
   type Durability,
   type QueryOptions,
   type ResetReason,
+  resetChannel,
   Tracker,
   type TrackerReset,
   type TrackOptions,

@@ -1,3 +1,4 @@
+import { fileURLToPath } from 'node:url';
 import {
   BASE_ALLOCATION,
   type BlockSource,
@@ -10,6 +11,7 @@ import {
   type WriteOptions,
   type ZeroOptions,
 } from '@vd/core';
+import { fileFingerprint } from './fingerprint.js';
 import { type ChangedAreas, type QueryOptions, Tracker, type TrackOptions } from './tracker.js';
 
 export const DIRTY_BITMAP_PREFIX = 'qemu:dirty-bitmap:';
@@ -39,7 +41,11 @@ export async function track(disk: Disk | BlockSource, opts: TrackOptions): Promi
     throw new VdError('ERR_VD_INVALID_ARGUMENT', 'track() takes a Disk or a BlockSource');
   }
   const readOnly = source.capabilities.readOnly || typeof source._write !== 'function';
-  const tracker = await Tracker.open({ size: source.size, readOnly }, opts);
+  let fingerprint = opts.fingerprint;
+  if (fingerprint === undefined && disk instanceof Disk && disk.location?.startsWith('file:')) {
+    fingerprint = fileFingerprint(fileURLToPath(disk.location));
+  }
+  const tracker = await Tracker.open({ size: source.size, readOnly }, { ...opts, fingerprint });
   let tracked: Disk;
   try {
     tracked = new Disk(new TrackedSource(source, tracker, DIRTY_BITMAP_PREFIX + bitmap), {
@@ -109,6 +115,67 @@ export function queryChangedAreas(disk: Disk, changeId: string, opts: QueryOptio
   return trackerOf(disk).queryChangedAreas(changeId, opts, disk);
 }
 
+/** Blocks changed in `(after, upTo]` as `changed` / `unchanged` extents (NBD: dirty bit set / clear). */
+function bitmapExtents(tracker: Tracker, offset: number, length: number, after: number, upTo: number): Extent[] {
+  const page = tracker.areas(offset, length, after, upTo, MAX_EXTENTS);
+  const out: Extent[] = [];
+  let cursor = offset;
+  for (const a of page.areas) {
+    if (a.start > cursor) out.push({ offset: cursor, length: a.start - cursor, type: 'unchanged' });
+    out.push({ offset: a.start, length: a.length, type: 'changed' });
+    cursor = a.start + a.length;
+  }
+  const end = offset + page.length;
+  if (cursor < end) out.push({ offset: cursor, length: end - cursor, type: 'unchanged' });
+  return out;
+}
+
+export interface BitmapViewOptions {
+  /** The context offered is `qemu:dirty-bitmap:<name>`. */
+  name: string;
+  /** Changes after this change ID … */
+  since: string;
+  /** … up to this one (a snapshot's); default: up to now. */
+  upTo?: string;
+}
+
+/**
+ * A read-only view of `disk` (typically the snapshot frozen at a mark) that also offers
+ * `qemu:dirty-bitmap:<name>`: the blocks `tracker` saw change after `since`, up to `upTo`. The
+ * host exports it so an NBD client reads "what changed since my last backup" next to the data,
+ * as with `qemu-nbd -B`. Change IDs the tracker cannot answer fail with ERR_VD_CBT_RESET now,
+ * not when a client asks. Closing the view closes `disk`.
+ */
+export function bitmapView(disk: Disk, tracker: Tracker, opts: BitmapViewOptions): Disk {
+  if (disk.size !== tracker.size) {
+    throw new VdError('ERR_VD_INVALID_ARGUMENT', `the disk is ${disk.size} bytes and the tracker tracks ${tracker.size}`);
+  }
+  if (typeof opts.name !== 'string' || opts.name.length === 0)
+    throw new VdError('ERR_VD_INVALID_ARGUMENT', 'bitmap name must be a non-empty string');
+  const after = tracker.pointOf(opts.since);
+  const upTo = opts.upTo === undefined ? 0xffffffff : tracker.pointOf(opts.upTo);
+  if (upTo < after) throw new VdError('ERR_VD_INVALID_ARGUMENT', `upTo ${opts.upTo} is older than ${opts.since}`);
+  const context = DIRTY_BITMAP_PREFIX + opts.name;
+  const inner = sourceOf(disk);
+  const view: BlockSource = {
+    ...inner,
+    capabilities: {
+      ...inner.capabilities,
+      readOnly: true,
+      zero: 'none',
+      trim: 'none',
+      fua: 'none',
+      extents: [...new Set([...inner.capabilities.extents, context])],
+    },
+    _write: undefined,
+    _zero: undefined,
+    _trim: undefined,
+    _extents: async (offset, length, ctx, o) =>
+      ctx === context ? bitmapExtents(tracker, offset, length, after, upTo) : inner._extents!(offset, length, ctx, o),
+  };
+  return new Disk(view, { transport: disk.transport, location: disk.location, readOnly: true });
+}
+
 /** Marks before it forwards; declares what the inner source declares, plus the bitmap context. */
 class TrackedSource implements BlockSource {
   readonly size: number;
@@ -174,20 +241,10 @@ class TrackedSource implements BlockSource {
     return this.#inner._extents!(offset, length, context, opts);
   }
 
-  /** Changes since the last mark, as `changed` / `unchanged` extents (NBD: dirty bit set / clear). */
+  /** Changes since the last mark. */
   #bitmapExtents(offset: number, length: number): Extent[] {
     const point = this.tracker.point;
-    const page = this.tracker.areas(offset, length, point - 1, point, MAX_EXTENTS);
-    const out: Extent[] = [];
-    let cursor = offset;
-    for (const a of page.areas) {
-      if (a.start > cursor) out.push({ offset: cursor, length: a.start - cursor, type: 'unchanged' });
-      out.push({ offset: a.start, length: a.length, type: 'changed' });
-      cursor = a.start + a.length;
-    }
-    const end = offset + page.length;
-    if (cursor < end) out.push({ offset: cursor, length: end - cursor, type: 'unchanged' });
-    return out;
+    return bitmapExtents(this.tracker, offset, length, point - 1, point);
   }
 
   _info(): DiskInfo {

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { channel } from 'node:diagnostics_channel';
 import { debuglog } from 'node:util';
 import { type ByteStore, type Disk, VdError } from '@vd/core';
 import { BlockMap } from './block-map.js';
@@ -21,6 +22,8 @@ import {
 } from './sidecar-format.js';
 
 const debug = debuglog('vd');
+/** `{ epoch, reason, message, sidecar }` when an open starts a new epoch (a reset, or the first tracking). */
+export const resetChannel = channel('vd:cbt:reset');
 
 export const DEFAULT_GRANULARITY = 64 * 1024;
 /** Areas per answer of `queryChangedAreas`; the caller pages on with `startOffset`. */
@@ -52,9 +55,10 @@ export interface TrackOptions {
    * Identifies the disk's content as of now (for a file: size, mtime, ctime, inode; see
    * `fileFingerprint`). Called at open and after the disk is closed; when the value at open
    * differs from the one recorded at the last clean close, the disk was changed without the
-   * tracker and tracking resets. Without it such changes cannot be detected.
+   * tracker and tracking resets. Without it such changes cannot be detected. Default: for a
+   * Disk opened from a `file:` location, `fileFingerprint` of that file; `false` turns it off.
    */
-  fingerprint?: () => string | Promise<string>;
+  fingerprint?: (() => string | Promise<string>) | false;
   /** The tracked disk offers extents context `qemu:dirty-bitmap:<bitmap>`: changes since the last mark. Default `vd-cbt`. */
   bitmap?: string;
 }
@@ -192,7 +196,10 @@ export class Tracker {
     try {
       const { header, map, reset } = await load(store, disk.size, opts, durability, readOnly);
       const tracker = new Tracker({ header, map, store, durability, readOnly, reset, fingerprint: opts.fingerprint });
-      if (reset) debug('cbt: new epoch %s for %s: %s', uuidOf(header.epoch), store?.name, reset.message);
+      if (reset) {
+        debug('cbt: new epoch %s for %s: %s', uuidOf(header.epoch), store?.name, reset.message);
+        if (resetChannel.hasSubscribers) resetChannel.publish({ epoch: uuidOf(header.epoch), ...reset, sidecar: store?.name });
+      }
       return tracker;
     } catch (err) {
       await store?.close().catch(() => {});
@@ -258,8 +265,8 @@ export class Tracker {
       if (!disk) throw new VdError('ERR_VD_INVALID_ARGUMENT', 'a "*" query needs the disk');
       return allocatedAreas(disk, startOffset, maxAreas);
     }
-    const after = this.#pointOf(changeId);
-    const upTo = opts.upTo === undefined ? 0xffffffff : this.#pointOf(opts.upTo);
+    const after = this.pointOf(changeId);
+    const upTo = opts.upTo === undefined ? 0xffffffff : this.pointOf(opts.upTo);
     if (upTo < after) throw new VdError('ERR_VD_INVALID_ARGUMENT', `upTo ${opts.upTo} is older than ${changeId}`);
     return this.areas(startOffset, this.size - startOffset, after, upTo, maxAreas);
   }
@@ -283,7 +290,7 @@ export class Tracker {
   }
 
   /** The point a change ID names, checked against this epoch; throws ERR_VD_CBT_RESET when it is not ours. */
-  #pointOf(changeId: string): number {
+  pointOf(changeId: string): number {
     const { epoch, point } = parseChangeId(changeId);
     if (epoch !== this.epoch) {
       throw new VdError(

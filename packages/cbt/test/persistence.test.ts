@@ -1,5 +1,7 @@
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { type BlockSource, type ByteStore, Disk, MemorySource } from '@vd/core';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -251,6 +253,52 @@ describe('write-ahead order', () => {
       expect(log.filter((e) => e.startsWith('write'))).toHaveLength(4);
     },
   );
+});
+
+describe('defaults', () => {
+  it('fingerprints a disk opened from a file: location, and says so on the vd:cbt:reset channel', async () => {
+    const img = join(dir, `auto${n++}.img`);
+    const cbt = `${img}.cbt`;
+    await (await fileDisk(img, SIZE)).close();
+    const fromUrl = async () => {
+      const d = await fileDisk(img);
+      // The same source, as openDisk would hand it over: located by a file: URL.
+      return new Disk(
+        {
+          size: d.size,
+          capabilities: d.capabilities,
+          _read: async (o, into) => {
+            await d.readInto(o, into);
+          },
+          _write: (o, data) => d.write(o, data),
+          _flush: () => d.flush(),
+          _close: () => d.close(),
+        },
+        { transport: 'file', location: pathToFileURL(img).href },
+      );
+    };
+    const seen: unknown[] = [];
+    const listener = (m: unknown) => seen.push(m);
+    subscribe('vd:cbt:reset', listener);
+    try {
+      const disk = await track(await fromUrl(), { path: cbt, granularity: G });
+      const id = await mark(disk);
+      await disk.close();
+      const plain = await fileDisk(img);
+      await plain.write(0, new Uint8Array(1).fill(1));
+      await plain.close();
+      const again = await track(await fromUrl(), { path: cbt });
+      expect(trackerOf(again).reset?.reason).toBe('changed-outside');
+      await expect(queryChangedAreas(again, id)).rejects.toMatchObject({ code: 'ERR_VD_CBT_RESET' });
+      await again.close();
+      expect(seen).toEqual([
+        expect.objectContaining({ reason: 'created', sidecar: cbt }),
+        expect.objectContaining({ reason: 'changed-outside', sidecar: cbt }),
+      ]);
+    } finally {
+      unsubscribe('vd:cbt:reset', listener);
+    }
+  });
 });
 
 describe('fileFingerprint', () => {

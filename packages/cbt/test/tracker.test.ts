@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import { isVdError, MemorySource, memoryDisk } from '@vd/core';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { changedAreasFromBitmap, mark, queryChangedAreas, track, trackerOf } from '../src/index.js';
+import { bitmapView, changedAreasFromBitmap, mark, queryChangedAreas, track, trackerOf } from '../src/index.js';
 import { allAreas, tempDir } from './helpers.js';
 
 let dir: string;
@@ -122,6 +122,31 @@ describe('track', () => {
     expect(disk.info()).toMatchObject({ format: 'memory', cbt: { granularity: 4096, point: 2 } });
     await disk.close();
     await expect(source._read(0, new Uint8Array(1), {})).rejects.toMatchObject({ code: 'ERR_VD_CLOSED' });
+  });
+
+  it('bitmapView offers the changes between two change IDs on another disk, such as a snapshot', async () => {
+    const disk = await track(memoryDisk(1 << 20), { path: sidecar(), granularity: 4096 });
+    await disk.write(0, new Uint8Array(1));
+    const a = await mark(disk);
+    await disk.write(4096 * 4, new Uint8Array(1));
+    const b = await mark(disk);
+    await disk.write(4096 * 9, new Uint8Array(1)); // after the snapshot: not in the view
+    const snapshot = memoryDisk(1 << 20);
+    const view = bitmapView(snapshot, trackerOf(disk), { name: 'since-a', since: a, upTo: b });
+    expect(view.capabilities.readOnly).toBe(true);
+    expect((await changedAreasFromBitmap(view, 'since-a')).areas).toEqual([{ start: 4096 * 4, length: 4096 }]);
+    const live = bitmapView(memoryDisk(1 << 20), trackerOf(disk), { name: 'x', since: a });
+    expect((await changedAreasFromBitmap(live, 'x')).areas).toEqual([
+      { start: 4096 * 4, length: 4096 },
+      { start: 4096 * 9, length: 4096 },
+    ]);
+    expect(() => bitmapView(snapshot, trackerOf(disk), { name: 'y', since: b, upTo: a })).toThrow(
+      expect.objectContaining({ code: 'ERR_VD_INVALID_ARGUMENT' }),
+    );
+    expect(() => bitmapView(snapshot, trackerOf(disk), { name: 'y', since: b.replace(/^./, (c) => (c === '0' ? '1' : '0')) })).toThrow(
+      expect.objectContaining({ code: 'ERR_VD_CBT_RESET' }),
+    );
+    await Promise.all([view.close(), live.close(), disk.close()]);
   });
 
   it('mark() waits for writes issued before it', async () => {
