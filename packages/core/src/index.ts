@@ -20,5 +20,6 @@ export { Limiter } from './limiter.js';
 export { MemorySource, type MemorySourceOptions, memoryDisk } from './memory.js';
 export { type OpenDiskOptions, openDisk, toLocation } from './open-disk.js';
 export * from './spec.js';
+export { fileResolver } from './stores/file-resolver.js';
 export { FileStore, type FileStoreOptions } from './stores/file-store.js';
 export { defaultFormats, type FileTransportOptions, file } from './transports/file.js';
