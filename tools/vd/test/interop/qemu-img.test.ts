@@ -81,6 +81,34 @@ describe.skipIf(skipWithoutPeers('qemu-img'))('interop with qemu-img', () => {
     });
   });
 
+  it('reads a VMDK qemu-img made: info, the same map, and a convert back to raw that cmp finds identical', async () => {
+    await withTempDir(async (dir) => {
+      const raw = join(dir, 'src.raw');
+      const vmdk = join(dir, 'src.vmdk');
+      await scatteredDisk(raw);
+      execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', raw, vmdk]);
+      const info = JSON.parse((await vd('info', vmdk, '--json')).stdout);
+      expect(info).toMatchObject({ format: 'vmdk', size: 64 * MiB });
+
+      const theirs = JSON.parse(execFileSync('qemu-img', ['map', '--output=json', '-f', 'vmdk', vmdk], { encoding: 'utf8' })) as {
+        start: number;
+        length: number;
+        data: boolean;
+      }[];
+      const ours = JSON.parse((await vd('map', vmdk, '--json')).stdout).extents as { offset: number; length: number; type: string }[];
+      expect(merge(ours.filter((e) => e.type === 'data').map((e) => ({ start: e.offset, end: e.offset + e.length })))).toEqual(
+        merge(theirs.filter((e) => e.data).map((e) => ({ start: e.start, end: e.start + e.length }))),
+      );
+
+      const back = join(dir, 'back.raw');
+      const r = await vd('convert', vmdk, back, '--verify', '--json');
+      expect(r.code).toBe(0);
+      expect(JSON.parse(r.stdout).verified).toBe(true);
+      expect((await vd('cmp', raw, back)).code).toBe(0);
+      execFileSync('qemu-img', ['compare', '-q', '-f', 'vmdk', '-F', 'raw', vmdk, back]);
+    });
+  });
+
   it('vd info reads a disk qemu-img created', async () => {
     await withTempDir(async (dir) => {
       const disk = join(dir, 'q.raw');
