@@ -27,13 +27,43 @@ export interface NbdTlsServerOptions {
   handshakeTimeout?: number;
   /** Called for every client that completed the handshake (logs, per-client policy). */
   onClient?: (client: ClientIdentity) => void;
+  /**
+   * Per-export authorization by client identity: export name → the client certificate common
+   * names, `sha256:` thumbprints or PSK identities allowed to see and open it; or a function.
+   * Exports not named in a table stay open to every client that passed TLS.
+   */
+  authorize?: ExportAuthorization;
+}
+
+export type ExportAuthorization =
+  | Readonly<Record<string, readonly string[]>>
+  | ((exportName: string, client: ClientIdentity | undefined) => boolean);
+
+/**
+ * What `@vd/nbd` asks before listing or opening an export: may the client on `socket` (the duplex
+ * `upgrade` returned, or the plain socket before TLS) use `exportName`?
+ */
+export interface NbdServerTlsWithAuthorization extends NbdServerTls {
+  authorize(exportName: string, socket: Duplex): boolean;
+  /** Who the client on an upgraded socket is; undefined before TLS. */
+  clientOf(socket: Duplex): ClientIdentity | undefined;
+}
+
+/** Whether `client` may use `exportName` under `rule`. */
+export function isAuthorized(rule: ExportAuthorization | undefined, exportName: string, client: ClientIdentity | undefined): boolean {
+  if (rule === undefined) return true;
+  if (typeof rule === 'function') return rule(exportName, client);
+  const allowed = Object.hasOwn(rule, exportName) ? rule[exportName] : undefined;
+  if (allowed === undefined) return true;
+  if (client === undefined || !client.authenticated) return false;
+  return allowed.some((id) => id === client.commonName || id === client.sha256 || id === client.pskIdentity);
 }
 
 /**
  * The `tls` option of `NbdServer`: `new NbdServer({ exports, tls: await nbdServerTls({...}) })`.
  * Resolves to undefined for mode `off` (STARTTLS refused).
  */
-export async function nbdServerTls(opts: NbdTlsServerOptions): Promise<NbdServerTls | undefined> {
+export async function nbdServerTls(opts: NbdTlsServerOptions): Promise<NbdServerTlsWithAuthorization | undefined> {
   const mode = opts.mode ?? 'require';
   if (mode === 'off') return undefined;
   const psk = typeof opts.psk === 'string' ? await loadPskFile(opts.psk) : opts.psk;
@@ -44,20 +74,28 @@ export async function nbdServerTls(opts: NbdTlsServerOptions): Promise<NbdServer
   } else {
     settings = { mode, cert: opts.cert, key: opts.key, ca: opts.ca, ...extra };
   }
-  return wrap(new ServerTls(settings), opts.onClient);
+  return wrap(new ServerTls(settings), opts.onClient, opts.authorize);
 }
 
 /** The hook for an already-built `ServerTls`. */
-export function wrap(tls: ServerTls, onClient?: (client: ClientIdentity) => void): NbdServerTls | undefined {
+export function wrap(
+  tls: ServerTls,
+  onClient?: (client: ClientIdentity) => void,
+  authorize?: ExportAuthorization,
+): NbdServerTlsWithAuthorization | undefined {
   if (tls.mode === 'off') return undefined;
+  const clients = new WeakMap<Duplex, ClientIdentity>();
   return {
     required: tls.mode === 'require',
     upgrade: async (socket: Duplex) => {
       const { socket: secure, client } = await tls.upgrade(socket as Socket);
       debug('nbdssl: client %s over %s', client.commonName ?? client.pskIdentity ?? 'anonymous', client.protocol ?? '?');
+      clients.set(secure, client);
       onClient?.(client);
       return secure;
     },
+    clientOf: (socket) => clients.get(socket),
+    authorize: (exportName, socket) => isAuthorized(authorize, exportName, clients.get(socket)),
   };
 }
 
