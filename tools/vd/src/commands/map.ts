@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import type { Context } from '../context.js';
 import { openDiskArg } from '../disk-arg.js';
 import { checkRange, jsonOption, lengthOption, offsetOption } from '../options.js';
-import { formatTable, printJson, printLines } from '../output.js';
+import { printJson, printLines } from '../output.js';
 import { formatBytes, formatHex } from '../units.js';
 
 interface MapOptions {
@@ -36,18 +36,27 @@ Examples:
       const disk = await openDiskArg(arg);
       try {
         const { length } = checkRange(disk.size, opts.offset, opts.length);
-        const extents: Extent[] = [];
-        for await (const e of disk.extents({ offset: opts.offset, length, context: opts.context, signal: ctx.signal })) extents.push(e);
+        const extents = disk.extents({ offset: opts.offset, length, context: opts.context, signal: ctx.signal });
         if (opts.json) {
-          printJson(ctx, { location: disk.location, size: disk.size, context: opts.context, offset: opts.offset, length, extents });
+          const all: Extent[] = [];
+          for await (const e of extents) all.push(e);
+          printJson(ctx, { location: disk.location, size: disk.size, context: opts.context, offset: opts.offset, length, extents: all });
           return;
         }
-        const rows = extents.map((e) => [formatHex(e.offset), formatHex(e.length), e.type]);
-        printLines(ctx, ...formatTable(rows, { header: ['Offset', 'Length', 'Type'] }));
+        // Rows are printed as the extents arrive (a fragmented disk has millions); the columns are
+        // as wide as the largest number in the range can be.
+        const width = formatHex(opts.offset + length).length;
+        const row = (offset: string, len: string, type: string) => `${offset.padEnd(width)}  ${len.padEnd(width)}  ${type}`;
+        printLines(ctx, row('Offset', 'Length', 'Type'));
         const totals = new Map<string, number>();
-        for (const e of extents) totals.set(e.type, (totals.get(e.type) ?? 0) + e.length);
+        let count = 0;
+        for await (const e of extents) {
+          printLines(ctx, row(formatHex(e.offset), formatHex(e.length), e.type));
+          totals.set(e.type, (totals.get(e.type) ?? 0) + e.length);
+          count++;
+        }
         const summary = [...totals].map(([type, n]) => `${type} ${formatBytes(n)}`).join(', ');
-        printLines(ctx, `${extents.length} extent${extents.length === 1 ? '' : 's'}${summary ? `: ${summary}` : ''}`);
+        printLines(ctx, `${count} extent${count === 1 ? '' : 's'}${summary ? `: ${summary}` : ''}`);
       } finally {
         await disk.close();
       }
