@@ -1,17 +1,17 @@
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Disk, RawSource } from '@vd/core';
-import { openSidecarFile } from '../src/sidecar-file.js';
+import { type Disk, FileStore, file, openDisk } from '@vd/core';
 
-/**
- * A raw disk in a local file, through core's RawSource over a positional file store (the one
- * the sidecar uses). Stands in until core exports its file transport.
- */
+/** A raw disk in a local file, opened by core's file transport; `size` creates or resizes the file first. */
 export async function fileDisk(path: string, size?: number): Promise<Disk> {
-  const store = (await openSidecarFile(path, false))!;
-  if (size !== undefined) await store.truncate!(size);
-  return new Disk(new RawSource(store, await store.size()), { transport: 'file', location: path });
+  if (size !== undefined) {
+    const store = await FileStore.open(path, { create: !existsSync(path) });
+    await store.truncate(size);
+    await store.close();
+  }
+  return openDisk(path, { transports: [file()], format: 'raw' });
 }
 
 export async function tempDir(): Promise<{ dir: string; cleanup: () => Promise<void> }> {

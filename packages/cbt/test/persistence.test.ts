@@ -260,23 +260,9 @@ describe('defaults', () => {
     const img = join(dir, `auto${n++}.img`);
     const cbt = `${img}.cbt`;
     await (await fileDisk(img, SIZE)).close();
-    const fromUrl = async () => {
-      const d = await fileDisk(img);
-      // The same source, as openDisk would hand it over: located by a file: URL.
-      return new Disk(
-        {
-          size: d.size,
-          capabilities: d.capabilities,
-          _read: async (o, into) => {
-            await d.readInto(o, into);
-          },
-          _write: (o, data) => d.write(o, data),
-          _flush: () => d.flush(),
-          _close: () => d.close(),
-        },
-        { transport: 'file', location: pathToFileURL(img).href },
-      );
-    };
+    // Opened by the file transport: located by a file: URL.
+    const fromUrl = () => fileDisk(img);
+    expect((await fromUrl().then(async (d) => [d.location, await d.close()]))[0]).toBe(pathToFileURL(img).href);
     const seen: unknown[] = [];
     const listener = (m: unknown) => seen.push(m);
     subscribe('vd:cbt:reset', listener);
