@@ -1,12 +1,24 @@
 import { rm } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import { type CopyProgress, type CopyResult, copyDisk, createDisk, type Disk, toLocation, VdError } from '@vd/core';
+import {
+  type CopyProgress,
+  type CopyResult,
+  copyDisk,
+  createDisk,
+  type Disk,
+  FileStore,
+  toLocation,
+  VdError,
+  writeStreamOptimized,
+} from '@vd/core';
 import { openDiskArg } from './disk-arg.js';
 import { formats } from './transports.js';
 
 export interface ConvertOptions {
   /** Format of the new target (default `raw`). */
   format?: string;
+  /** Format switches for the new disk (VMDK: `subformat`, `adapter`). */
+  formatOptions?: Record<string, unknown>;
   verify?: boolean;
   onStart?: (source: Disk) => void;
   onProgress?: (p: CopyProgress) => void;
@@ -40,7 +52,8 @@ export async function convertDisk(src: string, dst: string, opts: ConvertOptions
   const source = await openDiskArg(src, { signal: opts.signal });
   try {
     opts.onStart?.(source);
-    await createDisk(path, { size: source.size, format, formats, signal: opts.signal });
+    if (format === 'vmdk' && opts.formatOptions?.subformat === 'streamOptimized') return await convertToStream(source, path, opts);
+    await createDisk(path, { size: source.size, format, formats, formatOptions: opts.formatOptions, signal: opts.signal });
     try {
       const target = await openDiskArg(path, { readOnly: false, format, signal: opts.signal });
       try {
@@ -60,5 +73,62 @@ export async function convertDisk(src: string, dst: string, opts: ConvertOptions
     }
   } finally {
     await source.close();
+  }
+}
+
+/**
+ * streamOptimized is written front to back (grains, then their tables, then the directory and
+ * footer), so it cannot be a random-access copy target: the stream writer reads the source itself.
+ */
+async function convertToStream(source: Disk, path: string, opts: ConvertOptions): Promise<ConvertResult> {
+  const started = performance.now();
+  const store = await FileStore.open(path, { create: true });
+  try {
+    const r = await writeStreamOptimized(source, store, {
+      signal: opts.signal,
+      onProgress: (p) =>
+        opts.onProgress?.({
+          bytesDone: p.bytesRead,
+          bytesTotal: source.size,
+          bytesRead: p.bytesRead,
+          bytesWritten: p.bytesWritten,
+          bytesZeroed: 0,
+          bytesSkipped: 0,
+        } as CopyProgress),
+    });
+    await store.flush();
+    await store.close();
+    let verified = false;
+    if (opts.verify) {
+      const target = await openDiskArg(path, { signal: opts.signal });
+      try {
+        const step = 4 << 20;
+        for (let at = 0; at < source.size; at += step) {
+          const n = Math.min(step, source.size - at);
+          const [a, b] = await Promise.all([source.read(at, n, { signal: opts.signal }), target.read(at, n, { signal: opts.signal })]);
+          if (Buffer.compare(a, b) !== 0)
+            throw new VdError('ERR_VD_VERIFY', `the new disk differs from the source near offset ${at}`, { details: { offset: at } });
+        }
+        verified = true;
+      } finally {
+        await target.close();
+      }
+    }
+    return {
+      source: source.location,
+      target: toLocation(path).href,
+      size: source.size,
+      format: 'vmdk',
+      bytesRead: source.size,
+      bytesWritten: r.bytesWritten,
+      bytesZeroed: 0,
+      bytesSkipped: 0,
+      seconds: (performance.now() - started) / 1000,
+      verified,
+    };
+  } catch (err) {
+    await store.close().catch(() => {});
+    await rm(path, { force: true });
+    throw err;
   }
 }

@@ -1,3 +1,4 @@
+import { VMDK_ADAPTERS, VMDK_SUBFORMATS } from '@vd/core';
 import { type Command, Option } from 'commander';
 import type { Context } from '../context.js';
 import { convertDisk } from '../convert.js';
@@ -8,7 +9,9 @@ import { creatableFormats } from '../transports.js';
 import { formatBytes, formatRate } from '../units.js';
 
 interface ConvertCliOptions {
-  format: string;
+  format?: string;
+  type?: string;
+  adapter?: string;
   progress?: boolean;
   verify?: boolean;
   json?: boolean;
@@ -20,7 +23,9 @@ export function registerConvert(program: Command, ctx: Context): void {
     .description('copy a disk into a new disk file, keeping it sparse')
     .argument('<src>', 'path or URI of the source disk')
     .argument('<dst>', 'path of the new disk (must not exist)')
-    .addOption(new Option('--format <format>', 'format of the new disk').choices(creatableFormats).default('raw'))
+    .addOption(new Option('--format <format>', 'format of the new disk (default raw; vmdk when --type is given)').choices(creatableFormats))
+    .addOption(new Option('--type <subformat>', 'VMDK layout of the new disk (default monolithicSparse)').choices(VMDK_SUBFORMATS))
+    .addOption(new Option('--adapter <adapter>', 'VMDK adapter type of the new disk').choices(VMDK_ADAPTERS))
     .option('--progress', 'show progress on stderr (a bar on a terminal, plain lines otherwise)')
     .option('--verify', 'read the new disk back and check it against what was copied')
     .addOption(jsonOption())
@@ -31,13 +36,17 @@ Only allocated data is read; holes and zero ranges are not written, so the new d
 
 Examples:
   vd convert disk.img copy.img --verify
-  vd convert file:///images/disk.img /backups/disk.raw --progress --json`,
+  vd convert file:///images/disk.img /backups/disk.raw --progress --json
+  vd convert disk.raw disk.vmdk --type streamOptimized   (an OVF/OVA-ready stream)
+  vd convert snapshot-000002.vmdk flat.vmdk --type monolithicFlat   (flattens the chain)`,
     )
     .action(async (src: string, dst: string, opts: ConvertCliOptions) => {
       let progress: Progress | undefined;
       try {
+        const format = opts.format ?? (opts.type || opts.adapter ? 'vmdk' : 'raw');
         const r = await convertDisk(src, dst, {
-          format: opts.format,
+          format,
+          formatOptions: format === 'vmdk' ? { subformat: opts.type, adapter: opts.adapter } : undefined,
           verify: opts.verify,
           signal: ctx.signal,
           onStart: (source) => {

@@ -1,12 +1,18 @@
 import type { RegisterCommand } from '../context.js';
 import { registerCert } from './cert.js';
+import { registerChanges } from './changes.js';
+import { registerCheck } from './check.js';
 import { registerCmp } from './cmp.js';
 import { registerConvert } from './convert.js';
 import { registerCreate } from './create.js';
+import { registerCreateChild } from './create-child.js';
 import { registerDemo } from './demo.js';
 import { registerDump } from './dump.js';
 import { registerInfo } from './info.js';
 import { registerMap } from './map.js';
+import { registerMeta } from './meta.js';
+import { registerServe } from './serve.js';
+import { registerSnapshot } from './snapshot.js';
 
 /**
  * Every `vd` command, in the order `vd --help` lists them. A new command is one file in this
@@ -16,10 +22,16 @@ import { registerMap } from './map.js';
 export const commands: readonly RegisterCommand[] = [
   registerInfo,
   registerCreate,
+  registerCreateChild,
   registerConvert,
+  registerMeta,
+  registerCheck,
   registerMap,
   registerDump,
   registerCmp,
   registerDemo,
   registerCert,
+  registerServe,
+  registerSnapshot,
+  registerChanges,
 ];

@@ -82,6 +82,14 @@ function human(r: Awaited<ReturnType<typeof describe>>): string[] {
     ['concurrency', `${c.concurrency.model}, up to ${c.concurrency.maxInFlight} in flight`],
   ];
   const lines = formatFields(fields);
+  // VMDK: the redo-log chain, newest link first, with the CIDs that tie it together.
+  const chain = (r as Record<string, unknown>).chain;
+  if (Array.isArray(chain)) {
+    lines.push('chain:');
+    for (const link of chain as { name: string; createType: string; cid: string; parentCid: string }[]) {
+      lines.push(`  ${link.name} (${link.createType}, CID ${link.cid}, parentCID ${link.parentCid})`);
+    }
+  }
   lines.push('transport selection:');
   for (const a of r.selection) lines.push(`  ${a.transport}: ${a.outcome} (${a.reason})`);
   return lines;
