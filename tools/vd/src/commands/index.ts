@@ -1,6 +1,5 @@
 import type { RegisterCommand } from '../context.js';
 import { registerCert } from './cert.js';
-import { registerChanges } from './changes.js';
 import { registerCheck } from './check.js';
 import { registerCmp } from './cmp.js';
 import { registerConvert } from './convert.js';
@@ -11,8 +10,6 @@ import { registerDump } from './dump.js';
 import { registerInfo } from './info.js';
 import { registerMap } from './map.js';
 import { registerMeta } from './meta.js';
-import { registerServe } from './serve.js';
-import { registerSnapshot } from './snapshot.js';
 
 /**
  * Every `vd` command, in the order `vd --help` lists them. A new command is one file in this
@@ -31,7 +28,4 @@ export const commands: readonly RegisterCommand[] = [
   registerCmp,
   registerDemo,
   registerCert,
-  registerServe,
-  registerSnapshot,
-  registerChanges,
 ];
