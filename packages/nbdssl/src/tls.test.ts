@@ -304,3 +304,54 @@ describe('PSK files', () => {
     expect(() => pickPsk(t, 'bob')).toThrow(/alice|bob/);
   });
 });
+
+describe('PSK file parser', () => {
+  it('answers any text with a table or ERR_VD_TLS, never anything else', async () => {
+    const fc = (await import('fast-check')).default;
+    fc.assert(
+      fc.property(fc.string({ maxLength: 300 }), (text) => {
+        try {
+          const t = parsePskFile(text);
+          expect(t.size).toBeGreaterThan(0);
+          for (const [id, key] of t) {
+            expect(id.length).toBeGreaterThan(0);
+            expect(key.length).toBeGreaterThan(0);
+          }
+        } catch (err) {
+          expect(isVdError(err, 'ERR_VD_TLS')).toBe(true);
+        }
+      }),
+    );
+    fc.assert(
+      fc.property(
+        fc.uniqueArray(fc.stringMatching(/^[a-z][a-z0-9._-]{0,15}$/), { minLength: 1, maxLength: 5 }),
+        fc.uint8Array({ minLength: 1, maxLength: 64 }),
+        (ids, key) => {
+          const text = ids.map((id) => `${id}:${Buffer.from(key).toString('hex')}`).join('\n');
+          const t = parsePskFile(text);
+          expect([...t.keys()]).toEqual(ids);
+          for (const id of ids) expect(Buffer.from(t.get(id)!).equals(Buffer.from(key))).toBe(true);
+        },
+      ),
+    );
+  });
+});
+
+describe('garbage instead of a TLS record', () => {
+  it('the server side refuses any bytes that are not a ClientHello with ERR_VD_TLS, in bounded time', async () => {
+    const fc = (await import('fast-check')).default;
+    await fc.assert(
+      fc.asyncProperty(fc.uint8Array({ minLength: 1, maxLength: 2048 }), async (junk) => {
+        const { port, outcome } = await listen({ handshakeTimeout: 1000 });
+        const sock = connect(port, '127.0.0.1');
+        sock.on('error', () => {});
+        await once(sock, 'connect');
+        sock.write(junk);
+        const { error } = await outcome;
+        sock.destroy();
+        expect(isVdError(error, 'ERR_VD_TLS'), String(error)).toBe(true);
+      }),
+      { numRuns: 8 },
+    );
+  });
+});
