@@ -3,6 +3,8 @@ import { open, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { convertDisk } from '../src/convert.js';
+import { MemoryIo } from '../src/io.js';
+import { main } from '../src/main.js';
 import { vd, withTempDir } from './run.js';
 
 const MiB = 1 << 20;
@@ -53,6 +55,19 @@ describe('vd convert', () => {
       expect(r.stdout).toMatch(/^verified: +no/m);
       expect(r.stdout).toMatch(/^written: +\d/m);
       expect(r.stderr).toMatch(/^converting: 100% \(8 MiB of 8 MiB/m);
+    });
+  });
+
+  it('draws a progress bar when stderr is a terminal', async () => {
+    await withTempDir(async (dir) => {
+      const src = join(dir, 'src.img');
+      await sparseDisk(src, 8 * MiB, [MiB]);
+      const io = new MemoryIo();
+      io.stderrIsTTY = true;
+      Object.assign(io.stderr, { isTTY: true, columns: 120 }); // what cli-progress looks at on a terminal
+      expect(await main(['convert', src, join(dir, 'dst.img'), '--progress'], io)).toBe(0);
+      expect(io.stderrText).toMatch(/converting \[.+\] 100% \| 8 MiB \/ 8 MiB/);
+      expect(io.stdoutText).toMatch(/^verified: +no/m);
     });
   });
 
