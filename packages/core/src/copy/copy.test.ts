@@ -2,7 +2,7 @@ import { Buffer } from 'node:buffer';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { Disk } from '../disk.js';
-import { isVdError } from '../errors.js';
+import { isVdError, VdError } from '../errors.js';
 import { MemorySource, memoryDisk } from '../memory.js';
 import type { BlockSource, Capabilities, Extent, IoOptions, WriteOptions, ZeroOptions } from '../spec.js';
 import { copyDisk } from './copy.js';
@@ -12,9 +12,10 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 
 interface Hooks {
+  extents?: (offset: number, length: number) => void;
   read?: (offset: number, length: number) => void | Promise<void>;
   write?: (offset: number, data: Uint8Array) => Uint8Array | undefined | Promise<Uint8Array | undefined>;
-  zero?: (offset: number, length: number) => void;
+  zero?: (offset: number, length: number, opts: ZeroOptions) => void;
 }
 
 /** A memory source seen through hooks: counts, delays or corrupts requests on their way. */
@@ -64,7 +65,7 @@ class Tap implements BlockSource {
   _zero(offset: number, length: number, opts: ZeroOptions): Promise<void> {
     return this.#track(async () => {
       this.calls.zero++;
-      this.hooks.zero?.(offset, length);
+      this.hooks.zero?.(offset, length, opts);
       await this.inner._zero(offset, length, opts);
     });
   }
@@ -77,8 +78,10 @@ class Tap implements BlockSource {
     return this.inner._flush();
   }
 
-  _extents(offset: number, length: number): Promise<Extent[]> {
-    return this.inner._extents(offset, length);
+  async _extents(offset: number, length: number): Promise<Extent[]> {
+    this.hooks.extents?.(offset, length);
+    // One extent per answer, as a server with a small reply limit would: the caller must ask again.
+    return (await this.inner._extents(offset, length)).slice(0, 1);
   }
 
   _close(): Promise<void> {
@@ -194,6 +197,49 @@ describe('copyDisk', () => {
     const plain = await copyDisk(new Disk(inner), new Disk(whole), { targetIsZero: true, chunkSize: 1 * MiB, sparseBlock: 0 });
     expect(plain.bytesWritten).toBe(1 * MiB);
     expect(whole.calls.write).toBe(1);
+  });
+
+  it('falls back to a plain zero when a fast zero is refused', async () => {
+    const size = 4 * MiB;
+    const source = memoryDisk(size);
+    await source.write(0, pattern(4 * KiB, 23));
+    await source.write(3 * MiB, pattern(4 * KiB, 24));
+    const fastTries: number[] = [];
+    const target = new Tap(
+      new MemorySource(size, { data: pattern(size, 25) }),
+      {
+        zero: (offset, _length, opts) => {
+          if (!opts.fast) return;
+          fastTries.push(offset);
+          throw new VdError('ERR_VD_NOT_SUPPORTED', 'no fast zero here');
+        },
+      },
+      { fastZero: true },
+    );
+    const result = await copyDisk(source, new Disk(target), { inFlight: 1 });
+    expect(result.bytesZeroed).toBe(size - 8 * KiB);
+    expect(fastTries).toEqual([4 * KiB]); // asked once, then never again
+    expectBytes(await new Disk(target).read(0, size), await source.read(0, size));
+  });
+
+  it('asks the source for allocation as it goes, not all up front', async () => {
+    const size = 4 * MiB;
+    const inner = new MemorySource(size);
+    for (let at = 0; at < size; at += 128 * KiB) await inner._write(at, pattern(4 * KiB, at + 1));
+    let extentsCalls = 0;
+    let callsAtFirstWrite = -1;
+    const source = new Tap(inner, { extents: () => void extentsCalls++ });
+    const target = new Tap(new MemorySource(size), {
+      write: () => {
+        if (callsAtFirstWrite < 0) callsAtFirstWrite = extentsCalls;
+        return undefined;
+      },
+    });
+    await copyDisk(new Disk(source), new Disk(target), { inFlight: 2, targetIsZero: true });
+    expect(extentsCalls).toBeGreaterThanOrEqual(64); // 32 data + 32 hole extents, one per answer
+    expect(callsAtFirstWrite).toBeGreaterThan(0);
+    expect(callsAtFirstWrite).toBeLessThanOrEqual(8);
+    expect(target.calls.write).toBe(32);
   });
 
   it('writes zeroes where the target cannot zero natively', async () => {
