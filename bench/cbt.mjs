@@ -3,14 +3,15 @@
 //  1. Write throughput through a tracked and an untracked raw file disk, same run, same (already
 //     allocated) data file, a fresh sidecar for every tracked run so every block is marked for the
 //     first time (the expensive case); rounds interleaved in rotating order, medians; prints MiB/s
-//     and the ratio, for both durability modes, with and without a final flush.
+//     and the ratio, for both durability modes: sequential 1 MiB writes with and without a final
+//     flush, and random 4 KiB writes (each to a block not yet marked, mostly).
 //  2. Changed-area queries on a 1 TiB disk at 64 KiB granularity with realistic changes, and the
 //     worst case (small changes spread over every sidecar page); prints the time of a full paged
 //     query and of reopening the sidecar.
 import { randomBytes, randomInt } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, open, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
@@ -48,15 +49,23 @@ async function fileStore(path) {
   };
 }
 
-async function writeRun(path, mode, flush) {
+const RANDOM_OPS = Number(process.env.BENCH_CBT_RANDOM_OPS ?? 40_000);
+let randomOffsets;
+
+async function writeRun(path, mode, flush, random = false) {
   // The host's way: the tracker wraps the format's block source, under one Disk.
   const source = new RawSource(await fileStore(path), TOTAL);
   const disk = mode === 'none' ? new Disk(source) : await track(source, { path: `${path}.cbt`, durability: mode });
-  const data = randomBytes(CHUNK);
+  const data = randomBytes(random ? 4096 : CHUNK);
   let next = 0;
   const t0 = performance.now();
+  const c0 = process.cpuUsage();
   await Promise.all(
     Array.from({ length: IN_FLIGHT }, async () => {
+      if (random) {
+        while (next < RANDOM_OPS) await disk.write(randomOffsets[next++], data);
+        return;
+      }
       while (next < TOTAL) {
         const at = next;
         next += CHUNK;
@@ -66,9 +75,10 @@ async function writeRun(path, mode, flush) {
   );
   if (flush) await disk.flush();
   const ms = performance.now() - t0;
+  const cpu = process.cpuUsage(c0);
   await disk.close();
   await rm(`${path}.cbt`, { force: true });
-  return TOTAL / MiB / (ms / 1000);
+  return { speed: (random ? RANDOM_OPS : TOTAL / MiB) / (ms / 1000), cpu: (cpu.user + cpu.system) / 1000 };
 }
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -83,28 +93,41 @@ async function throughput(dir) {
   for (let at = 0; at < TOTAL; at += fill.length) await fh.write(fill, 0, fill.length, at);
   await fh.datasync();
   await fh.close();
+  randomOffsets = Array.from({ length: RANDOM_OPS }, () => randomInt(0, TOTAL / 4096) * 4096);
   const modes = ['none', 'fsync', 'boot'];
-  for (const flush of [false, true]) {
+  for (const [flush, random] of [
+    [false, false],
+    [true, false],
+    [false, true],
+  ]) {
     // Each round runs the three back to back (rotating the order) and yields two ratios; the
     // machine's load drifts between rounds, much less within one.
     const speed = { none: [], fsync: [], boot: [] };
+    const cpu = { none: [], fsync: [], boot: [] };
     const ratio = { fsync: [], boot: [] };
     for (let r = 0; r < ROUNDS; r++) {
       const round = {};
       for (let i = 0; i < modes.length; i++) {
         const mode = modes[(i + r) % modes.length];
-        round[mode] = await writeRun(path, mode, flush);
-        speed[mode].push(round[mode]);
+        round[mode] = await writeRun(path, mode, flush, random);
+        speed[mode].push(round[mode].speed);
+        cpu[mode].push(round[mode].cpu);
       }
-      ratio.fsync.push(round.fsync / round.none);
-      ratio.boot.push(round.boot / round.none);
+      ratio.fsync.push(round.fsync.speed / round.none.speed);
+      ratio.boot.push(round.boot.speed / round.none.speed);
     }
-    const label = flush ? 'writes + final flush' : 'writes (page cache)';
-    console.log(`  ${label}: untracked median ${median(speed.none).toFixed(0)} MiB/s`);
+    const label = random
+      ? `${RANDOM_OPS} random 4 KiB writes`
+      : flush
+        ? 'sequential writes + final flush'
+        : 'sequential writes (page cache)';
+    const unit = random ? 'IOPS' : 'MiB/s';
+    console.log(`  ${label}: untracked median ${median(speed.none).toFixed(0)} ${unit}, CPU ${median(cpu.none).toFixed(0)} ms`);
     for (const mode of ['boot', 'fsync']) {
       const q = median(ratio[mode]);
       console.log(
-        `    tracked, durability ${mode}: median ${median(speed[mode]).toFixed(0)} MiB/s; median ratio tracked/untracked ${q.toFixed(3)} (overhead ${((1 - q) * 100).toFixed(1)}%)`,
+        `    tracked, durability ${mode}: median ${median(speed[mode]).toFixed(0)} ${unit}, CPU ${median(cpu[mode]).toFixed(0)} ms; ` +
+          `median ratio tracked/untracked ${q.toFixed(3)} (overhead ${((1 - q) * 100).toFixed(1)}%)`,
       );
     }
   }
@@ -167,6 +190,11 @@ async function queries(dir) {
   }
 }
 
+console.log(
+  `load average ${loadavg()
+    .map((x) => x.toFixed(1))
+    .join(' ')} on ${cpus().length} CPUs (throughput on a busy machine is noisy; CPU time less so)`,
+);
 const dir = await mkdtemp(join(tmpdir(), 'vd-bench-cbt-'));
 try {
   await throughput(dir);
