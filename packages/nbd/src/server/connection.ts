@@ -206,7 +206,7 @@ export class ServerConnection {
       case Opt.EXPORT_NAME: {
         if (this.#extended) throw protocolError('EXPORT_NAME after extended headers were negotiated');
         const name = new TextDecoder().decode(data);
-        const exp = ctx.findExport(name);
+        const exp = this.#findExport(name);
         if (!exp) throw protocolError(`client asked for unknown export ${JSON.stringify(name)} with EXPORT_NAME`);
         this.#select(exp);
         this.#write(encodeExportNameReply(exp.disk.size, this.#flags(), this.#noZeroes));
@@ -222,7 +222,10 @@ export class ServerConnection {
           this.#error(option, Rep.ERR_INVALID, 'LIST takes no data');
           return;
         }
-        for (const e of ctx.exports()) this.#reply(option, Rep.SERVER, encodeServerReply(e.name, e.description ?? ''));
+        for (const e of ctx.exports()) {
+          if (ctx.tls?.authorize && !ctx.tls.authorize(e.name, this.#socket)) continue;
+          this.#reply(option, Rep.SERVER, encodeServerReply(e.name, e.description ?? ''));
+        }
         this.#reply(option, Rep.ACK);
         return;
       case Opt.STARTTLS:
@@ -298,7 +301,7 @@ export class ServerConnection {
       this.#error(option, Rep.ERR_INVALID, (err as Error).message);
       return;
     }
-    const exp = this.#ctx.findExport(req.name);
+    const exp = this.#findExport(req.name);
     if (!exp) {
       this.#error(option, Rep.ERR_UNKNOWN, `no export named ${JSON.stringify(req.name)}`);
       return;
@@ -335,7 +338,7 @@ export class ServerConnection {
       this.#error(option, Rep.ERR_INVALID, (err as Error).message);
       return;
     }
-    const exp = this.#ctx.findExport(req.name);
+    const exp = this.#findExport(req.name);
     if (!exp) {
       this.#error(option, Rep.ERR_UNKNOWN, `no export named ${JSON.stringify(req.name)}`);
       return;
@@ -355,6 +358,13 @@ export class ServerConnection {
     }
     for (let i = 0; i < picked.length; i++) this.#reply(option, Rep.META_CONTEXT, encodeMetaContextReply(set ? i + 1 : 0, picked[i]!));
     this.#reply(option, Rep.ACK);
+  }
+
+  /** The export by name, if this client may use it (TLS per-export authorization). */
+  #findExport(name: string): NbdExport | undefined {
+    const exp = this.#ctx.findExport(name);
+    if (exp && this.#ctx.tls?.authorize && !this.#ctx.tls.authorize(exp.name, this.#socket)) return undefined;
+    return exp;
   }
 
   #startTls(tls: NbdServerTls): void {

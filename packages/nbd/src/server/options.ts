@@ -36,6 +36,11 @@ export interface NbdServerLimits {
 export interface NbdServerTls {
   upgrade(socket: Duplex): Promise<Duplex>;
   required?: boolean;
+  /**
+   * Per-export authorization: may the client on `socket` (the duplex `upgrade` returned, or the
+   * plain socket) list and open `exportName`? Refused exports look absent (ERR_UNKNOWN).
+   */
+  authorize?(exportName: string, socket: Duplex): boolean;
 }
 
 export interface NbdServerOptions {

@@ -110,6 +110,40 @@ describe.skipIf(skipWithoutPeers('nbdinfo', 'nbdcopy'))('our NbdServer over TLS,
     expect((await run('nbdinfo', [`${tlsUri(unix)}&tls-certificates=${pki.dir}`])).stdout).toMatch(/with TLS/);
   });
 
+  it('per-export authorization: only listed client certificates see and open an export', async () => {
+    const laptop = join(dir, 'laptop');
+    await writePki(laptop, { caCert: pki.caCert!, client: await generateClientCertificate(caPair(pki), { commonName: 'laptop' }) });
+    const secretSource = new CountingSource(SIZE, { data });
+    const secret = new Disk(secretSource, { transport: 'memory' });
+    const server = new NbdServer({
+      exports: [
+        { name: 'public', disk },
+        { name: 'secret', disk: secret },
+      ],
+      tls: await nbdServerTls({ mode: 'require', certificates: pki.dir, verifyPeer: true, authorize: { secret: ['backup-1'] } }),
+    });
+    servers.push(server);
+    try {
+      const unix = await server.listen({ path: join(dir, 'authz.sock') });
+      const uri = (name: string, certs: string) => `${tlsUri(unix).replace('/public?', `/${name}?`)}&tls-certificates=${certs}`;
+      const listed = (await run('nbdinfo', ['--list', '--json', uri('', pki.dir)])).stdout;
+      expect(
+        JSON.parse(listed)
+          .exports.map((e: { 'export-name': string }) => e['export-name'])
+          .sort(),
+      ).toEqual(['public', 'secret']);
+      const theirs = (await run('nbdinfo', ['--list', '--json', uri('', laptop)])).stdout;
+      expect(JSON.parse(theirs).exports.map((e: { 'export-name': string }) => e['export-name'])).toEqual(['public']);
+      await runFailing('nbdcopy', [uri('secret', laptop), join(dir, 'secret.raw')]);
+      expect(secretSource.reads).toBe(0);
+      await run('nbdcopy', [uri('secret', pki.dir), join(dir, 'secret.raw')]);
+      expect(Buffer.compare(await readFile(join(dir, 'secret.raw')), Buffer.from(data))).toBe(0);
+    } finally {
+      await server.close();
+      await secret.close();
+    }
+  });
+
   it('TLS-PSK with a keys file, as nbdkit --tls-psk', async () => {
     const keys = join(dir, 'keys.psk');
     await writeFile(keys, `alice:${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
