@@ -475,6 +475,24 @@ describe('copyDisk', () => {
     expectBytes(await new Disk(dst).read(0, size), await new Disk(src).read(0, size));
   });
 
+  it('widens data to the block size of a target with a larger minimum', async () => {
+    const size = 1 * MiB;
+    const fine = { blockSize: { minimum: 512, preferred: 64 * KiB, maximum: 1 * MiB } };
+    const coarse = { blockSize: { minimum: 4096, preferred: 64 * KiB, maximum: 1 * MiB } };
+    const source = new Disk(new MemorySource(size, { granularity: 512, capabilities: fine }));
+    await source.write(512, pattern(512, 26)); // data at 512..1024, holes around it
+    await source.write(9 * 512, pattern(1024, 27)); // 4608..5632 straddles a 4 KiB boundary
+    const dst = new Tap(new MemorySource(size, { data: pattern(size, 28) }), {}, coarse);
+    const seen: Array<[number, number]> = [];
+    dst.hooks.write = (offset, data) => {
+      seen.push([offset, data.length]);
+      return undefined;
+    };
+    await copyDisk(source, new Disk(dst), { verify: true });
+    for (const [offset, length] of seen) expect([offset % 4096, length % 4096]).toEqual([0, 0]);
+    expectBytes(await new Disk(dst).read(0, size), await source.read(0, size));
+  });
+
   it('chooses a chunk size both disks accept', async () => {
     const src = new Disk(
       new MemorySource(4 * MiB, { capabilities: { blockSize: { minimum: 512, preferred: 192 * KiB, maximum: 1 * MiB } } }),

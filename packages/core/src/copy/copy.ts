@@ -1,4 +1,5 @@
 import { performance } from 'node:perf_hooks';
+import { debug } from '../diagnostics.js';
 import type { Disk } from '../disk.js';
 import { abortError, isVdError, throwIfAborted, VdError } from '../errors.js';
 import {
@@ -171,6 +172,14 @@ export async function copyDisk(source: Disk, target: Disk, options: CopyOptions 
     verified = true;
   }
   report(true);
+  debug(
+    'copy: read %d, wrote %d, zeroed %d, skipped %d bytes in %d ms',
+    progress.bytesRead,
+    progress.bytesWritten,
+    progress.bytesZeroed,
+    progress.bytesSkipped,
+    Math.round(performance.now() - started),
+  );
   const result: CopyResult = {
     bytesRead: progress.bytesRead,
     bytesWritten: progress.bytesWritten,

@@ -75,7 +75,7 @@ export function requestedRanges(
   size: number,
   align: number,
 ): { total: number | undefined; ranges: AsyncIterable<CopyRange> } {
-  if (extents === undefined) {
+  if (extents === undefined || extents === null) {
     return { total: size, ranges: merged([{ offset: 0, length: size }], undefined) };
   }
   const isIterable = typeof (extents as Iterable<CopyRange>)[Symbol.iterator] === 'function';
