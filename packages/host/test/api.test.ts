@@ -29,8 +29,13 @@ afterAll(async () => {
   await cleanup();
 });
 
+interface ApiBody {
+  error: { code: string; message: string };
+  [key: string]: unknown;
+}
+
 /** A raw HTTP request, so paths reach the server exactly as written. */
-function raw(method: string, path: string, headers: Record<string, string> = {}): Promise<{ status: number; body: any }> {
+function raw(method: string, path: string, headers: Record<string, string> = {}): Promise<{ status: number; body: ApiBody }> {
   const u = new URL(url);
   return new Promise((resolve, reject) => {
     const req = request({ method, host: u.hostname, port: u.port, path, headers }, (res) => {
