@@ -36,3 +36,19 @@ describe('Disk wrapper', () => {
     await expect(disk.write(0, new Uint8Array(1))).rejects.toSatisfy((e) => isVdError(e, 'ERR_VD_READ_ONLY'));
   });
 });
+
+describe('abort listeners', () => {
+  it('keeps one listener on a signal shared by many queued requests', async () => {
+    const { getEventListeners } = await import('node:events');
+    const disk = new Disk(new MemorySource(1 << 20, { capabilities: { concurrency: { model: 'serial', maxInFlight: 1 } } }));
+    const controller = new AbortController();
+    const reads = Array.from({ length: 64 }, (_, i) => disk.read(i * 4096, 4096, { signal: controller.signal }));
+    expect(getEventListeners(controller.signal, 'abort').length).toBe(1);
+    await Promise.all(reads);
+    const queued = Array.from({ length: 8 }, (_, i) => disk.read(i * 4096, 4096, { signal: controller.signal }));
+    controller.abort();
+    const settled = await Promise.allSettled(queued);
+    expect(settled.every((r) => r.status === 'rejected' && (r.reason as { code: string }).code === 'ERR_VD_ABORTED')).toBe(true);
+    await disk.close();
+  });
+});

@@ -1,3 +1,4 @@
+import { onAbort } from './abort-hub.js';
 import { effectiveCapabilities } from './capabilities.js';
 import { channels } from './diagnostics.js';
 import { abortError, fromSystemError, throwIfAborted, VdError } from './errors.js';
@@ -402,15 +403,14 @@ function raceAbort<T>(task: Promise<T>, signal: AbortSignal, op: string): Promis
     return Promise.reject(abortError(signal, op));
   }
   return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(abortError(signal, op));
-    signal.addEventListener('abort', onAbort, { once: true });
+    const unsubscribe = onAbort(signal, () => reject(abortError(signal, op)));
     task.then(
       (v) => {
-        signal.removeEventListener('abort', onAbort);
+        unsubscribe();
         resolve(v);
       },
       (e) => {
-        signal.removeEventListener('abort', onAbort);
+        unsubscribe();
         reject(e);
       },
     );

@@ -1,10 +1,10 @@
+import { onAbort } from './abort-hub.js';
 import { abortError } from './errors.js';
 
 interface Waiter {
   resolve: () => void;
   reject: (e: unknown) => void;
-  signal?: AbortSignal | undefined;
-  onAbort?: () => void;
+  unsubscribe?: () => void;
 }
 
 /**
@@ -32,14 +32,13 @@ export class Limiter {
       return Promise.resolve();
     }
     return new Promise<void>((resolve, reject) => {
-      const waiter: Waiter = { resolve, reject, signal };
+      const waiter: Waiter = { resolve, reject };
       if (signal) {
-        waiter.onAbort = () => {
+        waiter.unsubscribe = onAbort(signal, () => {
           const i = this.#waiters.indexOf(waiter);
           if (i >= 0) this.#waiters.splice(i, 1);
           reject(abortError(signal, 'request'));
-        };
-        signal.addEventListener('abort', waiter.onAbort, { once: true });
+        });
       }
       this.#waiters.push(waiter);
     });
@@ -48,7 +47,7 @@ export class Limiter {
   release(): void {
     const next = this.#waiters.shift();
     if (next) {
-      if (next.onAbort) next.signal?.removeEventListener('abort', next.onAbort);
+      next.unsubscribe?.();
       next.resolve();
     } else {
       this.#active--;
@@ -58,7 +57,7 @@ export class Limiter {
   /** Fails every waiter (on destroy). */
   rejectAll(err: unknown): void {
     for (const w of this.#waiters.splice(0)) {
-      if (w.onAbort) w.signal?.removeEventListener('abort', w.onAbort);
+      w.unsubscribe?.();
       w.reject(err);
     }
   }
