@@ -229,6 +229,8 @@ export class SparseExtent implements VmdkExtent {
     };
     let done = 0;
     let failure: unknown;
+    // Compressed grains of this request, read in file-adjacent batches and inflated in parallel.
+    const compressed: { g: number; gte: number; dst: number; within: number; n: number }[] = [];
     try {
       while (done < into.length) {
         const pos = offset + done;
@@ -256,7 +258,8 @@ export class SparseExtent implements VmdkExtent {
           if (this.#compressed) {
             flushRun();
             const dst = done;
-            tasks.push(this.#grain(g, gte).then((grain) => into.set(grain.subarray(within, within + n), dst)));
+            if (this.#grainCache.has(g)) tasks.push(this.#grain(g, gte).then((grain) => into.set(grain.subarray(within, within + n), dst)));
+            else compressed.push({ g, gte, dst, within, n });
           } else {
             const src = gte * SECTOR + within;
             if (run?.kind === 'file' && run.src + run.len === src) run.len += n;
@@ -269,6 +272,7 @@ export class SparseExtent implements VmdkExtent {
         done += n;
       }
       flushRun();
+      if (compressed.length > 0) tasks.push(...this.#readCompressed(compressed, into));
     } catch (err) {
       failure = err;
     }
@@ -276,6 +280,61 @@ export class SparseExtent implements VmdkExtent {
     const results = await Promise.allSettled(tasks);
     if (failure !== undefined) throw failure;
     for (const r of results) if (r.status === 'rejected') throw r.reason;
+  }
+
+  /** Where grain `g`'s record ends at the latest: the next grain of its table when that follows closely. */
+  #recordEnd(g: number, gte: number): number {
+    const limit = this.grainBytes * 2 + 1024 + SECTOR;
+    const next = this.#gts.get(Math.floor((g + 1) / GTES_PER_GT));
+    let end = gte * SECTOR + limit;
+    if (next instanceof Uint32Array) {
+      const ng = next[(g + 1) % GTES_PER_GT]!;
+      if (ng > gte && (ng - gte) * SECTOR <= limit) end = ng * SECTOR;
+    }
+    return Math.min(end, this.#fileSize);
+  }
+
+  /** Streams store grains back to back: one store read serves a run of them (at most 8 MiB). */
+  #readCompressed(parts: { g: number; gte: number; dst: number; within: number; n: number }[], into: Uint8Array): Promise<void>[] {
+    parts.sort((a, b) => a.gte - b.gte);
+    const tasks: Promise<void>[] = [];
+    let i = 0;
+    while (i < parts.length) {
+      const start = parts[i]!.gte * SECTOR;
+      let end = this.#recordEnd(parts[i]!.g, parts[i]!.gte);
+      let j = i + 1;
+      while (j < parts.length) {
+        const p = parts[j]!;
+        const e = this.#recordEnd(p.g, p.gte);
+        if (p.gte * SECTOR > end + 8 * SECTOR || e - start > MAX_APPEND * 2) break;
+        end = Math.max(end, e);
+        j++;
+      }
+      const group = parts.slice(i, j);
+      tasks.push(
+        (async () => {
+          const buf = new Uint8Array(end - start);
+          await readFully(this.#store, start, buf);
+          await Promise.all(
+            group.map(async (p) => {
+              const grain = await this.#inflateGrain(p.g, p.gte, buf.subarray(p.gte * SECTOR - start));
+              if (p.n < this.grainBytes) this.#remember(p.g, grain);
+              into.set(grain.subarray(p.within, p.within + p.n), p.dst);
+            }),
+          );
+        })(),
+      );
+      i = j;
+    }
+    return tasks;
+  }
+
+  #remember(g: number, grain: Uint8Array): void {
+    this.#grainCache.set(g, grain);
+    if (this.#grainCache.size > GRAIN_CACHE) {
+      const oldest = this.#grainCache.keys().next().value;
+      if (oldest !== undefined) this.#grainCache.delete(oldest);
+    }
   }
 
   /** A decompressed grain (grainBytes long), cached for reads smaller than a grain. */
@@ -297,20 +356,17 @@ export class SparseExtent implements VmdkExtent {
     return load;
   }
 
-  async #inflateGrain(g: number, gte: number): Promise<Uint8Array> {
+  /** Inflates grain `g`; `first` holds the start of its record when the caller read it already. */
+  async #inflateGrain(g: number, gte: number, first?: Uint8Array): Promise<Uint8Array> {
     const gb = this.grainBytes;
     const at = gte * SECTOR;
     const hdr = grainHeaderSize(this.#markers);
     const limit = gb * 2 + 1024;
-    // The next grain of the same table usually follows this one: its start bounds our length.
-    let guess = 4096;
-    const next = this.#gts.get(Math.floor((g + 1) / GTES_PER_GT));
-    if (next instanceof Uint32Array) {
-      const ng = next[(g + 1) % GTES_PER_GT]!;
-      if (ng > gte && (ng - gte) * SECTOR <= limit + SECTOR) guess = (ng - gte) * SECTOR;
+    if (!first) {
+      // The next grain of the same table usually follows this one: its start bounds our length.
+      first = new Uint8Array(this.#recordEnd(g, gte) - at);
+      await readFully(this.#store, at, first);
     }
-    const first = new Uint8Array(Math.min(guess, this.#fileSize - at));
-    await readFully(this.#store, at, first);
     if (first.length < hdr) throw corrupt(this.#name, `compressed grain ${g} is truncated`, { grain: g });
     const view = new DataView(first.buffer, first.byteOffset, hdr);
     const size = view.getUint32(hdr - 4, true);
