@@ -67,8 +67,22 @@ export class NbdServer {
     };
   }
 
+  /** The live list of exports; `addExport` and `removeExport` change it while serving. */
   get exports(): readonly NbdExport[] {
     return this.#exports;
+  }
+
+  /** Adds an export while serving (e.g. a snapshot); new options see it at once. */
+  addExport(e: NbdExport): void {
+    if (this.#exports.some((x) => x.name === e.name)) throw new VdError('ERR_VD_EXISTS', `export ${JSON.stringify(e.name)} already exists`);
+    this.#exports.push(e);
+  }
+
+  /** Removes an export from LIST and new opens; clients already connected to it keep their disk. */
+  removeExport(name: string): boolean {
+    const i = this.#exports.findIndex((x) => x.name === name);
+    if (i >= 0) this.#exports.splice(i, 1);
+    return i >= 0;
   }
 
   /** Open connections. */
