@@ -1,0 +1,192 @@
+import { mkdir, rm } from 'node:fs/promises';
+import { posix } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { type CopyProgress, type CopyRange, copyDisk, createVmdk, fileResolver, throwIfAborted } from '@vd/core';
+import type { ManifestBody, PointSource } from './manifest.js';
+import { serializeManifest } from './manifest.js';
+import { openPointDisk } from './point-disk.js';
+import { alignRanges, totalLength } from './ranges.js';
+import { DISK_FILE, MANIFEST_FILE, PARTIAL_PREFIX, Repository, writeDurably } from './repository.js';
+import type { BackupSource, Changes, SourceState } from './sources.js';
+
+/** The child VMDK's grain (64 KiB, the VMDK default): changed areas are rounded out to it. */
+export const GRAIN_SIZE = 64 * 1024;
+
+export interface BackupProgress extends CopyProgress {
+  point: string;
+  kind: 'full' | 'incremental';
+}
+
+export interface BackupOptions {
+  signal?: AbortSignal | undefined;
+  /** Take a full backup even when an incremental is possible. */
+  full?: boolean | undefined;
+  onProgress?: ((p: BackupProgress) => void) | undefined;
+  /** Called once the kind is decided, before any data is read. */
+  onStart?: ((info: { point: string; kind: 'full' | 'incremental'; reason: string; bytesTotal: number }) => void) | undefined;
+  /** Requests in flight (default 16). */
+  inFlight?: number | undefined;
+}
+
+export interface BackupResult {
+  point: string;
+  kind: 'full' | 'incremental';
+  parent: string | null;
+  /** Why this kind: the change source used, or why a full read was needed. */
+  reason: string;
+  strategy: PointSource['strategy'];
+  changeId: string | null;
+  size: number;
+  /** Bytes the point covers: changed areas rounded to grains (incremental) or the disk (full). */
+  bytesCovered: number;
+  bytesRead: number;
+  bytesWritten: number;
+  seconds: number;
+  /** Half-written points of interrupted runs that were removed first. */
+  removedPartials: string[];
+}
+
+/**
+ * Takes one restore point of `source` into the repository at `repoDir` (created when missing):
+ * a full point (a sparse VMDK of the allocated data) when there is no earlier point or no
+ * trustworthy change list, else an incremental (a sparse child VMDK of the latest point holding
+ * only the changed ∩ allocated grains, changed zero ranges as zero grains).
+ *
+ * The point is written under `points/.partial-<id>` and renamed into place only when complete
+ * and synced, so an interruption leaves the repository as it was; the next run cleans up.
+ */
+export async function backup(repoDir: string, source: BackupSource, opts: BackupOptions = {}): Promise<BackupResult> {
+  const started = performance.now();
+  const { signal } = opts;
+  throwIfAborted(signal, 'backup');
+  const repo = await Repository.open(repoDir, { create: true });
+  const unlock = await repo.lock();
+  let state: SourceState | undefined;
+  let partial: string | undefined;
+  try {
+    const removedPartials = await repo.removePartials();
+    const ids = await repo.ids();
+    const latest = ids.length > 0 ? await repo.point(ids[ids.length - 1]) : undefined;
+    state = await source.open(signal);
+    const { disk } = state;
+    let changes: Changes;
+    if (!latest) changes = { reason: 'the repository holds no point yet: a full backup' };
+    else if (opts.full) changes = { reason: 'a full backup was asked for' };
+    else if (latest.manifest.size !== disk.size) {
+      changes = { reason: `the disk is now ${disk.size} bytes, point ${latest.id} has ${latest.manifest.size}: a full backup` };
+    } else {
+      const m = latest.manifest;
+      changes = await state.changes({ id: latest.id, changeId: m.changeId, strategy: m.source.strategy, size: m.size }, signal);
+    }
+    const incremental = latest !== undefined && changes.ranges !== undefined;
+    const kind = incremental ? 'incremental' : 'full';
+    const id = repo.nextId(ids);
+    let ranges: CopyRange[];
+    if (incremental) {
+      const unit = Math.max(GRAIN_SIZE, disk.capabilities.blockSize.minimum);
+      ranges = await alignRanges(changes.ranges!, unit, disk.size);
+    } else ranges = [{ offset: 0, length: disk.size }];
+    const bytesCovered = totalLength(ranges);
+    opts.onStart?.({ point: id, kind, reason: changes.reason, bytesTotal: bytesCovered });
+
+    partial = repo.partialDir(id);
+    await mkdir(partial);
+    const name = posix.join(`${PARTIAL_PREFIX}${id}`, DISK_FILE);
+    const resolver = fileResolver(repo.pointsDir);
+    if (incremental) {
+      await createVmdk(resolver, name, {
+        parent: posix.join(latest!.id, latest!.manifest.disk.file),
+        subformat: 'monolithicSparse',
+        zeroedGrain: true,
+        grainSize: GRAIN_SIZE / 512,
+      });
+    } else {
+      await createVmdk(resolver, name, { size: disk.size, subformat: 'monolithicSparse', grainSize: GRAIN_SIZE / 512 });
+    }
+    const target = await openPointDisk(partial, DISK_FILE, { writable: true, signal });
+    let copied: Awaited<ReturnType<typeof copyDisk>>;
+    let info: ReturnType<typeof target.info>;
+    try {
+      copied = await copyDisk(disk, target, {
+        signal,
+        inFlight: opts.inFlight,
+        extents: incremental ? ranges : undefined,
+        targetIsZero: !incremental,
+        checksums: true,
+        onProgress: opts.onProgress ? (p) => opts.onProgress!({ ...p, point: id, kind }) : undefined,
+      });
+      info = target.info();
+    } finally {
+      await target.close();
+    }
+    const seconds = (performance.now() - started) / 1000;
+    const body: ManifestBody = {
+      format: 'vd-backup-point',
+      version: 1,
+      id,
+      kind,
+      parent: incremental ? latest!.id : null,
+      created: new Date().toISOString(),
+      size: disk.size,
+      changeId: state.changeId,
+      source: {
+        location: redact(state.location),
+        transport: disk.transport,
+        strategy: state.strategy,
+        reason: changes.reason,
+        ...state.facts,
+      },
+      disk: {
+        file: DISK_FILE,
+        subformat: 'monolithicSparse',
+        cid: String(info.cid),
+        parentCid: incremental ? String(info.parentCid) : null,
+        grainSize: GRAIN_SIZE,
+      },
+      stats: { bytesRead: copied.bytesRead, bytesWritten: copied.bytesWritten, bytesCovered, seconds },
+      ranges: ranges.map((r) => [r.offset, r.length]),
+      extents: (copied.checksums ?? []).map((c) => [c.offset, c.length, c.sha256]),
+    };
+    throwIfAborted(signal, 'backup');
+    await writeDurably(`${partial}/${MANIFEST_FILE}`, serializeManifest(body));
+    await repo.commit(id);
+    partial = undefined;
+    return {
+      point: id,
+      kind,
+      parent: body.parent,
+      reason: changes.reason,
+      strategy: body.source.strategy,
+      changeId: body.changeId,
+      size: disk.size,
+      bytesCovered,
+      bytesRead: copied.bytesRead,
+      bytesWritten: copied.bytesWritten,
+      seconds: (performance.now() - started) / 1000,
+      removedPartials,
+    };
+  } catch (err) {
+    // Earlier points are untouched either way; the half-made one goes now (or at the next run).
+    if (partial) await rm(partial, { recursive: true, force: true }).catch(() => {});
+    throw err;
+  } finally {
+    try {
+      if (state) await state.release();
+    } finally {
+      await unlock();
+    }
+  }
+}
+
+/** A location without credentials or query secrets (PSK, tokens) for the manifest. */
+function redact(location: string): string {
+  try {
+    const u = new URL(location);
+    u.username = '';
+    u.password = '';
+    for (const k of [...u.searchParams.keys()]) if (/psk|key|token|secret|password/i.test(k)) u.searchParams.set(k, 'redacted');
+    return u.href;
+  } catch {
+    return location;
+  }
+}
