@@ -1,4 +1,5 @@
 import { defaultFormats, type FormatDriver, file, type Transport, vmdkFormat } from '@vd/core';
+import { nbd } from '@vd/nbd';
 import { nbdssl } from '@vd/nbdssl';
 
 /**
@@ -19,5 +20,5 @@ export const creatableFormats: readonly string[] = formats.filter((f) => typeof 
  * skipped.
  */
 export function transports(): Transport[] {
-  return [file({ formats }), nbdssl()];
+  return [file({ formats }), nbdssl(), nbd()];
 }

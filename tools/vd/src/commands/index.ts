@@ -10,6 +10,7 @@ import { registerDump } from './dump.js';
 import { registerInfo } from './info.js';
 import { registerMap } from './map.js';
 import { registerMeta } from './meta.js';
+import { registerServe } from './serve.js';
 
 /**
  * Every `vd` command, in the order `vd --help` lists them. A new command is one file in this
@@ -28,4 +29,5 @@ export const commands: readonly RegisterCommand[] = [
   registerCmp,
   registerDemo,
   registerCert,
+  registerServe,
 ];
