@@ -28,6 +28,10 @@ export const resetChannel = channel('vd:cbt:reset');
 export const DEFAULT_GRANULARITY = 64 * 1024;
 /** Areas per answer of `queryChangedAreas`; the caller pages on with `startOffset`. */
 export const DEFAULT_MAX_AREAS = 16_384;
+/** Sequential writers get marks reserved ahead: this many times the blocks of the write, within these bounds. */
+const RESERVE_FACTOR = 8;
+const RESERVE_MIN = 8;
+const RESERVE_MAX = 256;
 /** Read the sidecar in slices of this size when opening it. */
 const LOAD_CHUNK = 1 << 20;
 
@@ -145,6 +149,9 @@ export class Tracker {
   /** Set for `boot` durability when the store can write synchronously (see `#writePagesNow`). */
   readonly #writeSync: ((position: number, data: Uint8Array) => void) | undefined;
   readonly #pageBuf = new Uint8Array(PAGE_SIZE);
+  /** Per page, blocks `[from, to)` written to the sidecar as changed in `point` ahead of their writes (see `#reserve`). */
+  readonly #resv = new Map<number, { from: number; to: number; point: number; gen: number }>();
+  readonly #scratch = new Uint32Array(ENTRIES_PER_PAGE);
 
   // Writes issued per point, so `mark()` returns only when the writes before it have settled.
   readonly #inflight = new Map<number, number>();
@@ -331,25 +338,72 @@ export class Tracker {
     const pageGen = this.#pageGen;
     const next = this.#nextGen;
     let wait = 0;
+    // A write that continues a run marked in this point is probably sequential: reserve ahead.
+    const sequential = first > 0 && map.get(first - 1) === point;
+    const committed = this.#committedGen;
+    let lastDirtied = false;
     for (let b = first; b <= last; b++) {
+      const p = Math.floor(b / ENTRIES_PER_PAGE);
       if (map.get(b) !== point) {
-        const p = map.set(b, point);
+        const r = this.#resv.get(p);
+        if (r && r.point === point && b >= r.from && b < r.to) {
+          // Already on the sidecar (or on its way there with commit r.gen).
+          map.set(b, point);
+          if (r.gen > committed && r.gen > wait) wait = r.gen;
+          continue;
+        }
+        map.set(b, point);
         if (pageGen[p] !== next) {
           pageGen[p] = next;
           this.#dirty.add(p);
         }
         wait = next;
+        if (b === last) lastDirtied = true;
       } else {
-        const gen = pageGen[Math.floor(b / ENTRIES_PER_PAGE)]!;
-        if (gen > this.#committedGen && gen > wait) wait = gen;
+        const gen = pageGen[p]!;
+        if (gen > committed && gen > wait) wait = gen;
       }
     }
+    if (lastDirtied && sequential) this.#reserve(last, last - first + 1, point, next);
     if (wait === 0) return undefined;
     if (this.#writeSync) {
       this.#writePagesNow(this.#writeSync);
       return undefined;
     }
     return this.#waitFor(wait);
+  }
+
+  /**
+   * Write-ahead reservation for sequential writers: the blocks after `last` (in its page) go
+   * onto the sidecar with the write that marks `last`, so the writes that follow find their
+   * marks already there and need no sidecar write of their own. The reserved blocks are not in
+   * the memory map, so queries stay exact; only after a crash do they show up as changed (an
+   * over-report, which is allowed). A clean close rewrites every page without them.
+   */
+  #reserve(last: number, span: number, point: number, gen: number): void {
+    const p = Math.floor(last / ENTRIES_PER_PAGE);
+    const to = Math.min(
+      last + 1 + Math.min(Math.max(span * RESERVE_FACTOR, RESERVE_MIN), RESERVE_MAX),
+      (p + 1) * ENTRIES_PER_PAGE,
+      this.#map.blocks,
+    );
+    if (to > last + 1) this.#resv.set(p, { from: last + 1, to, point, gen });
+  }
+
+  /** Page `p` as it goes onto the sidecar: its counters, plus its reservation if still current. */
+  #encode(p: number, out: Uint8Array): void {
+    const entries = this.#map.page(p)!;
+    const r = this.#resv.get(p);
+    if (r && r.point !== this.#point) this.#resv.delete(p); // stale (a mark came since): this write drops it
+    if (!r || r.point !== this.#point) {
+      encodePage(this.#epoch, p, entries, out);
+      return;
+    }
+    const withResv = this.#scratch;
+    withResv.set(entries);
+    const base = p * ENTRIES_PER_PAGE;
+    for (let b = r.from; b < r.to; b++) if (withResv[b - base]! < r.point) withResv[b - base] = r.point;
+    encodePage(this.#epoch, p, withResv, out);
   }
 
   /**
@@ -365,7 +419,7 @@ export class Tracker {
     const buf = this.#pageBuf;
     try {
       for (const p of pages) {
-        encodePage(this.#epoch, p, this.#map.page(p)!, buf);
+        this.#encode(p, buf);
         writeSync(pageOffset(p), buf);
       }
     } catch (err) {
@@ -373,7 +427,11 @@ export class Tracker {
       throw this.#failed;
     }
     // Nothing async is pending for these pages; later writes to them need no wait.
-    for (const p of pages) if (this.#pageGen[p] === gen) this.#pageGen[p] = 0;
+    for (const p of pages) {
+      if (this.#pageGen[p] === gen) this.#pageGen[p] = 0;
+      const r = this.#resv.get(p);
+      if (r && r.gen === gen) r.gen = 0;
+    }
   }
 
   /** Counts a write as issued under the open point; returns the point to pass to `leave`. */
@@ -429,7 +487,7 @@ export class Tracker {
         // Serialize now, synchronously: a change made while this commit writes belongs to the next one.
         const buf = new Uint8Array(pages.length * PAGE_SIZE);
         pages.forEach((p, i) => {
-          encodePage(this.#epoch, p, this.#map.page(p)!, buf.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
+          this.#encode(p, buf.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
         });
         try {
           const writes: Promise<void>[] = [];
@@ -491,6 +549,9 @@ export class Tracker {
     try {
       if (!this.readOnly && !this.#failed) {
         await this.#marking;
+        // Rewrite reserved pages without their reservations: a clean sidecar is exact.
+        for (const p of this.#resv.keys()) this.#dirty.add(p);
+        this.#resv.clear();
         if (this.#dirty.size > 0) await this.#waitFor(this.#nextGen);
         await this.#committing;
         if (!this.#failed) {

@@ -1,6 +1,7 @@
 // Child process of crash.test.ts: a tracked write workload on a file disk that runs until it is
 // killed. Prints `marked <changeId>` once the point is named, waits for `go` on stdin (the parent
-// copies the disk meanwhile), prints `running`, then writes, zeroes and marks at random forever.
+// copies the disk meanwhile), prints `running`, then writes (random and sequential), zeroes and
+// marks forever.
 import { randomBytes, randomInt } from 'node:crypto';
 import { fileFingerprint, mark, track } from '../src/index.js';
 import { fileDisk } from './helpers.js';
@@ -13,10 +14,20 @@ process.stdin.pause();
 process.stdout.write('running\n');
 
 const IN_FLIGHT = 8;
+// A sequential stream next to the random writes, so marks reserved ahead get killed mid-way too.
+let cursor = randomInt(0, disk.size / 2);
 async function one(): Promise<void> {
+  const r = randomInt(100);
+  if (r < 40) {
+    const length = randomInt(4096, 128 * 1024);
+    if (cursor + length > disk.size) cursor = 0;
+    const at = cursor;
+    cursor += length;
+    await disk.write(at, randomBytes(length));
+    return;
+  }
   const length = randomInt(1, 64 * 1024);
   const offset = randomInt(0, disk.size - length);
-  const r = randomInt(100);
   if (r < 80) await disk.write(offset, randomBytes(length));
   else if (r < 98) await disk.zero(offset, length);
   else await mark(disk);

@@ -192,6 +192,32 @@ describe('after an unclean stop', () => {
   }
 });
 
+describe('marks reserved ahead of sequential writes', () => {
+  for (const durability of ['boot', 'fsync'] as const) {
+    it(`${durability}: are exact after a clean close, a superset after a crash`, async () => {
+      const run = async (end: (d: Disk) => Promise<void>) => {
+        const s = await scenario(durability);
+        const id = await mark(s.disk);
+        for (let b = 40; b < 44; b++) await s.disk.write(b * G, new Uint8Array(G).fill(b)); // sequential: 40, 41, 42, 43
+        const exact = [{ start: 40 * G, length: 4 * G }];
+        expect(await since(s.disk, id)).toEqual(exact);
+        await end(s.disk);
+        const again = await s.open();
+        const got = await since(again, id);
+        await again.close();
+        return { got, exact };
+      };
+      const clean = await run((d) => d.close());
+      expect(clean.got).toEqual(clean.exact);
+      const crashed = await run((d) => d.destroy());
+      expect(crashed.got).toHaveLength(1);
+      expect(crashed.got[0]!.start).toBe(40 * G);
+      // The reservation shows: more than was written, within the page of counters.
+      expect(crashed.got[0]!.length).toBeGreaterThan(4 * G);
+    });
+  }
+});
+
 describe('write-ahead order', () => {
   it.each(['fsync', 'boot'] as const)(
     '%s: a block is marked on the sidecar (synced for fsync) before the write that changes it is issued',
