@@ -1,7 +1,8 @@
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import type { ChangedArea, ChangedAreas } from '@vd/cbt';
-import { errorCodes, VdError, type VdErrorCode } from '@vd/core';
+import { type ChangedArea, type ChangedAreas, changedAreasFromBitmap, DIRTY_BITMAP_PREFIX } from '@vd/cbt';
+import { errorCodes, openDisk, type Transport, VdError, type VdErrorCode } from '@vd/core';
+import { nbd } from '@vd/nbd';
 import type { DiskSummary, SnapshotInfo } from './host.js';
 
 export interface HostClientOptions {
@@ -164,4 +165,43 @@ function toError(status: number, body: unknown): VdError {
   const message = typeof e?.message === 'string' ? e.message : `the API answered HTTP ${status}`;
   const details = e?.details && typeof e.details === 'object' ? { ...(e.details as Record<string, unknown>), status } : { status };
   return new VdError(code, message, { details });
+}
+
+export interface BitmapChangesOptions {
+  /** Transport settings for the NBD connection (TLS: use `nbdssl()` through `transports`). */
+  transports?: Transport[];
+  signal?: AbortSignal | undefined;
+}
+
+/**
+ * Every changed area a dirty bitmap of an NBD export describes: a snapshot export of our host
+ * (changes from the snapshot before it), or `qemu-nbd -B <bitmap>` of a QEMU disk. The same
+ * shape as `HostClient.allChanges`, so one backup loop serves both.
+ */
+export async function* bitmapChanges(uri: string, bitmap: string, opts: BitmapChangesOptions = {}): AsyncGenerator<ChangedArea> {
+  const context = bitmap.startsWith(DIRTY_BITMAP_PREFIX) ? bitmap : DIRTY_BITMAP_PREFIX + bitmap;
+  const disk = await openDisk(uri, {
+    readOnly: true,
+    transports: opts.transports ?? [nbd({ metaContexts: [context] })],
+    signal: opts.signal,
+  });
+  try {
+    if (!disk.capabilities.extents.includes(context)) {
+      throw new VdError(
+        'ERR_VD_NOT_SUPPORTED',
+        `${uri} offers no ${context} (qemu-nbd needs -B ${bitmap.replace(DIRTY_BITMAP_PREFIX, '')})`,
+        {
+          details: { offered: disk.capabilities.extents },
+        },
+      );
+    }
+    let at = 0;
+    while (at < disk.size) {
+      const page = await changedAreasFromBitmap(disk, context, { startOffset: at, signal: opts.signal });
+      yield* page.areas;
+      at += page.length;
+    }
+  } finally {
+    await disk.close();
+  }
 }

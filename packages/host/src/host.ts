@@ -3,13 +3,14 @@ import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import {
+  type ChangedArea,
   type ChangedAreas,
   DEFAULT_BITMAP,
+  DEFAULT_MAX_AREAS,
   DIRTY_BITMAP_PREFIX,
   type Durability,
   fileFingerprint,
   mark,
-  parseChangeId,
   queryChangedAreas,
   type Tracker,
   track,
@@ -25,6 +26,7 @@ import {
   type NbdServerLimits,
   type NbdServerTls,
 } from '@vd/nbd';
+import { ChangeSet } from './change-set.js';
 import { checkDiskName, Datastore } from './datastore.js';
 import { GateSource } from './gate.js';
 import { FrozenSource, LiveSource } from './live-source.js';
@@ -84,6 +86,8 @@ export interface ChangesQuery {
 
 interface Snapshot {
   record: SnapshotRecord;
+  /** Blocks changed from the previous snapshot to this one, captured when it was taken. */
+  changes?: ChangeSet | undefined;
   /** The read-only export of the frozen base (absent while deleting). */
   disk?: Disk;
 }
@@ -219,13 +223,19 @@ export class DiskHost {
       const resume = await s.gate.pause();
       let record: SnapshotRecord;
       let overlay: Overlay | undefined;
+      let changes: ChangeSet | undefined;
       try {
         const changeId = await mark(s.tracked);
         const files = redoFiles(this.datastore, name, id);
-        overlay = await Overlay.create(files.data, files.map, s.live.size, GRAIN);
         const d = this.#diskRecord(name);
         record = { id, changeId, created: new Date().toISOString(), status: 'active' };
-        if (d.lastChangeId) record.previousChangeId = d.lastChangeId;
+        if (d.lastChangeId) {
+          record.previousChangeId = d.lastChangeId;
+          // Nothing was written since the mark: "since the previous snapshot" is exactly "up to this one" now.
+          changes = await captureChanges(s.tracked, tracker, d.lastChangeId);
+          await changes?.save(files.changes);
+        }
+        overlay = await Overlay.create(files.data, files.map, s.live.size, GRAIN);
         d.snapshots.push(record);
         d.lastChangeId = changeId;
         try {
@@ -237,12 +247,12 @@ export class DiskHost {
         s.live.switchTo(overlay);
       } catch (err) {
         await overlay?.close().catch(() => {});
-        if (overlay) await removeRedo(this.datastore, name, id);
+        await removeRedo(this.datastore, name, id);
         throw err;
       } finally {
         resume();
       }
-      const snap: Snapshot = { record, disk: frozenDisk(s, tracker, record, this.bitmap) };
+      const snap: Snapshot = { record, changes, disk: frozenDisk(s, changes, record, this.bitmap) };
       s.snapshots.push(snap);
       this.#exports.push(snapshotExport(name, snap));
       debug('host: snapshot %s of %s at %s', id, name, record.changeId);
@@ -277,7 +287,18 @@ export class DiskHost {
   async changes(name: string, q: ChangesQuery): Promise<ChangedAreas> {
     const s = this.#get(name);
     if (!s.tracked) throw new VdError('ERR_VD_NOT_SUPPORTED', `disk ${name} is not tracked`, { details: { disk: name } });
-    return queryChangedAreas(s.tracked, q.since, { upTo: q.upTo, startOffset: q.startOffset, maxAreas: q.maxAreas });
+    const opts = { startOffset: q.startOffset, maxAreas: q.maxAreas };
+    if (q.upTo === undefined) return queryChangedAreas(s.tracked, q.since, opts);
+    // Checks both change IDs (ERR_VD_CBT_RESET, ERR_VD_INVALID_ARGUMENT) before anything is answered.
+    await queryChangedAreas(s.tracked, q.since, { upTo: q.upTo, startOffset: q.startOffset, maxAreas: 1 });
+    const snap = s.snapshots.find((x) => x.record.changeId === q.upTo && x.record.previousChangeId === q.since && x.changes);
+    if (snap?.changes) {
+      const start = q.startOffset ?? 0;
+      return snap.changes.areas(start, s.disk.size - start, q.maxAreas ?? DEFAULT_MAX_AREAS);
+    }
+    // The tracker keeps the newest change of each block only: a block changed before `upTo` and
+    // again after it would be missed. Answer up to now instead, which covers it (over-reports).
+    return queryChangedAreas(s.tracked, q.since, opts);
   }
 
   /** The URI of an export on the first listener (undefined before `listen`). */
@@ -397,14 +418,16 @@ function snapshotExport(name: string, snap: Snapshot): NbdExport {
   };
 }
 
-function redoFiles(ds: Datastore, name: string, id: string): { data: string; map: string } {
-  return { data: join(ds.hostDir, `${name}@${id}.redo`), map: join(ds.hostDir, `${name}@${id}.map`) };
+function redoFiles(ds: Datastore, name: string, id: string): { data: string; map: string; changes: string } {
+  const base = join(ds.hostDir, `${name}@${id}`);
+  return { data: `${base}.redo`, map: `${base}.map`, changes: `${base}.changes` };
 }
 
 async function removeRedo(ds: Datastore, name: string, id: string): Promise<void> {
   const f = redoFiles(ds, name, id);
   await rm(f.data, { force: true });
   await rm(f.map, { force: true });
+  await rm(f.changes, { force: true });
 }
 
 /** Redo logs no state record names: left by a crash during a snapshot's creation. */
@@ -412,7 +435,7 @@ async function removeOrphans(ds: Datastore, state: HostState): Promise<void> {
   const known = new Set<string>();
   for (const [name, d] of Object.entries(state.disks)) for (const s of d.snapshots) known.add(`${name}@${s.id}`);
   for (const entry of await readdir(ds.hostDir)) {
-    const m = /^(.+@[0-9a-f]{12})\.(redo|map)$/.exec(entry);
+    const m = /^(.+@[0-9a-f]{12})\.(redo|map|changes|changes\.tmp)$/.exec(entry);
     if (m && !known.has(m[1]!)) {
       debug('host: removing orphaned %s', entry);
       await rm(join(ds.hostDir, entry), { force: true });
@@ -483,7 +506,6 @@ async function openServed(ds: Datastore, name: string, record: DiskRecord | unde
       bitmap: opts.bitmap ?? DEFAULT_BITMAP,
       fingerprint,
     });
-    const tracker = trackerOf(tracked);
     const gate = new GateSource(tracked);
     const served: Served = {
       name,
@@ -496,8 +518,10 @@ async function openServed(ds: Datastore, name: string, record: DiskRecord | unde
       queue: Promise.resolve(),
     };
     if (snap) {
-      const s: Snapshot = { record: snap };
-      if (snap.status === 'active') s.disk = frozenDisk(served, tracker, snap, opts.bitmap ?? DEFAULT_BITMAP);
+      const files = redoFiles(ds, name, snap.id);
+      const changes = snap.previousChangeId ? await ChangeSet.load(files.changes, base.size).catch(() => undefined) : undefined;
+      const s: Snapshot = { record: snap, changes };
+      if (snap.status === 'active') s.disk = frozenDisk(served, changes, snap, opts.bitmap ?? DEFAULT_BITMAP);
       served.snapshots.push(s);
     }
     return served;
@@ -518,18 +542,32 @@ async function closeServed(s: Served): Promise<void> {
 /** Extents per bitmap answer; the Disk wrapper asks again for the rest. */
 const MAX_EXTENTS = 65_536;
 
+/** Every area changed since `since`, as a ChangeSet; undefined when tracking cannot answer (a reset). */
+async function captureChanges(tracked: Disk, tracker: Tracker, since: string): Promise<ChangeSet | undefined> {
+  const areas: ChangedArea[] = [];
+  try {
+    for (let at = 0; at < tracked.size; ) {
+      const page = await queryChangedAreas(tracked, since, { startOffset: at });
+      areas.push(...page.areas);
+      at += page.length;
+    }
+  } catch (err) {
+    if (isVdError(err, 'ERR_VD_CBT_RESET')) return undefined;
+    throw err;
+  }
+  return ChangeSet.fromAreas(areas, tracker.granularity, tracked.size);
+}
+
 /**
- * The read-only disk of a snapshot. When the snapshot before it is of the same tracking epoch,
- * it also offers `qemu:dirty-bitmap:<bitmap>`: what changed between that snapshot and this one,
- * so an incremental backup can read the snapshot export alone.
+ * The read-only disk of a snapshot. With the changes captured from the snapshot before it, it
+ * also offers `qemu:dirty-bitmap:<bitmap>`: what changed between that snapshot and this one, so
+ * an incremental backup can read the snapshot export alone.
  */
-function frozenDisk(s: Served, tracker: Tracker, record: SnapshotRecord, bitmap: string): Disk {
+function frozenDisk(s: Served, changes: ChangeSet | undefined, record: SnapshotRecord, bitmap: string): Disk {
   const contexts: Record<string, (offset: number, length: number) => Extent[]> = {};
-  const prev = record.previousChangeId ? parseChangeId(record.previousChangeId) : undefined;
-  const upTo = parseChangeId(record.changeId);
-  if (prev && prev.epoch === tracker.epoch && upTo.epoch === tracker.epoch) {
+  if (changes) {
     contexts[DIRTY_BITMAP_PREFIX + bitmap] = (offset, length) => {
-      const page = tracker.areas(offset, length, prev.point, upTo.point, MAX_EXTENTS);
+      const page = changes.areas(offset, length, MAX_EXTENTS);
       const out: Extent[] = [];
       let cursor = offset;
       for (const a of page.areas) {

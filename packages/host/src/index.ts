@@ -1,5 +1,5 @@
 export { type ApiAddress, ApiServer, type ApiServerOptions } from './api.js';
-export { type ChangesOptions, HostClient, type HostClientOptions } from './client.js';
+export { type BitmapChangesOptions, bitmapChanges, type ChangesOptions, HostClient, type HostClientOptions } from './client.js';
 export { checkDiskName, Datastore, HOST_DIR } from './datastore.js';
 export { type ChangesQuery, DiskHost, type DiskHostOptions, type DiskSummary, exportNameOf, type SnapshotInfo } from './host.js';
 export { FrozenSource, LiveSource } from './live-source.js';

@@ -1,0 +1,84 @@
+import { open, readFile, rename } from 'node:fs/promises';
+import type { ChangedArea, ChangedAreas } from '@vd/cbt';
+import { VdError } from '@vd/core';
+
+/**
+ * The blocks changed between the snapshot before a snapshot and the snapshot itself, captured at
+ * the moment it is taken (when "since the previous change ID" and "up to this one" are the same
+ * thing). The tracker keeps one counter per block, so a block written again after the snapshot
+ * would drop out of a later "up to" query; this set keeps the answer exact for the snapshot's
+ * lifetime. One bit per block, kept beside the redo log.
+ */
+export class ChangeSet {
+  private constructor(
+    readonly granularity: number,
+    readonly size: number,
+    readonly bits: Uint8Array,
+  ) {}
+
+  static fromAreas(areas: readonly ChangedArea[], granularity: number, size: number): ChangeSet {
+    const blocks = Math.ceil(size / granularity);
+    const bits = new Uint8Array(Math.ceil(blocks / 8));
+    for (const a of areas) {
+      const last = Math.floor((a.start + a.length - 1) / granularity);
+      for (let b = Math.floor(a.start / granularity); b <= last; b++) bits[b >> 3]! |= 1 << (b & 7);
+    }
+    return new ChangeSet(granularity, size, bits);
+  }
+
+  has(block: number): boolean {
+    return (this.bits[block >> 3]! & (1 << (block & 7))) !== 0;
+  }
+
+  /** Changed areas in `[offset, offset + length)`, paged like `queryChangedAreas`. */
+  areas(offset: number, length: number, maxAreas: number): ChangedAreas {
+    const g = this.granularity;
+    const end = offset + length;
+    const out: ChangedArea[] = [];
+    if (length === 0) return { startOffset: offset, length: 0, areas: out };
+    const lastBlock = Math.ceil(end / g);
+    for (let b = Math.floor(offset / g); b < lastBlock; b++) {
+      if (!this.has(b)) continue;
+      const start = Math.max(b * g, offset);
+      const stop = Math.min((b + 1) * g, end);
+      const last = out[out.length - 1];
+      if (last && last.start + last.length === start) {
+        last.length = stop - last.start;
+        continue;
+      }
+      if (out.length >= maxAreas) return { startOffset: offset, length: start - offset, areas: out };
+      out.push({ start, length: stop - start });
+    }
+    return { startOffset: offset, length, areas: out };
+  }
+
+  /** Writes the set to `path` atomically (temporary file, fsync, rename). */
+  async save(path: string): Promise<void> {
+    const head = Buffer.alloc(16);
+    head.write('VDCS', 0, 'latin1');
+    head.writeUInt32LE(this.granularity, 4);
+    head.writeBigUInt64LE(BigInt(this.size), 8);
+    const tmp = `${path}.tmp`;
+    const fh = await open(tmp, 'w', 0o600);
+    try {
+      await fh.writeFile(Buffer.concat([head, this.bits]));
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, path);
+  }
+
+  /** Reads a set `save` wrote for a disk of `size` bytes; anything else is ERR_VD_CORRUPT. */
+  static async load(path: string, size: number): Promise<ChangeSet> {
+    const data = await readFile(path);
+    const bad = (why: string) => new VdError('ERR_VD_CORRUPT', `change set ${path} is damaged (${why})`, { details: { path } });
+    if (data.length < 16 || data.toString('latin1', 0, 4) !== 'VDCS') throw bad('no header');
+    const granularity = data.readUInt32LE(4);
+    if (granularity < 512 || (granularity & (granularity - 1)) !== 0) throw bad(`granularity ${granularity}`);
+    if (data.readBigUInt64LE(8) !== BigInt(size)) throw bad('made for a disk of another size');
+    const want = Math.ceil(Math.ceil(size / granularity) / 8);
+    if (data.length - 16 !== want) throw bad(`${data.length - 16} bytes of bits, expected ${want}`);
+    return new ChangeSet(granularity, size, new Uint8Array(data.subarray(16)));
+  }
+}
