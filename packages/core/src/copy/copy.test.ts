@@ -242,6 +242,26 @@ describe('copyDisk', () => {
     expect(target.calls.write).toBe(32);
   });
 
+  it('reads a fragmented chunk in one request, keeping its holes out of a zero target', async () => {
+    const size = 2 * MiB;
+    const inner = new MemorySource(size);
+    for (let at = 0; at < 1 * MiB; at += 16 * KiB) await inner._write(at, pattern(4 * KiB, at + 7));
+    const source = new Tap(inner);
+    const target = new Tap(new MemorySource(size));
+    const result = await copyDisk(new Disk(source), new Disk(target), { targetIsZero: true, chunkSize: 1 * MiB, verify: true });
+    expect(source.calls.read).toBe(1); // 64 data extents, one chunk
+    expect(result.bytesWritten).toBe(256 * KiB);
+    expect(target.calls.write).toBe(64);
+    expect(target.inner.allocatedBytes).toBe(256 * KiB);
+    expectBytes(await new Disk(target).read(0, size), await new Disk(inner).read(0, size));
+
+    // A dirty target gets each extent on its own, and zero requests for the holes between them.
+    const dirty = new Tap(new MemorySource(size, { data: pattern(size, 29) }));
+    await copyDisk(new Disk(source), new Disk(dirty), { chunkSize: 1 * MiB });
+    expect(dirty.calls.write).toBe(64);
+    expectBytes(await new Disk(dirty).read(0, size), await new Disk(inner).read(0, size));
+  });
+
   it('writes zeroes where the target cannot zero natively', async () => {
     const size = 2 * MiB;
     const source = memoryDisk(size);

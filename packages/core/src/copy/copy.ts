@@ -19,6 +19,8 @@ import { isAllZero, zeroBuffer, zeroRuns } from './zeroes.js';
 
 /** Native zero requests carry no payload: large ones are cheap (the Disk splits past 1 GiB). */
 const NATIVE_ZERO_STEP = 1 << 30;
+/** Holes up to this size between data extents of one chunk are read through (fragmented sources). */
+const MERGE_GAP = 64 * 1024;
 
 /**
  * Copies `source` onto `target` (which must be at least as large): only allocated data is read,
@@ -153,6 +155,9 @@ export async function copyDisk(source: Disk, target: Disk, options: CopyOptions 
     align,
     zeroStep: zeroMode === 'native' ? NATIVE_ZERO_STEP - (NATIVE_ZERO_STEP % chunkSize) : chunkSize,
     targetIsZero,
+    // Reading a small hole costs less than another request, but only where its zeroes are kept
+    // out of the target again (a dirty target would get them written as data).
+    mergeGap: targetIsZero && sparseBlock > 0 ? MERGE_GAP : 0,
     signal,
     onAbort: () => {
       throw abortError(signal, 'copy');

@@ -120,6 +120,12 @@ export interface PlanOptions {
   /** Largest single zero request. */
   zeroStep: number;
   targetIsZero: boolean;
+  /**
+   * Holes of at most this many bytes between two data extents in one chunk are read through, so a
+   * fragmented source costs one request per chunk, not one per extent. 0: never. Only sensible
+   * when zero runs are kept out of the target anyway (a zero target with `sparseBlock`).
+   */
+  mergeGap: number;
   /** Called with each range's length as it is taken from `ranges`, for `bytesTotal`. */
   onRange?: ((length: number) => void) | undefined;
   /** Checked between extents queries, so a planner that has work left stops at once. */
@@ -133,14 +139,16 @@ export interface PlanOptions {
  * chunk boundaries (and their checksums) stay put from one copy to the next.
  *
  * Data extents are widened to `align` (reading a few zero bytes more is always correct), holes and
- * zero extents fill what is left, so every request is legal on both disks.
+ * zero extents fill what is left, so every request is legal on both disks. Data pieces of one
+ * chunk are gathered into one item (across small holes, see `mergeGap`) before it is yielded.
  */
 export async function* planCopy(
   source: Disk,
   ranges: AsyncIterable<CopyRange>,
   opts: PlanOptions,
 ): AsyncGenerator<WorkItem, void, undefined> {
-  const { chunkSize, align, zeroStep, targetIsZero } = opts;
+  const { chunkSize, align, zeroStep, targetIsZero, mergeGap } = opts;
+  const cell = (offset: number) => Math.floor(offset / chunkSize);
   function* zeroes(from: number, to: number): Generator<WorkItem> {
     if (targetIsZero) {
       yield { kind: 'skip', offset: from, length: to - from };
@@ -152,22 +160,42 @@ export async function* planCopy(
     opts.onRange?.(range.length);
     const rangeEnd = range.offset + range.length;
     let cursor = range.offset;
+    /** The data item being gathered; it always ends at `cursor`. */
+    let held: WorkItem | undefined;
     if (opts.signal?.aborted) opts.onAbort();
     for await (const e of source.extents({ offset: range.offset, length: range.length })) {
       if (e.type === 'hole' || e.type === 'zero') continue;
       const start = Math.max(cursor, Math.floor(e.offset / align) * align);
       const end = Math.min(rangeEnd, Math.ceil((e.offset + e.length) / align) * align);
       if (end <= start) continue;
-      if (start > cursor) yield* zeroes(cursor, start);
+      if (start > cursor) {
+        if (held && start - cursor <= mergeGap && cell(start) === cell(held.offset)) {
+          held.length += start - cursor;
+        } else {
+          if (held) yield held;
+          held = undefined;
+          yield* zeroes(cursor, start);
+        }
+      }
       let at = start;
       while (at < end) {
-        const next = Math.min((Math.floor(at / chunkSize) + 1) * chunkSize, end);
-        yield { kind: 'data', offset: at, length: next - at };
+        const next = Math.min((cell(at) + 1) * chunkSize, end);
+        if (held && cell(at) === cell(held.offset)) {
+          held.length += next - at;
+        } else {
+          if (held) yield held;
+          held = { kind: 'data', offset: at, length: next - at };
+        }
         at = next;
+        if (at % chunkSize === 0) {
+          yield held;
+          held = undefined;
+        }
       }
       cursor = end;
       if (opts.signal?.aborted) opts.onAbort();
     }
+    if (held) yield held;
     if (cursor < rangeEnd) yield* zeroes(cursor, rangeEnd);
   }
 }
