@@ -23,8 +23,11 @@ export interface VmdkExtent {
   readonly writable: boolean;
   read(offset: number, into: Uint8Array, fallback: Fallback): Promise<void>;
   write(offset: number, data: Uint8Array, fallback: Fallback): Promise<void>;
-  /** Makes the range read as zeroes; `hasParent` says whether a hole would show a parent's data. */
-  zero(offset: number, length: number, fallback: Fallback, hasParent: boolean): Promise<void>;
+  /**
+   * Makes the range read as zeroes; `hasParent` says whether a hole would show a parent's data,
+   * `noHole` that the range must stay allocated.
+   */
+  zero(offset: number, length: number, fallback: Fallback, hasParent: boolean, noHole?: boolean): Promise<void>;
   /** Runs from `offset`, covering at least one byte and at most `length`. */
   status(offset: number, length: number): Promise<Run[]>;
   /** Bytes the extent takes in its store (as of open for flat extents). */
@@ -61,9 +64,9 @@ export class FlatExtent implements VmdkExtent {
     await this.store.write(this.start + offset, data);
   }
 
-  async zero(offset: number, length: number): Promise<void> {
+  async zero(offset: number, length: number, _fallback?: Fallback, _hasParent?: boolean, noHole = false): Promise<void> {
     if (!this.writable) throw readOnlyError(`flat extent ${this.store.name}`);
-    if (this.store.punchHole && (await this.store.punchHole(this.start + offset, length))) return;
+    if (!noHole && this.store.punchHole && (await this.store.punchHole(this.start + offset, length))) return;
     for (let at = 0; at < length; at += ZEROES.length) {
       await this.store.write(this.start + offset + at, ZEROES.subarray(0, Math.min(ZEROES.length, length - at)));
     }

@@ -211,7 +211,7 @@ export class VmdkSource implements BlockSource, ParentLink {
     for (const r of results) if (r.status === 'rejected') throw r.reason;
   }
 
-  async _zero(offset: number, length: number, _opts: ZeroOptions): Promise<void> {
+  async _zero(offset: number, length: number, opts: ZeroOptions): Promise<void> {
     if (this.capabilities.readOnly) throw readOnlyError(this.name);
     await this.#bumpCid();
     const end = offset + length;
@@ -219,7 +219,7 @@ export class VmdkSource implements BlockSource, ParentLink {
       const s = Math.max(offset, base);
       const e = Math.min(end, base + extent.size);
       if (s >= e) continue;
-      await extent.zero(s - base, e - s, this.#fallback(base), this.#parent !== undefined);
+      await extent.zero(s - base, e - s, this.#fallback(base), this.#parent !== undefined, opts.noHole === true);
     }
   }
 

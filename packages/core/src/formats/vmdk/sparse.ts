@@ -503,7 +503,7 @@ export class SparseExtent implements VmdkExtent {
     return this.#dirty;
   }
 
-  async zero(offset: number, length: number, fallback: Fallback, hasParent: boolean): Promise<void> {
+  async zero(offset: number, length: number, fallback: Fallback, hasParent: boolean, noHole = false): Promise<void> {
     if (!this.writable) throw readOnlyError(`sparse extent ${this.#name}`);
     const gb = this.grainBytes;
     const end = offset + length;
@@ -520,7 +520,7 @@ export class SparseExtent implements VmdkExtent {
           await this.#markDirty();
           await this.#mutex.run(() => this.#setGte(g, GTE_ZEROED));
         }
-      } else if (!(gte === 0 && !hasParent) && !(gte === GTE_ZEROED && this.#zeroed)) {
+      } else if (!(gte === 0 && !hasParent && !noHole) && !(gte === GTE_ZEROED && this.#zeroed)) {
         await this.write(pos, zeroes.subarray(0, stop - pos), fallback);
       }
       pos = stop;
