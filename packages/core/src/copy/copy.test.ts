@@ -156,6 +156,32 @@ describe('copyDisk', () => {
     expect(types).toEqual(new Set(['hole', 'data']));
   });
 
+  it('asks a target whether it reads zero when not told', async () => {
+    const size = 4 * MiB;
+    const source = memoryDisk(size);
+    await source.write(1 * MiB, pattern(4 * KiB, 30));
+    const fresh = await copyDisk(source, memoryDisk(size));
+    expect(fresh.bytesSkipped).toBe(size - 4 * KiB);
+    expect(fresh.bytesZeroed).toBe(0);
+    const told = await copyDisk(source, memoryDisk(size), { targetIsZero: false });
+    expect(told.bytesZeroed).toBe(size - 4 * KiB);
+    const used = memoryDisk(size);
+    await used.write(3 * MiB, new Uint8Array([1]));
+    const dirty = await copyDisk(source, used);
+    expect(dirty.bytesZeroed).toBe(size - 4 * KiB);
+    expectBytes(await used.read(0, size), await source.read(0, size));
+  });
+
+  it('keeps zeroed ranges allocated when sparse is false', async () => {
+    const size = 1 * MiB;
+    const source = memoryDisk(size);
+    await source.write(0, pattern(4 * KiB, 31));
+    const target = memoryDisk(size, { data: pattern(size, 32) });
+    await copyDisk(source, target, { sparse: false });
+    expect(new Set((await allExtents(target)).map((e) => e.type))).toEqual(new Set(['data', 'zero']));
+    expectBytes(await target.read(0, size), await source.read(0, size));
+  });
+
   it('never writes all-zero chunks as data', async () => {
     const size = 8 * MiB;
     const inner = new MemorySource(size);

@@ -2,6 +2,7 @@ import { performance } from 'node:perf_hooks';
 import { debug } from '../diagnostics.js';
 import type { Disk } from '../disk.js';
 import { abortError, isVdError, throwIfAborted, VdError } from '../errors.js';
+import { BASE_ALLOCATION } from '../spec.js';
 import {
   type CopyChecksum,
   type CopyOptions,
@@ -58,10 +59,10 @@ export async function copyDisk(source: Disk, target: Disk, options: CopyOptions 
   const interval = options.progressInterval ?? 100;
   if (!(interval >= 0))
     throw new VdError('ERR_VD_INVALID_ARGUMENT', `copy: progressInterval ${interval} must be a non-negative number of milliseconds`);
-  const targetIsZero = options.targetIsZero === true;
+  throwIfAborted(signal, 'copy');
+  const targetIsZero = options.targetIsZero ?? (await readsAllZero(target, source.size));
   const noHole = options.sparse === false;
   const wantDigests = options.verify === true || options.checksums === true;
-  throwIfAborted(signal, 'copy');
 
   const { total, ranges } = requestedRanges(options.extents, source.size, align);
   const progress: CopyProgress = { bytesDone: 0, bytesTotal: total ?? 0, bytesRead: 0, bytesWritten: 0, bytesZeroed: 0, bytesSkipped: 0 };
@@ -195,6 +196,18 @@ export async function copyDisk(source: Disk, target: Disk, options: CopyOptions 
   };
   if (options.checksums) result.checksums = checksums.sort((a, b) => a.offset - b.offset);
   return result;
+}
+
+/**
+ * True when the target says (one allocation query) that all of `[0, length)` is a hole or zero,
+ * as a freshly created sparse file or image does. A target that cannot tell is not assumed zero.
+ */
+async function readsAllZero(target: Disk, length: number): Promise<boolean> {
+  if (length === 0 || !target.capabilities.extents.includes(BASE_ALLOCATION)) return false;
+  for await (const e of target.extents({ offset: 0, length })) {
+    return (e.type === 'hole' || e.type === 'zero') && e.length >= length;
+  }
+  return false;
 }
 
 /** The error of one chunk, with where it happened in `details` (the code is kept). */

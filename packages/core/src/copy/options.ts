@@ -47,7 +47,8 @@ export interface CopyOptions {
   chunkSize?: number | undefined;
   /**
    * The target already reads zero everywhere (a freshly created sparse file or image), so holes,
-   * zero extents and all-zero chunks are skipped instead of zeroed.
+   * zero extents and all-zero chunks are skipped instead of zeroed. Default: asked of the target,
+   * with one allocation query (true when it reports one hole or zero extent over the whole copy).
    */
   targetIsZero?: boolean | undefined;
   /**
