@@ -376,6 +376,11 @@ describe('copyDisk', () => {
     expect(target.pending).toBe(0);
   });
 
+  it('copies an empty disk', async () => {
+    const result = await copyDisk(memoryDisk(0), memoryDisk(0), { verify: true, checksums: true });
+    expect(result).toMatchObject({ bytesRead: 0, bytesWritten: 0, bytesZeroed: 0, bytesSkipped: 0, verified: true, checksums: [] });
+  });
+
   it('refuses a smaller or read-only target', async () => {
     const source = memoryDisk(2 * MiB);
     await expect(copyDisk(source, memoryDisk(1 * MiB))).rejects.toSatisfy(
