@@ -93,7 +93,7 @@ describe('nbdssl transport against our server', () => {
   it('trusts a pinned thumbprint alone, from the URI or the options', async () => {
     const { tcp } = await serve(memoryDisk(MiB));
     const sha256 = formatThumbprint(thumbprintOf(pki.server!.cert));
-    const d = await openDisk(`${tcp}?tls-thumbprint=${sha256}`, { transports: [nbdssl({ certificates: join(dir, 'nowhere') })] });
+    const d = await openDisk(`${tcp}?tls-thumbprint=${sha256}`, { transports: [nbdssl()] });
     await d.close();
     const vddk = formatThumbprint(thumbprintOf(pki.server!.cert, 'sha1'), 'vddk');
     const e = await openDisk(tcp, { transports: [nbdssl({ thumbprint: vddk })] });
@@ -135,7 +135,7 @@ describe('nbdssl transport against our server', () => {
   it('encrypts without verifying when tls-verify-peer=false', async () => {
     const { tcp } = await serve(memoryDisk(MiB));
     const d = await openDisk(`${tcp}?tls-verify-peer=false&tls-hostname=whatever`, {
-      transports: [nbdssl({ certificates: join(dir, 'nowhere') })],
+      transports: [nbdssl()],
     });
     await d.close();
   });
@@ -148,6 +148,10 @@ describe('nbdssl transport against our server', () => {
       reason: expect.stringMatching(/thumbprint/),
     });
     expect(await t.probe(new URL('nbds://localhost/x?tls-verify-peer=maybe'), {})).toMatchObject({ ok: false });
+    expect(await t.probe(new URL(`nbds://localhost/x?tls-certificates=${join(dir, 'nowhere')}`), {})).toMatchObject({
+      ok: false,
+      reason: expect.stringMatching(/does not exist/),
+    });
   });
 });
 

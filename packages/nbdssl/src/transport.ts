@@ -1,4 +1,4 @@
-import { access } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { type BlockSource, isVdError, type OpenOptions, type ProbeResult, type Transport, VdError } from '@vd/core';
@@ -44,6 +44,13 @@ function nbdOptions(o: NbdsslOptions): Omit<NbdTransportOptions, 'tls'> {
   return rest;
 }
 
+async function isDirectory(path: string): Promise<boolean> {
+  return stat(path).then(
+    (s) => s.isDirectory(),
+    () => false,
+  );
+}
+
 /** The TLS settings for one URI: options, then the URI's query (libnbd's keys plus tls-thumbprint). */
 export async function clientTlsFor(location: URL, options: NbdsslOptions): Promise<ClientTlsOptions & { certificates?: string }> {
   const q = location.searchParams;
@@ -58,13 +65,7 @@ export async function clientTlsFor(location: URL, options: NbdsslOptions): Promi
   if (certificates === undefined) {
     // Like libnbd's ~/.pki/libnbd: the directory `vd serve --tls` fills on this machine.
     const dir = defaultPkiDir();
-    if (
-      await access(dir).then(
-        () => true,
-        () => false,
-      )
-    )
-      certificates = dir;
+    if (await isDirectory(dir)) certificates = dir;
   }
   const thumbprint = q.getAll('tls-thumbprint').length > 0 ? q.getAll('tls-thumbprint') : options.thumbprint;
   checkThumbprintOption(thumbprint);
@@ -79,6 +80,15 @@ export async function clientTlsFor(location: URL, options: NbdsslOptions): Promi
     signal: options.signal,
   };
   if (certificates !== undefined) {
+    if (!(await isDirectory(certificates))) {
+      throw tlsError(
+        'configuration',
+        `the TLS certificates directory ${certificates} does not exist; create it with vd cert init ${certificates}`,
+        {
+          dir: certificates,
+        },
+      );
+    }
     const pki = await loadPki(certificates);
     tls.certificates = certificates;
     if (pki.caCert !== undefined) tls.ca = [pki.caCert, ...[options.ca ?? []].flat()];

@@ -131,11 +131,10 @@ describe.skipIf(skipWithoutPeers('nbdkit', 'qemu-nbd'))('nbdssl client against G
     const got = await readAll(`${uri}&tls-thumbprint=${sha256}`, {
       cert: pki.client!.cert,
       key: pki.client!.key,
-      certificates: join(root, 'none'),
     });
     expect(Buffer.compare(got, data)).toBe(0);
     const err = await openDisk(`${uri}&tls-thumbprint=sha256:${'AA:'.repeat(31)}AA`, {
-      transports: [nbdssl({ cert: pki.client!.cert, key: pki.client!.key, certificates: join(root, 'none') })],
+      transports: [nbdssl({ cert: pki.client!.cert, key: pki.client!.key })],
     }).catch((e) => e);
     expect(isVdError(err, 'ERR_VD_TLS')).toBe(true);
     expect(err.message).toContain(sha256);
@@ -147,7 +146,7 @@ describe.skipIf(skipWithoutPeers('nbdkit', 'qemu-nbd'))('nbdssl client against G
     const sock = join(root, `psk${counter++}.sock`);
     daemons.push(await daemon('nbdkit', ['-f', '--exit-with-parent', '--tls=require', `--tls-psk=${keys}`, '-U', sock, 'file', src], sock));
     const uri = `nbds+unix:///?socket=${encodeURIComponent(sock)}&tls-psk-file=${encodeURIComponent(keys)}&tls-username=alice`;
-    expect(Buffer.compare(await readAll(uri, { certificates: join(root, 'none') }), data)).toBe(0);
+    expect(Buffer.compare(await readAll(uri, {}), data)).toBe(0);
     const wrong = join(root, 'wrong.psk');
     await writeFile(wrong, `alice:${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
     const err = await readAll(uri.replace(encodeURIComponent(keys), encodeURIComponent(wrong))).catch((e) => e);
