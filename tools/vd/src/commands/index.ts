@@ -1,4 +1,5 @@
 import type { RegisterCommand } from '../context.js';
+import { registerBackup } from './backup.js';
 import { registerCert } from './cert.js';
 import { registerCheck } from './check.js';
 import { registerCmp } from './cmp.js';
@@ -10,7 +11,9 @@ import { registerDump } from './dump.js';
 import { registerInfo } from './info.js';
 import { registerMap } from './map.js';
 import { registerMeta } from './meta.js';
+import { registerRestore } from './restore.js';
 import { registerServe } from './serve.js';
+import { registerVerify } from './verify.js';
 
 /**
  * Every `vd` command, in the order `vd --help` lists them. A new command is one file in this
@@ -30,4 +33,7 @@ export const commands: readonly RegisterCommand[] = [
   registerDemo,
   registerCert,
   registerServe,
+  registerBackup,
+  registerRestore,
+  registerVerify,
 ];

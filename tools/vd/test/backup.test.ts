@@ -1,0 +1,94 @@
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createDisk, file, openDisk } from '@vd/core';
+import { describe, expect, it } from 'vitest';
+import { vd, withTempDir } from './run.js';
+
+const MiB = 1024 * 1024;
+
+async function writeAt(path: string, offset: number, data: Uint8Array): Promise<void> {
+  const disk = await openDisk(path, { readOnly: false, transports: [file()] });
+  try {
+    await disk.write(offset, data);
+  } finally {
+    await disk.close();
+  }
+}
+
+describe('vd backup, restore, verify', () => {
+  it('backs up a file, restores every point identically, verifies, and reports damage', async () => {
+    await withTempDir(async (dir) => {
+      const img = join(dir, 'disk.raw');
+      const repo = join(dir, 'repo');
+      await createDisk(img, { size: 16 * MiB });
+      await writeAt(img, 0, Buffer.alloc(3 * MiB, 0x5a));
+      await writeAt(img, 9 * MiB, Buffer.alloc(MiB, 0xa5));
+      await writeFile(join(dir, 'state1.raw'), await readFile(img));
+
+      const b1 = await vd('backup', img, repo, '--json');
+      expect(b1.code, b1.stderr).toBe(0);
+      const s1 = JSON.parse(b1.stdout);
+      expect(s1).toMatchObject({ point: '0001', kind: 'full' });
+      expect(s1.bytesRead).toBe(4 * MiB);
+      for (const k of ['bytesWritten', 'seconds']) expect(typeof s1[k]).toBe('number');
+
+      await writeAt(img, 2 * MiB, Buffer.alloc(64 * 1024, 0x33));
+      const b2 = await vd('backup', img, repo, '--json');
+      expect(b2.code, b2.stderr).toBe(0);
+      const s2 = JSON.parse(b2.stdout);
+      expect(s2).toMatchObject({ point: '0002', kind: 'full', strategy: 'full-read' });
+      expect(s2.reason).toMatch(/dirty-bitmap|vd host/);
+
+      const v = await vd('verify', repo, '--json');
+      expect(v.code, v.stderr).toBe(0);
+      expect(JSON.parse(v.stdout).points.map((p: { id: string }) => p.id)).toEqual(['0002']);
+
+      const out1 = join(dir, 'out1.raw');
+      const r1 = await vd('restore', `${repo}@0001`, out1, '--verify', '--json');
+      expect(r1.code, r1.stderr).toBe(0);
+      expect(JSON.parse(r1.stdout)).toMatchObject({ point: '0001', verified: true });
+      expect((await vd('cmp', out1, join(dir, 'state1.raw'))).code).toBe(0);
+
+      const out2 = join(dir, 'out2.vmdk');
+      const r2 = await vd('restore', repo, out2, '--type', 'streamOptimized', '--json');
+      expect(r2.code, r2.stderr).toBe(0);
+      expect((await vd('cmp', out2, img)).code).toBe(0);
+
+      // Restore onto an existing disk.
+      const existing = join(dir, 'existing.raw');
+      await createDisk(existing, { size: 16 * MiB });
+      await writeAt(existing, 12 * MiB, Buffer.alloc(MiB, 1));
+      const r3 = await vd('restore', `${repo}@latest`, existing, '--verify');
+      expect(r3.code, r3.stderr).toBe(0);
+      expect(r3.stdout).toMatch(/verified: +yes/);
+      expect((await vd('cmp', existing, img)).code).toBe(0);
+
+      // Damage point 0002's data: verify names the point and the extent and exits 1.
+      const vmdk = join(repo, 'points', '0002', 'disk.vmdk');
+      const bytes = await readFile(vmdk);
+      bytes[bytes.length - 100] = bytes[bytes.length - 100]! ^ 1;
+      await writeFile(vmdk, bytes);
+      const bad = await vd('verify', repo, '--json');
+      expect(bad.code).toBe(1);
+      const report = JSON.parse(bad.stdout);
+      expect(report.ok).toBe(false);
+      expect(report.points[0].problems[0]).toMatchObject({ point: '0002', code: 'ERR_VD_VERIFY' });
+      const table = await vd('verify', repo);
+      expect(table.code).toBe(1);
+      expect(table.stdout).toMatch(/^0002 +full +DAMAGED/m);
+      expect((await vd('verify', `${repo}@0001`)).code).toBe(0);
+    });
+  });
+
+  it('passes over transports this vd lacks, out loud', async () => {
+    await withTempDir(async (dir) => {
+      const img = join(dir, 'disk.raw');
+      await createDisk(img, { size: MiB });
+      const r = await vd('backup', img, join(dir, 'repo'), '--transports', 'san:hotadd:file', '--json');
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stderr).toMatch(/no san, hotadd transport/);
+      const u = await vd('backup', img, join(dir, 'repo'), '--transports', 'san');
+      expect(u.code).toBe(2);
+    });
+  });
+});
