@@ -1,7 +1,11 @@
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { access } from 'node:fs/promises';
+import { access, readFile, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { skipWithoutPeers } from '@vd/conformance/peers';
 import { describe, expect, it } from 'vitest';
 import { vd, withTempDir } from './run.js';
@@ -48,6 +52,60 @@ describe.skipIf(skipWithoutPeers('nbdkit'))('vd over nbds://', () => {
         expect((await vd('info', `${uri}&tls-thumbprint=${actual}`)).code).toBe(0);
       } finally {
         child.kill();
+        await once(child, 'exit');
+      }
+    });
+  });
+});
+
+const exec = promisify(execFile);
+
+/** `vd serve --tls` as a real process, read by libnbd's tools over nbds+unix://. */
+describe.skipIf(skipWithoutPeers('nbdinfo', 'nbdcopy'))('vd serve --tls', () => {
+  it('makes a certificate, prints its thumbprint, and serves only over TLS', async () => {
+    const peerEnv = { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` };
+    await withTempDir(async (tmp) => {
+      const disk = join(tmp, 'disk.img');
+      const data = randomBytes(3 << 20);
+      await writeFile(disk, data);
+      const sock = join(tmp, 'vd.sock');
+      const bin = fileURLToPath(new URL('../src/bin.ts', import.meta.url));
+      const tsx = createRequire(import.meta.url).resolve('tsx');
+      const child = spawn(process.execPath, ['--conditions=@vd/source', '--import', tsx, bin, 'serve', '--tls', '--socket', sock, disk], {
+        env: { ...process.env, XDG_CONFIG_HOME: tmp, VD_DEBUG: '' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let stdout = '';
+      let stderr = '';
+      child.stdout!.on('data', (d) => {
+        stdout += d;
+      });
+      child.stderr!.on('data', (d) => {
+        stderr += d;
+      });
+      try {
+        for (let i = 0; i < 600 && !stdout.includes('\n'); i++) await new Promise((r) => setTimeout(r, 50));
+        const uri = stdout.trim().split('\n')[0]!;
+        expect(uri, stderr).toMatch(/^nbds\+unix:\/\/\/disk\.img\?socket=/);
+        const thumbprint = /thumbprint: (sha256:[0-9A-F:]+)/.exec(stderr)?.[1];
+        expect(thumbprint, stderr).toBeDefined();
+        const pki = join(tmp, 'vd', 'pki');
+        const info = await exec('nbdinfo', [`${uri}&tls-certificates=${pki}`], { env: peerEnv });
+        expect(info.stdout).toMatch(/with TLS/);
+        const out = join(tmp, 'copy.raw');
+        await exec('nbdcopy', [`${uri}&tls-certificates=${pki}`, out], { env: peerEnv });
+        expect(Buffer.compare(await readFile(out), data)).toBe(0);
+        const plain = await exec('nbdinfo', [uri.replace('nbds+unix', 'nbd+unix')], { env: peerEnv }).then(
+          () => 'connected',
+          (e) => String(e.stderr),
+        );
+        expect(plain).not.toBe('connected');
+        // Our client pins the printed thumbprint without any CA.
+        const pinned = await vd('info', `${uri}&tls-thumbprint=${thumbprint}`, '--json');
+        expect(pinned.stderr).toBe('');
+        expect(JSON.parse(pinned.stdout)).toMatchObject({ size: 3 << 20, transport: 'nbdssl' });
+      } finally {
+        child.kill('SIGINT');
         await once(child, 'exit');
       }
     });
