@@ -1,0 +1,96 @@
+import { randomBytes, randomInt } from 'node:crypto';
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
+import { openDisk } from '@vd/core';
+import { ApiServer, DiskHost, HostClient } from '@vd/host';
+import { createPki, nbdServerTls, nbdssl } from '@vd/nbdssl';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { type BackupSource, backup, hostSource, openPoint, verifyPoint } from '../src/index.js';
+import { contentOf, tempDir } from './helpers.js';
+
+const MiB = 1024 * 1024;
+const SIZE = 64 * MiB;
+const TOKEN = 'backup-test-token-0123456789';
+let dir: string;
+let cleanup: () => Promise<void>;
+beforeEach(async () => ({ dir, cleanup } = await tempDir()));
+afterEach(() => cleanup());
+
+/** Wraps a source so the test also keeps what the frozen snapshot held (the truth for that point). */
+function recording(source: BackupSource, states: Buffer[]): BackupSource {
+  return {
+    description: source.description,
+    async open(signal) {
+      const state = await source.open(signal);
+      states.push(await contentOf(state.disk));
+      return state;
+    },
+  };
+}
+
+describe('backup through a vd host over NBDSSL', () => {
+  it('full + three incrementals under a random-write workload; every point restores to its snapshot', async () => {
+    const datastore = join(dir, 'datastore');
+    const pkiDir = join(dir, 'pki');
+    await import('node:fs/promises').then((fs) => fs.mkdir(datastore));
+    const fh = await open(join(datastore, 'disk.raw'), 'w');
+    await fh.truncate(SIZE);
+    await fh.close();
+    await createPki(pkiDir);
+    const host = await DiskHost.open({ datastore, tls: await nbdServerTls({ certificates: pkiDir }) });
+    await host.listen({ host: '127.0.0.1', port: 0 });
+    const api = new ApiServer(host, { token: TOKEN });
+    const { url } = await api.listen();
+    const transports = () => [nbdssl({ certificates: pkiDir })];
+    const live = await openDisk(host.uriOf('disk.raw')!, { readOnly: false, transports: transports() });
+    try {
+      // Half the disk allocated, in 1 MiB runs.
+      for (let at = 0; at < SIZE; at += MiB) if (randomInt(2) === 0) await live.write(at, randomBytes(MiB));
+      const client = new HostClient({ url, token: TOKEN });
+      const states: Buffer[] = [];
+      const repo = join(dir, 'repo');
+      const source = recording(hostSource(client, 'disk.raw', { transports: transports() }), states);
+
+      const full = await backup(repo, source);
+      expect(full).toMatchObject({ kind: 'full', strategy: 'host-snapshot' });
+      const results = [full];
+      for (let i = 0; i < 3; i++) {
+        // About 1% of the allocated data changes per point: two 128 KiB writes at unaligned offsets
+        // before the snapshot, and a few 4 KiB writes while the backup runs (they belong to the next point).
+        for (let n = 0; n < 2; n++) await live.write(randomInt(0, SIZE - 131072), randomBytes(131072));
+        let stop = false;
+        const workload = (async () => {
+          for (let n = 0; n < 2 && !stop; n++) {
+            await live.write(randomInt(0, SIZE - 4096), randomBytes(4096));
+            await new Promise((r) => setTimeout(r, 5));
+          }
+        })();
+        try {
+          results.push(await backup(repo, source));
+        } finally {
+          stop = true;
+          await workload;
+        }
+      }
+      for (const r of results.slice(1)) {
+        expect(r).toMatchObject({ kind: 'incremental', strategy: 'host-snapshot' });
+        expect(r.bytesRead).toBeLessThanOrEqual(0.03 * full.bytesRead);
+      }
+      for (const [i, state] of states.entries()) {
+        const { disk } = await openPoint(repo, String(i + 1).padStart(4, '0'));
+        try {
+          expect((await contentOf(disk)).equals(state)).toBe(true);
+        } finally {
+          await disk.close();
+        }
+      }
+      expect((await verifyPoint(repo)).ok).toBe(true);
+      // Every snapshot was deleted again.
+      expect(await client.snapshots('disk.raw')).toEqual([]);
+    } finally {
+      await live.close();
+      await api.close();
+      await host.close();
+    }
+  });
+});
