@@ -1,7 +1,7 @@
 import { stat } from 'node:fs/promises';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { type BlockSource, isVdError, type OpenOptions, type ProbeResult, type Transport, VdError } from '@vd/core';
+import { type BlockSource, type OpenOptions, type ProbeResult, type Transport, VdError } from '@vd/core';
 import { type NbdClientTls, type NbdTarget, type NbdTransportOptions, nbd, parseNbdUri } from '@vd/nbd';
 import { type ClientTlsOptions, startTlsClient } from './client-tls.js';
 import { loadPki } from './pki.js';
@@ -117,32 +117,6 @@ export function clientUpgrade(tls: ClientTlsOptions, onPeer?: NbdsslOptions['onP
 }
 
 /**
- * `@vd/nbd`'s messages for a refused or broken STARTTLS, as ERR_VD_TLS with a reason: nothing
- * was sent in the clear after the refusal.
- */
-function classify(err: unknown): unknown {
-  if (!isVdError(err) || err.details.reason !== undefined) return err;
-  if (err.code === 'ERR_VD_TLS' && /refused STARTTLS/.test(err.message)) {
-    return tlsError(
-      'starttls-refused',
-      `${err.message}; nothing was sent in the clear (use nbd:// only if the network is trusted)`,
-      {},
-      err,
-    );
-  }
-  if (err.code === 'ERR_VD_TLS' && /requires TLS/.test(err.message)) return tlsError('tls-required', err.message, {}, err);
-  if (err.code === 'ERR_VD_PROTOCOL' && /after accepting STARTTLS/.test(err.message)) {
-    return tlsError(
-      'plaintext-after-starttls',
-      `the NBD server sent plaintext after accepting STARTTLS (${err.message}); refusing it`,
-      {},
-      err,
-    );
-  }
-  return err;
-}
-
-/**
  * NBD over TLS: `nbds://host[:port]/export` and `nbds+unix:///export?socket=PATH`. The server is
  * verified by a CA (`tls-certificates=DIR`, `certificates`, `ca`) or a pinned thumbprint
  * (`tls-thumbprint=sha256:…`, `thumbprint`); TLS-PSK with `tls-psk-file=`. A refused STARTTLS
@@ -176,11 +150,8 @@ export function nbdssl(options: NbdsslOptions = {}): Transport {
       }
       const tls = await clientTlsFor(location, { ...options, signal: opts.signal ?? options.signal });
       const transport = nbd({ ...nbdOptions(options), tls: clientUpgrade(tls, options.onPeer) });
-      try {
-        return await transport.open(location, opts);
-      } catch (err) {
-        throw classify(err);
-      }
+      // @vd/nbd reports a refused STARTTLS and plaintext behind its ACK as ERR_VD_TLS with a reason.
+      return transport.open(location, opts);
     },
   };
 }

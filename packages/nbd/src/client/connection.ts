@@ -507,8 +507,14 @@ class Handshake {
     this.send(encodeOption(Opt.STARTTLS));
     const r = await this.#optionReply(Opt.STARTTLS);
     if (r.reply !== Rep.ACK)
-      throw new VdError('ERR_VD_TLS', `the NBD server refused STARTTLS: ${decodeErrorText(r.data) || replyName(r.reply)}`);
-    if (this.decoder.buffered > 0 || this.#queue.length > 0) throw protocolError('the server sent data after accepting STARTTLS');
+      throw new VdError('ERR_VD_TLS', `the NBD server refused STARTTLS: ${decodeErrorText(r.data) || replyName(r.reply)}`, {
+        details: { reason: 'starttls-refused', reply: r.reply },
+      });
+    // Plaintext queued behind the ACK would be read as if it came over TLS: a downgrade attempt.
+    if (this.decoder.buffered > 0 || this.#queue.length > 0)
+      throw new VdError('ERR_VD_TLS', 'the NBD server sent plaintext after accepting STARTTLS; refusing it', {
+        details: { reason: 'plaintext-after-starttls' },
+      });
     const plain = this.socket;
     plain.removeAllListeners('data');
     plain.removeAllListeners('error');
@@ -659,7 +665,9 @@ function goError(reply: number, text: string, exportName: string, uri: string): 
   if (reply === Rep.ERR_UNKNOWN)
     return new VdError('ERR_VD_NOT_FOUND', `NBD server ${uri} has no export ${JSON.stringify(exportName)}${why}`, { details });
   if (reply === Rep.ERR_TLS_REQD)
-    return new VdError('ERR_VD_TLS', `NBD server ${uri} requires TLS (use nbds:// with @vd/nbdssl)${why}`, { details });
+    return new VdError('ERR_VD_TLS', `NBD server ${uri} requires TLS (use nbds:// with @vd/nbdssl)${why}`, {
+      details: { ...details, reason: 'tls-required' },
+    });
   if (reply === Rep.ERR_SHUTDOWN) return new VdError('ERR_VD_CLOSED', `NBD server ${uri} is shutting down${why}`, { details });
   if (reply === Rep.ERR_POLICY)
     return new VdError('ERR_VD_PERMISSION', `NBD server ${uri} refused export ${JSON.stringify(exportName)}${why}`, { details });
