@@ -77,7 +77,8 @@ export class ServerConnection {
   #tlsDone = false;
   /** Selected contexts: id → name, for the export they were set on. */
   #contexts: string[] = [];
-  #contextExport: string | undefined;
+  /** The export the selected contexts were set for ('' resolves to the default export). */
+  #contextExport: NbdExport | undefined;
   #export: NbdExport | undefined;
   #disk: Disk | undefined;
   #readOnly = true;
@@ -114,8 +115,9 @@ export class ServerConnection {
       this.#abort('server shutting down');
       return;
     }
+    // Keep reading (and dropping) what arrives, so a client that goes away is noticed.
     this.#state = 'draining';
-    this.#socket.pause();
+    this.#socket.resume();
     if (this.#inflight > 0) await new Promise<void>((r) => (this.#idle = r));
     this.#end();
   }
@@ -126,7 +128,7 @@ export class ServerConnection {
 
   #attach(socket: Duplex): void {
     socket.on('data', (chunk: Uint8Array) => {
-      if (this.#state === 'closed' || this.#state === 'upgrading') return;
+      if (this.#state === 'closed' || this.#state === 'upgrading' || this.#state === 'draining') return;
       try {
         this.#decoder.push(chunk);
       } catch (err) {
@@ -354,7 +356,7 @@ export class ServerConnection {
     }
     if (set) {
       this.#contexts = picked;
-      this.#contextExport = req.name;
+      this.#contextExport = exp;
     }
     for (let i = 0; i < picked.length; i++) this.#reply(option, Rep.META_CONTEXT, encodeMetaContextReply(set ? i + 1 : 0, picked[i]!));
     this.#reply(option, Rep.ACK);
@@ -402,7 +404,7 @@ export class ServerConnection {
     this.#export = exp;
     this.#disk = exp.disk;
     this.#readOnly = exp.readOnly === true || exp.disk.capabilities.readOnly;
-    if (this.#contextExport !== exp.name) this.#contexts = [];
+    if (this.#contextExport !== exp) this.#contexts = [];
   }
 
   #enterTransmission(): void {
@@ -446,7 +448,7 @@ export class ServerConnection {
     if (this.#state !== 'transmission') return;
     if (req.command === Cmd.DISC) {
       this.#state = 'draining';
-      this.#socket.pause();
+      this.#socket.resume();
       if (this.#inflight === 0) this.#end();
       else this.#idle = () => this.#end();
       return;
