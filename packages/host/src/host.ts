@@ -38,8 +38,8 @@ export interface DiskHostOptions {
   datastore: string;
   /** TLS for the NBD listeners (`await nbdServerTls({...})` from `@vd/nbdssl`). */
   tls?: NbdServerTls | undefined;
-  /** Track changes of writable disks (default true). Snapshots need it. */
-  track?: boolean;
+  /** Track changes of writable disks (default true), or of those the function picks by name. Snapshots need it. */
+  track?: boolean | ((disk: string) => boolean);
   /** Tracker granularity in bytes for new sidecars (default 64 KiB); also the redo log's grain. */
   granularity?: number;
   durability?: Durability;
@@ -455,7 +455,12 @@ async function openServed(ds: Datastore, name: string, record: DiskRecord | unde
     base = await file().open(url, { readOnly: true });
     readOnly = true;
   }
-  if (readOnly || base.capabilities.readOnly || !base._write || opts.track === false) {
+  if (
+    readOnly ||
+    base.capabilities.readOnly ||
+    !base._write ||
+    (typeof opts.track === 'function' ? !opts.track(name) : opts.track === false)
+  ) {
     const disk = new Disk(base, { transport: 'file', location: url.href });
     const gate = new GateSource(disk);
     if (record?.snapshots.length) {
