@@ -32,6 +32,8 @@ export const DEFAULT_MAX_AREAS = 16_384;
 const RESERVE_FACTOR = 8;
 const RESERVE_MIN = 8;
 const RESERVE_MAX = 256;
+/** Counters are u32 and pages are indexed by number: 2^32 blocks (256 TiB at 64 KiB) at most. */
+const MAX_BLOCKS = 2 ** 32;
 /** Read the sidecar in slices of this size when opening it. */
 const LOAD_CHUNK = 1 << 20;
 
@@ -618,6 +620,13 @@ async function load(
     }
   }
   const granularity = opts.granularity ?? header?.granularity ?? DEFAULT_GRANULARITY;
+  if (Math.ceil(diskSize / granularity) > MAX_BLOCKS) {
+    throw new VdError(
+      'ERR_VD_INVALID_ARGUMENT',
+      `a ${diskSize}-byte disk has more than ${MAX_BLOCKS} blocks of ${granularity} bytes; track it at a coarser granularity`,
+      { details: { size: diskSize, granularity } },
+    );
+  }
   if (reset || !header || !map) {
     header = {
       flags: 0,

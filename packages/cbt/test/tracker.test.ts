@@ -233,6 +233,9 @@ describe('errors', () => {
     expect(() => trackerOf(memoryDisk(512))).toThrow(expect.objectContaining({ code: 'ERR_VD_INVALID_ARGUMENT' }));
     await expect(track(memoryDisk(512), {})).rejects.toMatchObject({ code: 'ERR_VD_INVALID_ARGUMENT' });
     await expect(track(memoryDisk(512), { path: sidecar(), granularity: 1000 })).rejects.toMatchObject({ code: 'ERR_VD_INVALID_ARGUMENT' });
+    // 8 PiB at 512 bytes is 2^44 blocks: refused, not allocated.
+    const huge = new MemorySource(2 ** 53 - 512);
+    await expect(track(huge, { path: sidecar(), granularity: 512 })).rejects.toMatchObject({ code: 'ERR_VD_INVALID_ARGUMENT' });
     const ro = await track(memoryDisk(4096, { readOnly: true }), { path: join(dir, 'never.cbt') });
     await expect(mark(ro)).rejects.toMatchObject({ code: 'ERR_VD_READ_ONLY' });
     await expect(queryChangedAreas(ro, `${trackerOf(ro).epoch}/1`)).rejects.toSatisfy((e) => isVdError(e, 'ERR_VD_CBT_RESET'));
