@@ -54,51 +54,60 @@ async function makeInput(path) {
   await fh.close();
 }
 
+/** Wall and CPU seconds (CPU: all threads, so parallel work shows as CPU > wall). */
 function qemu(...args) {
+  const r = spawnSync('/usr/bin/time', ['-f', '%e %U %S', 'qemu-img', ...args], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`qemu-img ${args.join(' ')} failed: ${r.stderr}`);
+  const [wall, user, sys] = r.stderr.trim().split('\n').pop().split(' ').map(Number);
+  return { wall, cpu: user + sys };
+}
+
+async function timed(fn) {
   const t0 = performance.now();
-  const r = spawnSync('qemu-img', args, { stdio: ['ignore', 'ignore', 'inherit'] });
-  if (r.status !== 0) throw new Error(`qemu-img ${args.join(' ')} failed`);
-  return (performance.now() - t0) / 1000;
+  const c0 = process.cpuUsage();
+  await fn();
+  const c = process.cpuUsage(c0);
+  return { wall: (performance.now() - t0) / 1000, cpu: (c.user + c.system) / 1e6 };
 }
 
 async function oursToStream(src, dst) {
-  const t0 = performance.now();
-  const store = await FileStore.open(src, { readOnly: true });
-  const disk = new Disk(new RawSource(store, await store.size()));
-  const out = await FileStore.open(dst, { create: true, overwrite: true });
-  await writeStreamOptimized(disk, out);
-  await out.flush();
-  await out.close();
-  await disk.close();
-  return (performance.now() - t0) / 1000;
+  return timed(async () => {
+    const store = await FileStore.open(src, { readOnly: true });
+    const disk = new Disk(new RawSource(store, await store.size()));
+    const out = await FileStore.open(dst, { create: true, overwrite: true });
+    await writeStreamOptimized(disk, out);
+    await out.flush();
+    await out.close();
+    await disk.close();
+  });
 }
 
 async function oursToRaw(src, dst) {
-  const t0 = performance.now();
-  const disk = new Disk(await openVmdk(fileResolver(dirname(src)), basename(src), { readOnly: true }));
-  const out = await open(dst, 'w');
-  await out.truncate(disk.size);
-  const step = 4 * MiB;
-  const ranges = [];
-  for await (const e of disk.extents()) {
-    if (e.type !== 'data') continue;
-    for (let at = e.offset; at < e.offset + e.length; at += step) ranges.push([at, Math.min(step, e.offset + e.length - at)]);
-  }
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: 8 }, async () => {
-      const buf = new Uint8Array(step);
-      while (next < ranges.length) {
-        const [at, n] = ranges[next++];
-        const view = buf.subarray(0, n);
-        await disk.readInto(at, view);
-        await out.write(view, 0, n, at);
-      }
-    }),
-  );
-  await out.close();
-  await disk.close();
-  return (performance.now() - t0) / 1000;
+  return timed(async () => {
+    const disk = new Disk(await openVmdk(fileResolver(dirname(src)), basename(src), { readOnly: true }));
+    const out = await open(dst, 'w');
+    await out.truncate(disk.size);
+    const step = 4 * MiB;
+    const ranges = [];
+    for await (const e of disk.extents()) {
+      if (e.type !== 'data') continue;
+      for (let at = e.offset; at < e.offset + e.length; at += step) ranges.push([at, Math.min(step, e.offset + e.length - at)]);
+    }
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 8 }, async () => {
+        const buf = new Uint8Array(step);
+        while (next < ranges.length) {
+          const [at, n] = ranges[next++];
+          const view = buf.subarray(0, n);
+          await disk.readInto(at, view);
+          await out.write(view, 0, n, at);
+        }
+      }),
+    );
+    await out.close();
+    await disk.close();
+  });
 }
 
 const dir = await mkdtemp(join(tmpdir(), 'vd-bench-vmdk-'));
@@ -106,10 +115,15 @@ try {
   const raw = join(dir, 'in.raw');
   await makeInput(raw);
   console.log(`input: ${SIZE / MiB} MiB raw (⅓ text, ⅓ random, ⅓ zero), median of ${ROUNDS}`);
-  const report = (label, ours, theirs, extra = '') =>
+  const report = (label, ours, theirs, extra = '') => {
+    const w = median(ours.map((x) => x.wall));
+    const qw = median(theirs.map((x) => x.wall));
+    const c = median(ours.map((x) => x.cpu));
+    const qc = median(theirs.map((x) => x.cpu));
     console.log(
-      `${label.padEnd(28)} vd ${ours.toFixed(2)} s   qemu-img ${theirs.toFixed(2)} s   ratio ${(ours / theirs).toFixed(2)}${extra}`,
+      `${label.padEnd(24)} wall vd ${w.toFixed(2)} s, qemu-img ${qw.toFixed(2)} s, ratio ${(w / qw).toFixed(2)}   cpu vd ${c.toFixed(2)} s, qemu-img ${qc.toFixed(2)} s${extra}`,
     );
+  };
 
   const o1 = [];
   const q1 = [];
@@ -121,8 +135,8 @@ try {
   const sq = (await stat(join(dir, 'qemu.vmdk'))).size;
   report(
     'raw → streamOptimized',
-    median(o1),
-    median(q1),
+    o1,
+    q1,
     `   size vd ${(so / MiB).toFixed(1)} MiB, qemu ${(sq / MiB).toFixed(1)} MiB (${((so / sq - 1) * 100).toFixed(1)}%)`,
   );
 
@@ -138,7 +152,7 @@ try {
       q.push(qemu('convert', '-f', 'vmdk', '-O', 'raw', src, join(dir, 'out-qemu.raw')));
     }
     const same = spawnSync('cmp', ['-s', join(dir, 'out-ours.raw'), raw]).status === 0;
-    report(label, median(o), median(q), same ? '   output identical to input' : '   OUTPUT DIFFERS');
+    report(label, o, q, same ? '   output identical to input' : '   OUTPUT DIFFERS');
   }
   console.log(`peak RSS of the vd process: ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MiB`);
 } finally {

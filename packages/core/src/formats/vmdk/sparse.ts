@@ -20,7 +20,7 @@ import {
   type SparseHeader,
 } from './header.js';
 
-const inflateAsync = promisify(inflate) as (buf: Uint8Array, opts: { maxOutputLength: number }) => Promise<Uint8Array>;
+const inflateAsync = promisify(inflate) as (buf: Uint8Array, opts: { maxOutputLength: number; chunkSize: number }) => Promise<Uint8Array>;
 
 const GT_BYTES = GTES_PER_GT * 4;
 const GT_SECTORS = GT_BYTES / SECTOR;
@@ -75,10 +75,11 @@ export async function readEffectiveHeader(
   const first = parseSparseHeader(head, name);
   if (!first.gdAtEnd) return { header: first, first };
   // VMware stream: [footer marker][footer = header with the real gdOffset][end-of-stream marker].
-  if (fileSize < 4 * SECTOR || fileSize % SECTOR !== 0)
-    throw corrupt(name, 'stream is too short or not sector-sized to hold a footer (truncated?)');
+  // A partial last sector (some copies pad oddly) is ignored: the footer ends on a sector boundary.
+  const end = Math.floor(fileSize / SECTOR) * SECTOR;
+  if (end < 4 * SECTOR) throw corrupt(name, 'stream is too short to hold a footer (truncated?)');
   const tail = new Uint8Array(3 * SECTOR);
-  await readFully(store, fileSize - 3 * SECTOR, tail);
+  await readFully(store, end - 3 * SECTOR, tail);
   const marker = parseMarker(tail, name);
   if (marker.size !== 0 || marker.type !== MARKER_FOOTER)
     throw corrupt(name, 'stream has no footer where the end of the file should hold it (truncated?)');
@@ -388,7 +389,8 @@ export class SparseExtent implements VmdkExtent {
     }
     let out: Uint8Array;
     try {
-      out = await inflateAsync(payload, { maxOutputLength: gb });
+      // A whole grain per output chunk: one pool job per grain (see the stream writer).
+      out = await inflateAsync(payload, { maxOutputLength: gb, chunkSize: Math.max(gb, 64) });
     } catch (err) {
       throw new VdError('ERR_VD_CORRUPT', `${this.#name}: compressed grain ${g} does not inflate to at most one grain`, {
         cause: err,
