@@ -1,0 +1,67 @@
+import { randomBytes } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { VdError } from '@vd/core';
+import { ApiServer, DiskHost } from '@vd/host';
+import type { ListenOptions } from '@vd/nbd';
+import { defaultPkiDir, loadPki } from '@vd/nbdssl';
+import type { Context } from './context.js';
+import { printLines } from './output.js';
+import { serverTlsFromOptions, type TlsCliOptions } from './serve-tls.js';
+
+export interface DatastoreServeOptions extends TlsCliOptions {
+  datastore: string;
+  /** Where NBD listens (already parsed by `vd serve`). */
+  listen: ListenOptions;
+  /** `HOST:PORT` of the control API; no API without it. */
+  api?: { host: string; port: number } | undefined;
+  tokenFile?: string | undefined;
+  /** The environment, for systemd socket activation. */
+  env: NodeJS.ProcessEnv;
+}
+
+/**
+ * `vd serve --datastore DIR`: every disk of DIR exported read-write under its file name and
+ * tracked, snapshots through the control API (`--api`), HTTPS whenever the NBD side has a
+ * certificate. Without `--token-file`, a new token is written to DIR/.vd-host/api-token (0600).
+ */
+export async function serveDatastore(ctx: Context, opts: DatastoreServeOptions, untilAborted: () => Promise<void>): Promise<void> {
+  const nbdTls = await serverTlsFromOptions(opts, (line) => ctx.io.stderr.write(`${line}\n`));
+  // The same certificate serves HTTPS; TLS-PSK alone gives none, so the API stays plain HTTP then.
+  const https = nbdTls ? (await loadPki(opts.tlsCertificates ?? defaultPkiDir())).server : undefined;
+  const host = await DiskHost.open({ datastore: opts.datastore, tls: nbdTls });
+  let api: ApiServer | undefined;
+  try {
+    const activated = await host.server.listenSystemd(opts.env);
+    if (activated === 0) await host.listen(opts.listen);
+    for (const d of host.disks()) printLines(ctx, `${d.name}: ${d.uri ?? `(socket-activated export ${d.exportName})`}`);
+    if (opts.api) {
+      const { token, file } = await apiToken(host, opts.tokenFile);
+      api = new ApiServer(host, { token, tls: https });
+      const a = await api.listen(opts.api);
+      printLines(ctx, `control API: ${a.url} (token in ${file})`);
+    }
+    await untilAborted();
+  } finally {
+    await api?.close();
+    await host.close();
+  }
+}
+
+async function apiToken(host: DiskHost, tokenFile: string | undefined): Promise<{ token: string; file: string }> {
+  if (tokenFile !== undefined) {
+    const token = (
+      await readFile(tokenFile, 'utf8').catch((err) => {
+        throw new VdError('ERR_VD_NOT_FOUND', `cannot read the token file ${tokenFile}`, { cause: err, details: { tokenFile } });
+      })
+    )
+      .split('\n')[0]!
+      .trim();
+    if (token.length < 16) throw new VdError('ERR_VD_INVALID_ARGUMENT', `the token in ${tokenFile} is shorter than 16 characters`);
+    return { token, file: tokenFile };
+  }
+  const file = join(host.datastore.hostDir, 'api-token');
+  const token = randomBytes(32).toString('base64url');
+  await writeFile(file, `${token}\n`, { mode: 0o600 });
+  return { token, file };
+}
