@@ -1,6 +1,7 @@
 import type { RegisterCommand } from '../context.js';
 import { registerBackup } from './backup.js';
 import { registerCert } from './cert.js';
+import { registerChanges } from './changes.js';
 import { registerCheck } from './check.js';
 import { registerCmp } from './cmp.js';
 import { registerConvert } from './convert.js';
@@ -13,6 +14,7 @@ import { registerMap } from './map.js';
 import { registerMeta } from './meta.js';
 import { registerRestore } from './restore.js';
 import { registerServe } from './serve.js';
+import { registerSnapshot } from './snapshot.js';
 import { registerVerify } from './verify.js';
 
 /**
@@ -33,6 +35,8 @@ export const commands: readonly RegisterCommand[] = [
   registerDemo,
   registerCert,
   registerServe,
+  registerSnapshot,
+  registerChanges,
   registerBackup,
   registerRestore,
   registerVerify,

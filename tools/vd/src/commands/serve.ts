@@ -8,6 +8,7 @@ import { openDiskArg } from '../disk-arg.js';
 import { usageError } from '../errors.js';
 import { printLines } from '../output.js';
 import { addTlsOptions, serverTlsFromOptions, type TlsCliOptions } from '../serve-tls.js';
+import { serveDatastore } from '../serve-datastore.js';
 
 // The server reads disks on libuv's thread pool; four threads starve a busy NBD client. This only
 // takes effect if nothing has used the pool yet, which holds while commands are being loaded.
@@ -18,16 +19,25 @@ interface ServeOptions extends TlsCliOptions {
   socket?: string;
   readOnly?: boolean;
   name: string[];
+  datastore?: string;
+  api?: string;
+  tokenFile?: string;
 }
 
 export function registerServe(program: Command, ctx: Context): void {
   addTlsOptions(program.command('serve'))
     .description('export disks over NBD (TCP, a unix socket, or systemd socket activation) until interrupted')
-    .argument('<disk...>', 'paths or URIs of the disks to export')
+    .argument('[disk...]', 'paths or URIs of the disks to export')
     .option('--listen <host:port>', 'TCP address to listen on (default 127.0.0.1:10809; port 0 picks a free one)')
     .option('--socket <path>', 'unix socket to listen on instead of TCP')
     .option('--read-only', 'refuse writes')
     .option('--name <export>', 'export name for the next disk, in order (repeatable; default: the file name)', collect, [])
+    .option(
+      '--datastore <dir>',
+      'serve every disk of DIR read-write under its file name, change-tracked, with snapshots (instead of <disk...>)',
+    )
+    .option('--api <host:port>', 'with --datastore: the control API (snapshots, changed areas) on HOST:PORT; HTTPS when TLS is on')
+    .option('--token-file <file>', 'with --api: the bearer token clients must send (default: a new one in DIR/.vd-host/api-token)')
     .addHelpText(
       'after',
       `
@@ -38,11 +48,20 @@ Examples:
   vd serve disk.vmdk
   vd serve --socket /tmp/nbd.sock --read-only --name base base.vmdk
   vd serve --listen 0.0.0.0:10809 a.img b.vmdk
+  vd serve --datastore /srv/disks --api 127.0.0.1:8080 --token-file ./token
   nbdcopy -- [ vd serve disk.vmdk ] out.raw`,
     )
     .action(async (args: string[], opts: ServeOptions) => {
       if (opts.listen && opts.socket) throw usageError('give either --listen or --socket, not both');
-      if (args.length === 0) throw usageError('name the disks to export');
+      if (opts.datastore !== undefined && args.length > 0) throw usageError('give either --datastore or disks, not both');
+      if (opts.datastore === undefined && args.length === 0) throw usageError('name the disks to export, or --datastore DIR');
+      if (opts.datastore === undefined && (opts.api || opts.tokenFile)) throw usageError('--api and --token-file go with --datastore');
+      if (opts.datastore !== undefined) {
+        const where = opts.socket ? { path: opts.socket } : opts.listen ? parseHostPort(opts.listen) : { host: '127.0.0.1', port: 10809 };
+        const api = opts.api ? parseHostPort(opts.api) : undefined;
+        const run = { ...opts, datastore: opts.datastore, listen: where, api, env: ctx.io.env as NodeJS.ProcessEnv };
+        return serveDatastore(ctx, run, () => untilAborted(ctx.signal));
+      }
       if (opts.name.length > args.length) throw usageError(`${opts.name.length} names for ${args.length} disks`);
       const listen = opts.listen ? parseHostPort(opts.listen) : { host: '127.0.0.1', port: 10809 };
       const disks: Disk[] = [];
