@@ -227,9 +227,10 @@ export class Tracker {
   }
 
   /**
-   * Names the disk's state now and returns its change ID. Writes that were issued before the
-   * call have settled when it resolves; later writes count as changes after it. Call it while
-   * the disk is quiet (at a snapshot) for a sharp point.
+   * Names the disk's state now and returns its change ID. Writes that had reached the tracker
+   * before the call have settled when it resolves; later ones, and ones still queued in the Disk
+   * (beyond its in-flight limit), count as changes after it: at worst an over-report. Call it
+   * while the disk is quiet (at a snapshot) for a sharp point.
    */
   async mark(): Promise<string> {
     this.#checkWritable('mark');
@@ -262,6 +263,7 @@ export class Tracker {
    * ERR_VD_CBT_RESET: take a full backup.
    */
   async queryChangedAreas(changeId: string, opts: QueryOptions = {}, disk?: Disk): Promise<ChangedAreas> {
+    if (this.#closed) throw new VdError('ERR_VD_CLOSED', 'query: the tracked disk is closed');
     const startOffset = opts.startOffset ?? 0;
     const maxAreas = opts.maxAreas ?? DEFAULT_MAX_AREAS;
     if (!Number.isSafeInteger(startOffset) || startOffset < 0 || startOffset > this.size) {
