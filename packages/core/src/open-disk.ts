@@ -44,6 +44,7 @@ export async function openDisk(disk: string | URL, opts: OpenDiskOptions): Promi
   const location = toLocation(disk);
   const scheme = schemeOf(location);
   const tried: SelectionAttempt[] = [];
+  let lastFailure: VdError | undefined;
   const { transports, ...openOpts } = opts;
   for (const t of transports) {
     throwIfAborted(opts.signal, 'open');
@@ -79,6 +80,7 @@ export async function openDisk(disk: string | URL, opts: OpenDiskOptions): Promi
       if (isVdError(err, 'ERR_VD_ABORTED')) throw err;
       const e = isVdError(err) ? err : new VdError('ERR_VD_IO', String((err as Error)?.message ?? err), { cause: err });
       tried.push({ transport: t.name, outcome: 'failed', reason: e.message, code: e.code });
+      lastFailure = e;
     }
   }
   if (channels.select.hasSubscribers) channels.select.publish({ location: location.href, tried, selected: undefined });
@@ -86,5 +88,7 @@ export async function openDisk(disk: string | URL, opts: OpenDiskOptions): Promi
   const failed = tried.filter((a) => a.outcome === 'failed');
   // A single real failure (e.g. file not found) keeps its own code; the list still explains the rest.
   const code = failed.length === 1 && failed[0]?.code ? (failed[0].code as VdError['code']) : 'ERR_VD_NO_TRANSPORT';
-  throw new VdError(code, `no transport could open ${location.href}:\n${lines}`, { details: { tried } });
+  // The lone failure's own details (e.g. the TLS refusal reason) stay readable, and it is the cause.
+  const single = failed.length === 1 ? lastFailure : undefined;
+  throw new VdError(code, `no transport could open ${location.href}:\n${lines}`, { cause: single, details: { ...single?.details, tried } });
 }

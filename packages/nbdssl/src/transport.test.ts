@@ -38,8 +38,8 @@ async function serve(disk: Disk, tls: Parameters<typeof nbdServerTls>[0] = { mod
 }
 
 /**
- * Opens `uri` through openDisk (which must fail with ERR_VD_TLS) and through the transport itself,
- * whose error keeps `details.reason` (openDisk folds a lone failure into its own message).
+ * Opens `uri` through openDisk and through the transport itself: both must fail with ERR_VD_TLS
+ * and the reason (openDisk keeps a lone failure's details).
  */
 async function refused(uri: string, opts: Parameters<typeof nbdssl>[0] = {}, reason?: string): Promise<VdError> {
   const viaDisk = await openDisk(uri, { transports: [nbdssl(opts)] }).then(
@@ -50,6 +50,7 @@ async function refused(uri: string, opts: Parameters<typeof nbdssl>[0] = {}, rea
     (e) => e,
   );
   expect(isVdError(viaDisk, 'ERR_VD_TLS'), String(viaDisk)).toBe(true);
+  if (reason) expect((viaDisk as VdError).details.reason).toBe(reason);
   const err = await nbdssl(opts)
     .open(new URL(uri), {})
     .then(
