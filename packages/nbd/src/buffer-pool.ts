@@ -6,7 +6,7 @@ export class BufferPool {
   readonly #free = new Map<number, Uint8Array[]>();
   #pooled = 0;
 
-  constructor(readonly maxPooledBytes = 64 << 20) {}
+  constructor(readonly maxPooledBytes = 32 << 20) {}
 
   /** A buffer of exactly `n` bytes (a view of a pooled one); give it back with `release`. */
   get(n: number): Uint8Array {

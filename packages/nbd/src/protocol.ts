@@ -137,6 +137,16 @@ class ByteQueue {
     this.length += chunk.length;
   }
 
+  /** Copies what is still queued into memory of its own, so the pushed buffers may be reused. */
+  own(): void {
+    if (this.length === 0) return;
+    const copy = new Uint8Array(this.length);
+    this.#copyOut(copy, 0, this.length, false);
+    this.#chunks.length = 0;
+    this.#chunks.push(copy);
+    this.#head = 0;
+  }
+
   /**
    * A DataView over the next `n` (≤ 64) bytes without consuming them, and the offset of byte 0
    * in it. Zero-copy when they lie in one chunk.
@@ -272,6 +282,15 @@ abstract class Decoder<M> {
       this.#failed = err instanceof VdError ? err : protocolError(String((err as Error)?.message ?? err), { cause: String(err) });
       throw this.#failed;
     }
+  }
+
+  /**
+   * For a consumer that reads into one reused buffer (`net` `onread`): after draining `next()`,
+   * copies the few queued bytes that belong to an incomplete message, so the buffer can be
+   * refilled. Messages already returned must not be held past this call when they carry views.
+   */
+  releaseInput(): void {
+    this.q.own();
   }
 
   /** Marks the decoder failed from outside (the consumer found the message invalid). */

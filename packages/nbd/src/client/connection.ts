@@ -84,6 +84,13 @@ export function connectionLost(target: string, cause?: unknown): VdError {
 }
 
 const COOKIE_LIMIT = 0xffffffff;
+/** Plain sockets read into one reused buffer of this size (fewer, larger reads; no allocation per read). */
+const READ_BUFFER = 256 * 1024;
+
+/** Where bytes from the socket go; `borrowed` bytes live in a buffer the next read overwrites. */
+interface Receiver {
+  deliver: (chunk: Uint8Array, borrowed: boolean) => void;
+}
 
 /**
  * One NBD connection in the transmission phase: requests are pipelined and keyed by cookie,
@@ -104,7 +111,14 @@ export class NbdConnection {
   #dead: VdError | undefined;
   readonly #onDeath: ((err: VdError) => void)[] = [];
 
-  private constructor(socket: Duplex, decoder: ServerStreamDecoder, info: ExportInfo, uri: string, maxInFlight: number) {
+  private constructor(
+    socket: Duplex,
+    receiver: Receiver,
+    decoder: ServerStreamDecoder,
+    info: ExportInfo,
+    uri: string,
+    maxInFlight: number,
+  ) {
     this.#socket = socket;
     this.#decoder = decoder;
     this.info = info;
@@ -123,7 +137,8 @@ export class NbdConnection {
       },
     };
     decoder.enterTransmission(info.extended, targets);
-    socket.on('data', (chunk: Uint8Array) => this.#onData(chunk));
+    receiver.deliver = (chunk, borrowed) => this.#onData(chunk, borrowed);
+    socket.on('data', (chunk: Uint8Array) => this.#onData(chunk, false));
     socket.on('error', (err) => this.#die(connectionLost(uri, err)));
     socket.on('close', () => this.#die(connectionLost(uri)));
   }
@@ -132,7 +147,7 @@ export class NbdConnection {
   static async open(target: NbdTarget, opts: HandshakeOptions = {}): Promise<NbdConnection> {
     const uri = formatNbdUri(target);
     const hs = await Handshake.run(target, opts, async (h) => h.go(target.exportName, opts));
-    return new NbdConnection(hs.socket, hs.decoder, hs.result, uri, opts.maxInFlight ?? 16);
+    return new NbdConnection(hs.socket, hs.receiver, hs.decoder, hs.result, uri, opts.maxInFlight ?? 16);
   }
 
   get closed(): boolean {
@@ -295,12 +310,13 @@ export class NbdConnection {
     return [start, start + length];
   }
 
-  #onData(chunk: Uint8Array): void {
+  #onData(chunk: Uint8Array, borrowed: boolean): void {
     if (this.#dead) return;
     const d = this.#decoder;
     try {
       d.push(chunk);
       for (let m = d.next(); m !== undefined; m = d.next()) this.#onReply(m);
+      if (borrowed) d.releaseInput();
     } catch (err) {
       this.#die(err instanceof VdError ? err : protocolError(String(err)));
     }
@@ -394,11 +410,18 @@ class Handshake {
   #error: VdError | undefined;
   serverFlags = 0;
   result!: ExportInfo;
+  readonly receiver: Receiver = { deliver: () => {} };
+  readonly #plain: boolean;
 
-  constructor(readonly target: NbdTarget) {}
+  constructor(
+    readonly target: NbdTarget,
+    plain: boolean,
+  ) {
+    this.#plain = plain;
+  }
 
   static async run<T>(target: NbdTarget, opts: HandshakeOptions, body: (h: Handshake) => Promise<T>): Promise<Handshake & { value: T }> {
-    const h = new Handshake(target);
+    const h = new Handshake(target, !(opts.tls || target.tls));
     const uri = formatNbdUri(target);
     const timeout = opts.handshakeTimeout ?? 10_000;
     let timer: NodeJS.Timeout | undefined;
@@ -441,7 +464,18 @@ class Handshake {
 
   async #connect(): Promise<void> {
     const t = this.target;
-    const socket: Socket = t.kind === 'tcp' ? netConnect({ host: t.host, port: t.port, noDelay: true }) : netConnect({ path: t.path });
+    // TLS takes the socket over after STARTTLS, so only a plain connection reads into a reused buffer.
+    const onread = this.#plain
+      ? {
+          buffer: Buffer.allocUnsafe(READ_BUFFER),
+          callback: (n: number, buf: Uint8Array): boolean => {
+            this.receiver.deliver(buf.subarray(0, n), true);
+            return true;
+          },
+        }
+      : undefined;
+    const where = t.kind === 'tcp' ? { host: t.host, port: t.port, noDelay: true } : { path: t.path };
+    const socket: Socket = netConnect(onread ? { ...where, onread } : where);
     this.#listen(socket);
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
@@ -460,25 +494,28 @@ class Handshake {
 
   #listen(socket: Duplex): void {
     this.socket = socket;
-    socket.on('data', (chunk: Uint8Array) => {
-      try {
-        this.decoder.push(chunk);
-        for (let m = this.decoder.next(); m; m = this.decoder.next()) {
-          this.#queue.push(m);
-          // Stop at the end of the handshake: what follows belongs to the transmission decoder state.
-          if (m.kind === 'exportName' || (m.kind === 'optionReply' && m.option === Opt.GO && m.reply === Rep.ACK)) break;
-        }
-      } catch (err) {
-        this.#fail(err as VdError);
-      }
-      this.#wake?.();
-    });
+    this.receiver.deliver = (chunk, borrowed) => this.#onChunk(borrowed ? chunk.slice() : chunk);
+    socket.on('data', (chunk: Uint8Array) => this.#onChunk(chunk));
     socket.on('error', (err) =>
       this.#fail(new VdError('ERR_VD_IO', `NBD handshake with ${formatNbdUri(this.target)} failed: ${err.message}`, { cause: err })),
     );
     socket.on('close', () =>
       this.#fail(new VdError('ERR_VD_IO', `NBD server ${formatNbdUri(this.target)} closed the connection during the handshake`)),
     );
+  }
+
+  #onChunk(chunk: Uint8Array): void {
+    try {
+      this.decoder.push(chunk);
+      for (let m = this.decoder.next(); m; m = this.decoder.next()) {
+        this.#queue.push(m);
+        // Stop at the end of the handshake: what follows belongs to the transmission decoder state.
+        if (m.kind === 'exportName' || (m.kind === 'optionReply' && m.option === Opt.GO && m.reply === Rep.ACK)) break;
+      }
+    } catch (err) {
+      this.#fail(err as VdError);
+    }
+    this.#wake?.();
   }
 
   async next(): Promise<ServerMessage> {
