@@ -185,15 +185,17 @@ export function hostSource(host: SnapshotHost, diskName: string, opts: HostSourc
             return { reason: `point ${previous.id} carries no change ID of this host: a full read` };
           }
           const since = previous.changeId;
+          const query = (startOffset: number) => host.changes(diskName, since, { upTo: snap.changeId, startOffset, signal: sig });
+          let first: ChangedAreas;
           try {
-            await host.changes(diskName, since, { upTo: snap.changeId, startOffset: 0, signal: sig });
+            first = await query(0);
           } catch (err) {
             if (isVdError(err))
               return { reason: `the host cannot answer changes since ${since} (${err.code}: ${err.message}): a full read` };
             throw err;
           }
           return {
-            ranges: pages((startOffset) => host.changes(diskName, since, { upTo: snap.changeId, startOffset, signal: sig }), disk.size),
+            ranges: pages((startOffset) => (startOffset === 0 ? Promise.resolve(first) : query(startOffset)), disk.size),
             reason: `changed areas from the host between ${since} and ${snap.changeId}`,
           };
         },
