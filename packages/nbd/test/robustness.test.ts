@@ -241,6 +241,30 @@ describe('NbdServer against broken and malicious clients', () => {
     await d.handshake();
   });
 
+  it('keeps at most maxInFlight requests of one client at the disk', async () => {
+    let active = 0;
+    let peak = 0;
+    const src = new MemorySource(MiB);
+    const slow = Object.assign(Object.create(src), {
+      _read: async (o: number, into: Uint8Array, opts: object) => {
+        active++;
+        peak = Math.max(peak, active);
+        await new Promise((r) => setTimeout(r, 5));
+        active--;
+        return src._read(o, into, opts);
+      },
+    });
+    const { port } = await serve(new Disk(slow), { limits: { maxInFlight: 3 } });
+    const c = new RawClient(port);
+    cleanups.push(() => c.socket.destroy());
+    await c.handshake();
+    for (let i = 0; i < 20; i++) c.request(Cmd.READ, i + 1, i * 4096, 4096);
+    const seen = new Set<number>();
+    for (let i = 0; i < 20; i++) seen.add(((await c.next()) as { cookie: number }).cookie);
+    expect(seen.size).toBe(20);
+    expect(peak).toBe(3);
+  });
+
   it('shuts down gracefully: requests in flight finish, new options are refused', async () => {
     let release!: () => void;
     const gate = new Promise<void>((r) => (release = r));

@@ -146,6 +146,16 @@ describe('client against our server', () => {
     expect(String(missing.message)).toMatch(/nope/);
   });
 
+  it('sends CACHE hints the server accepts', async () => {
+    const { uri } = await serve(memoryDisk(MiB));
+    const src = await NbdClientSource.open(parseNbdUri(uri));
+    cleanups.push(() => src._close());
+    await expect(src.cache(0, 65536)).resolves.toBeUndefined();
+    const err = await src.cache(MiB, 512).catch((e) => e);
+    expect(isVdError(err, 'ERR_VD_INVALID_ARGUMENT')).toBe(true);
+    expect(err.details).toMatchObject({ errno: 22 });
+  });
+
   it('lists exports', async () => {
     const server = new NbdServer({
       exports: [
