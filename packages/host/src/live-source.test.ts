@@ -88,7 +88,7 @@ describe('LiveSource with a redo log', () => {
 
   it('concurrent first writes into one grain keep every byte', async () => {
     const base = new MemorySource(SIZE, { granularity: 512 });
-    await base._write!(0, new Uint8Array(GRAIN).fill(9), {});
+    await base._write!(0, new Uint8Array(GRAIN).fill(9));
     const live = new LiveSource(base, await Overlay.create(join(dir, 'c.redo'), join(dir, 'c.map'), SIZE, GRAIN));
     const disk = new Disk(live);
     const model = new Uint8Array(GRAIN).fill(9);
