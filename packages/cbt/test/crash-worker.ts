@@ -3,11 +3,35 @@
 // copies the disk meanwhile), prints `running`, then writes (random and sequential), zeroes and
 // marks forever.
 import { randomBytes, randomInt } from 'node:crypto';
+import type { ByteStore } from '@vd/core';
 import { fileFingerprint, mark, track } from '../src/index.js';
+import { openSidecarFile } from '../src/sidecar-file.js';
 import { fileDisk } from './helpers.js';
 
-const [img, cbt, durability] = process.argv.slice(2) as [string, string, 'fsync' | 'boot'];
-const disk = await track(await fileDisk(img), { path: cbt, granularity: 4096, durability, fingerprint: fileFingerprint(img) });
+function withoutWriteSync(s: ByteStore): ByteStore {
+  return {
+    name: s.name,
+    readOnly: s.readOnly,
+    size: () => s.size(),
+    read: (p, into) => s.read(p, into),
+    write: (p, d) => s.write(p, d),
+    truncate: (n) => s.truncate!(n),
+    flush: () => s.flush(),
+    close: () => s.close(),
+  };
+}
+
+const [img, cbt, mode] = process.argv.slice(2) as [string, string, 'fsync' | 'boot' | 'boot-async'];
+// `boot-async`: boot durability through a store that cannot write synchronously (a host's own
+// ByteStore), so marks take the asynchronous commit path.
+const store = mode === 'boot-async' ? withoutWriteSync((await openSidecarFile(cbt, false))!) : undefined;
+const durability = mode === 'fsync' ? 'fsync' : 'boot';
+const disk = await track(await fileDisk(img), {
+  ...(store ? { store } : { path: cbt }),
+  granularity: 4096,
+  durability,
+  fingerprint: fileFingerprint(img),
+});
 process.stdout.write(`marked ${await mark(disk)}\n`);
 await new Promise<void>((resolve) => process.stdin.once('data', () => resolve()));
 process.stdin.pause();

@@ -9,7 +9,7 @@ import { type ChangedArea, fileFingerprint, queryChangedAreas, track } from '../
 import { allAreas, fileDisk, tempDir } from './helpers.js';
 import { transpileForChild } from './transpile.js';
 
-const RUNS = Number(process.env.VD_CBT_CRASH_RUNS ?? 20);
+const RUNS = Number(process.env.VD_CBT_CRASH_RUNS ?? 21);
 const SIZE = 16 * 1024 * 1024;
 
 let dir: string;
@@ -76,7 +76,7 @@ describe('a tracked workload killed with SIGKILL', () => {
     let changedBytes = 0;
     let resets = 0;
     for (let run = 0; run < RUNS; run++) {
-      const durability = run % 2 === 0 ? 'fsync' : 'boot';
+      const durability = (['fsync', 'boot', 'boot-async'] as const)[run % 3]!;
       const id = await runAndKill(img, cbt, snapshot, durability);
       const disk = await track(await fileDisk(img), { path: cbt, fingerprint: fileFingerprint(img) });
       try {
