@@ -122,7 +122,6 @@ export class DiskHost {
   readonly server: NbdServer;
   readonly bitmap: string;
   readonly #served = new Map<string, Served>();
-  readonly #exports: NbdExport[];
   readonly #statePath: string;
   #state: HostState;
   readonly #tls: boolean;
@@ -147,8 +146,6 @@ export class DiskHost {
       });
     }
     this.server = new NbdServer({ exports, limits: opts.limits, tls: opts.tls });
-    // Snapshot exports come and go while serving: NbdServer looks exports up in this very array.
-    this.#exports = this.server.exports as NbdExport[];
   }
 
   /** Opens every disk of `opts.datastore`, recovers snapshots from the state file, resumes interrupted deletions. */
@@ -254,7 +251,7 @@ export class DiskHost {
       }
       const snap: Snapshot = { record, changes, disk: frozenDisk(s, changes, record, this.bitmap) };
       s.snapshots.push(snap);
-      this.#exports.push(snapshotExport(name, snap));
+      this.server.addExport(snapshotExport(name, snap));
       debug('host: snapshot %s of %s at %s', id, name, record.changeId);
       return this.#snapshotInfo(name, record);
     });
@@ -271,8 +268,7 @@ export class DiskHost {
       if (!snap)
         throw new VdError('ERR_VD_NOT_FOUND', `disk ${name} has no snapshot ${JSON.stringify(id)}`, { details: { disk: name, id } });
       if (snap.record.status === 'active') {
-        const i = this.#exports.findIndex((e) => e.name === exportNameOf(name, id));
-        if (i >= 0) this.#exports.splice(i, 1);
+        this.server.removeExport(exportNameOf(name, id));
         await snap.disk?.close().catch(() => {});
         snap.disk = undefined;
         snap.record.status = 'deleting';
