@@ -6,7 +6,8 @@
 //     and vd's NbdServer vs qemu-nbd serving the same monolithicSparse VMDK.
 //  3. Sparse: a 10%-allocated raw copied by nbdcopy from vd's server, as a share of the full copy.
 //  4. Peak RSS of this process (which runs our client and server).
-// Size: BENCH_NBD_MIB (default 2048). Rounds: BENCH_NBD_ROUNDS (default 3, median reported).
+// Size: BENCH_NBD_MIB (default 2048). Rounds: BENCH_NBD_ROUNDS (default 3, alternating order, after a
+// warm-up of each; medians reported).
 import { spawn, spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -69,15 +70,33 @@ async function peer(cmd, args, sock, pid) {
   throw new Error(`${cmd} did not start`);
 }
 
-async function time(f) {
-  const t = [];
+async function once(f) {
+  const s = performance.now();
+  await f();
+  return (performance.now() - s) / 1000;
+}
+
+const median = (t) => [...t].sort((a, b) => a - b)[Math.floor(t.length / 2)];
+
+/**
+ * Ours and the peer on the same input: one untimed warm-up each (page cache), then rounds that
+ * alternate which goes first, so neither profits from the other's cache or the machine's mood.
+ */
+async function compare(ours, peer) {
+  await ours();
+  await peer();
+  const a = [];
+  const b = [];
   for (let i = 0; i < ROUNDS; i++) {
-    const s = performance.now();
-    await f();
-    t.push((performance.now() - s) / 1000);
+    if (i % 2 === 0) {
+      a.push(await once(ours));
+      b.push(await once(peer));
+    } else {
+      b.push(await once(peer));
+      a.push(await once(ours));
+    }
   }
-  t.sort((a, b) => a - b);
-  return t[Math.floor(t.length / 2)];
+  return [median(a), median(b)];
 }
 
 const rate = (bytes, s) => `${(bytes / MiB / s).toFixed(0)} MiB/s`;
@@ -137,12 +156,14 @@ try {
   // 1. Client.
   const kit = await peer('nbdkit', ['-f', '-U', sock('kit'), '-P', pid('kit'), 'file', raw], sock('kit'), pid('kit'));
   stops.push(kit.stop);
-  const ours1 = await time(async () => {
-    const disk = await core.openDisk(kit.uri, { transports: [nbd()], readOnly: true });
-    await readAll(disk);
-    await disk.close();
-  });
-  const theirs1 = await time(() => exec('nbdcopy', [kit.uri, 'null:']));
+  const [ours1, theirs1] = await compare(
+    async () => {
+      const disk = await core.openDisk(kit.uri, { transports: [nbd()], readOnly: true });
+      await readAll(disk);
+      await disk.close();
+    },
+    () => exec('nbdcopy', [kit.uri, 'null:']),
+  );
   report('client: full read from nbdkit file', 'vd nbd() client', ours1, 'nbdcopy ... null:', theirs1);
 
   // 2. Server, raw and VMDK.
@@ -159,18 +180,25 @@ try {
   });
   await server.listen({ path: sock('vd') });
   const vdUri = (name) => `nbd+unix:///${name}?socket=${sock('vd')}`;
-  const ours2 = await time(() => exec('nbdcopy', [vdUri('raw'), 'null:']));
-  const theirs2 = await time(() => exec('nbdcopy', [kit.uri, 'null:']));
+  const [ours2, theirs2] = await compare(
+    () => exec('nbdcopy', [vdUri('raw'), 'null:']),
+    () => exec('nbdcopy', [kit.uri, 'null:']),
+  );
   report('server: nbdcopy reading the raw', 'vd NbdServer', ours2, 'nbdkit file', theirs2);
 
   const q = await peer('qemu-nbd', ['-k', sock('q'), `--pid-file=${pid('q')}`, '-r', '-t', '-f', 'vmdk', vmdk], sock('q'), pid('q'));
   stops.push(q.stop);
-  const ours3 = await time(() => exec('nbdcopy', [vdUri('vmdk'), 'null:']));
-  const theirs3 = await time(() => exec('nbdcopy', [q.uri, 'null:']));
+  const [ours3, theirs3] = await compare(
+    () => exec('nbdcopy', [vdUri('vmdk'), 'null:']),
+    () => exec('nbdcopy', [q.uri, 'null:']),
+  );
   report('server: nbdcopy reading the monolithicSparse VMDK', 'vd NbdServer', ours3, 'qemu-nbd', theirs3);
 
   // 3. Sparse.
-  const sparseT = await time(() => exec('nbdcopy', [vdUri('sparse'), 'null:']));
+  const [sparseT] = await compare(
+    () => exec('nbdcopy', [vdUri('sparse'), 'null:']),
+    async () => {},
+  );
   console.log('sparse: nbdcopy of a 10%-allocated raw from vd NbdServer');
   console.log(
     `  10% allocated ${sparseT.toFixed(2)} s vs full ${ours2.toFixed(2)} s = ${((100 * sparseT) / ours2).toFixed(1)}% of the full time (target <= 15%)`,

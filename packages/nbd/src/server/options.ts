@@ -14,7 +14,7 @@ export interface NbdExport {
 export interface NbdServerLimits {
   /** Connections open at once; more are closed at once (default 64). */
   maxConnections?: number;
-  /** Requests a client may have in flight; the server stops reading from it beyond (default 32). */
+  /** Requests a client may have in flight; the server stops reading from it beyond (default 16). */
   maxInFlight?: number;
   /** Largest READ/WRITE payload, advertised as the maximum block size (default 32 MiB). */
   maxPayload?: number;
@@ -66,7 +66,7 @@ export interface ResolvedLimits {
 export function resolveLimits(l: NbdServerLimits = {}): ResolvedLimits {
   return {
     maxConnections: l.maxConnections ?? 64,
-    maxInFlight: l.maxInFlight ?? 32,
+    maxInFlight: l.maxInFlight ?? 16,
     maxPayload: l.maxPayload ?? 32 << 20,
     maxOptionData: l.maxOptionData ?? 64 << 10,
     handshakeTimeout: l.handshakeTimeout ?? 30_000,
