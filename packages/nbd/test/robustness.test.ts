@@ -219,6 +219,19 @@ describe('NbdServer against broken and malicious clients', () => {
     await until(() => server.connections === 0);
   });
 
+  it('drops a client that leaves a request half-sent (slowloris in transmission)', async () => {
+    const { server, port } = await serve(memoryDisk(MiB), { limits: { frameTimeout: 200 } });
+    const c = new RawClient(port);
+    await c.handshake();
+    c.request(Cmd.READ, 1, 0, 512);
+    expect(await c.next()).toMatchObject({ kind: 'data', cookie: 1 });
+    const h = new Uint8Array(28);
+    writeRequestHeader(h, 0, false, 0, Cmd.READ, 2, 0, 512);
+    c.send(h.subarray(0, 10));
+    await c.closed;
+    await until(() => server.connections === 0);
+  });
+
   it('limits connections; a truncated frame followed by a close frees the slot', async () => {
     const { server, port } = await serve(memoryDisk(MiB), { limits: { maxConnections: 2 } });
     const a = new RawClient(port);

@@ -85,6 +85,8 @@ export class ServerConnection {
   #inflight = 0;
   #state: 'handshake' | 'upgrading' | 'transmission' | 'draining' | 'closed' = 'handshake';
   #handshakeTimer: NodeJS.Timeout | undefined;
+  /** Armed while a request is half-received in transmission. */
+  #frameTimer: NodeJS.Timeout | undefined;
   #corked = false;
   #idle: (() => void) | undefined;
   readonly closed: Promise<void>;
@@ -136,6 +138,7 @@ export class ServerConnection {
         return;
       }
       this.#pump();
+      this.#watchFrame();
     });
     socket.on('drain', () => this.#pump());
     socket.on('error', (err) => {
@@ -144,6 +147,23 @@ export class ServerConnection {
     socket.on('close', () => {
       if (this.#state !== 'upgrading') this.#finish();
     });
+  }
+
+  /** Drops a client that leaves part of a request unsent for too long. */
+  #watchFrame(): void {
+    const partial = this.#state === 'transmission' && this.#decoder.buffered > 0 && this.#inflight < this.#ctx.limits.maxInFlight;
+    if (partial && !this.#frameTimer) {
+      this.#frameTimer = setTimeout(() => {
+        this.#frameTimer = undefined;
+        if (this.#state === 'transmission' && this.#decoder.buffered > 0 && this.#inflight < this.#ctx.limits.maxInFlight) {
+          this.#abort('a request stayed half-received too long');
+        }
+      }, this.#ctx.limits.frameTimeout);
+      this.#frameTimer.unref?.();
+    } else if (!partial && this.#frameTimer) {
+      clearTimeout(this.#frameTimer);
+      this.#frameTimer = undefined;
+    }
   }
 
   #pump(): void {
@@ -164,6 +184,10 @@ export class ServerConnection {
       if (!msg) {
         if (this.#socket.isPaused()) this.#socket.resume();
         return;
+      }
+      if (this.#frameTimer) {
+        clearTimeout(this.#frameTimer);
+        this.#frameTimer = undefined;
       }
       try {
         if (msg.kind === 'flags') this.#onFlags(msg.flags);
@@ -664,6 +688,7 @@ export class ServerConnection {
   #finish(): void {
     if (this.#state !== 'closed') this.#state = 'closed';
     clearTimeout(this.#handshakeTimer);
+    clearTimeout(this.#frameTimer);
     if (this.#idle) {
       const idle = this.#idle;
       this.#idle = undefined;

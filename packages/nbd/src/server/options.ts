@@ -22,6 +22,11 @@ export interface NbdServerLimits {
   maxOptionData?: number;
   /** Milliseconds a client may take to finish the handshake (slowloris guard; default 30 s). */
   handshakeTimeout?: number;
+  /**
+   * Milliseconds a request may stay half-received (slowloris in transmission; default 30 s). An
+   * idle client with nothing half-sent may stay connected as long as it likes.
+   */
+  frameTimeout?: number;
   /** Milliseconds `close()` waits for in-flight requests before dropping connections (default 30 s). */
   shutdownTimeout?: number;
   /** Descriptors in one block status reply (default 65536). */
@@ -59,6 +64,7 @@ export interface ResolvedLimits {
   maxPayload: number;
   maxOptionData: number;
   handshakeTimeout: number;
+  frameTimeout: number;
   shutdownTimeout: number;
   maxExtents: number;
 }
@@ -70,6 +76,7 @@ export function resolveLimits(l: NbdServerLimits = {}): ResolvedLimits {
     maxPayload: l.maxPayload ?? 32 << 20,
     maxOptionData: l.maxOptionData ?? 64 << 10,
     handshakeTimeout: l.handshakeTimeout ?? 30_000,
+    frameTimeout: l.frameTimeout ?? 30_000,
     shutdownTimeout: l.shutdownTimeout ?? 30_000,
     maxExtents: l.maxExtents ?? 65536,
   };
