@@ -52,25 +52,32 @@ export function startTlsClient(socket: Socket, host: string, opts: ClientTlsOpti
     }
     const psk = opts.psk;
     const servername = sniName(opts.hostname ?? host);
-    const tls = tlsConnect({
-      socket,
-      ...(servername === undefined ? {} : { servername }),
-      ca: opts.ca as string | string[] | undefined,
-      cert: opts.cert,
-      key: opts.key,
-      minVersion: 'TLSv1.2',
-      ciphers: preferredCiphers,
-      // Checked by verifyServer after the handshake, so a pinned self-signed certificate works and
-      // each refusal is reported precisely.
-      rejectUnauthorized: false,
-      checkServerIdentity: () => undefined,
-      ...(psk
-        ? {
-            ciphers: `${pskCiphers}:TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384`,
-            pskCallback: () => ({ identity: psk.identity, psk: Buffer.from(psk.key) }),
-          }
-        : {}),
-    });
+    let tls: TLSSocket;
+    try {
+      tls = tlsConnect({
+        socket,
+        ...(servername === undefined ? {} : { servername }),
+        ca: opts.ca as string | string[] | undefined,
+        cert: opts.cert,
+        key: opts.key,
+        minVersion: 'TLSv1.2',
+        ciphers: preferredCiphers,
+        // Checked by verifyServer after the handshake, so a pinned self-signed certificate works and
+        // each refusal is reported precisely.
+        rejectUnauthorized: false,
+        checkServerIdentity: () => undefined,
+        ...(psk
+          ? {
+              ciphers: `${pskCiphers}:TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384`,
+              pskCallback: () => ({ identity: psk.identity, psk: Buffer.from(psk.key) }),
+            }
+          : {}),
+      });
+    } catch (err) {
+      socket.destroy();
+      reject(tlsError('configuration', `the TLS client settings are unusable: ${(err as Error).message}`, {}, err));
+      return;
+    }
     let settled = false;
     const finish = (err: Error | undefined, result?: ClientTlsResult) => {
       if (settled) return;

@@ -205,6 +205,12 @@ describe('client verification', () => {
     expect(await echo(socket, 'x')).toBe('x');
   });
 
+  it('refuses unusable client settings with a coded error, not a throw', async () => {
+    const { port } = await listen({});
+    const err = await refused(dial(port, 'localhost', { ca: ca.cert, cert: 'not a certificate', key: 'not a key' }));
+    expect(err.details.reason).toBe('configuration');
+  });
+
   it('refuses plaintext where a TLS record was due', async () => {
     const { port } = await listen({ raw: (s) => s.end('\0\0\0\0\0\0\0\x03 plain NBD option reply, not TLS') });
     const err = await refused(dial(port, 'localhost', { ca: ca.cert }));
