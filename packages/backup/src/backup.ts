@@ -26,6 +26,8 @@ export interface BackupOptions {
   onStart?: ((info: { point: string; kind: 'full' | 'incremental'; reason: string; bytesTotal: number }) => void) | undefined;
   /** Requests in flight (default 16). */
   inFlight?: number | undefined;
+  /** Minimum milliseconds between progress events (default 100). */
+  progressInterval?: number | undefined;
 }
 
 export interface BackupResult {
@@ -110,6 +112,7 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
       copied = await copyDisk(disk, target, {
         signal,
         inFlight: opts.inFlight,
+        progressInterval: opts.progressInterval,
         extents: incremental ? ranges : undefined,
         targetIsZero: !incremental,
         checksums: true,
