@@ -317,12 +317,25 @@ describe('NbdServer against broken and malicious clients', () => {
 
 type Misbehave = (req: NbdRequest, sock: Socket) => void;
 
-async function fakeServer(onRequest: Misbehave, greeting?: Uint8Array): Promise<string> {
-  const server: Server = createServer((sock) => {
-    sock.on('error', () => {});
+async function fakeServer(onRequest: Misbehave, greeting?: Uint8Array, dribble = false): Promise<string> {
+  const server: Server = createServer((real) => {
+    real.on('error', () => {});
+    // With `dribble`, handshake bytes go out a few at a time, so the client sees many small reads.
+    let chain = Promise.resolve();
+    const sock = dribble
+      ? (Object.assign(Object.create(real), {
+          write(b: Uint8Array) {
+            for (let at = 0; at < b.length; at += 5) {
+              const part = b.slice(at, at + 5);
+              chain = chain.then(() => new Promise<void>((r) => setTimeout(() => real.write(part, () => r()), 1)));
+            }
+            return true;
+          },
+        }) as Socket)
+      : real;
     sock.write(greeting ?? encodeGreeting(HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES));
     const d = new ClientStreamDecoder();
-    sock.on('data', (chunk: Uint8Array) => {
+    real.on('data', (chunk: Uint8Array) => {
       try {
         d.push(chunk);
         for (let m = d.next(); m; m = d.next()) {
@@ -340,7 +353,7 @@ async function fakeServer(onRequest: Misbehave, greeting?: Uint8Array): Promise<
           } else if (m.kind === 'request') onRequest(m, sock);
         }
       } catch {
-        sock.destroy();
+        real.destroy();
       }
     });
   });
@@ -375,6 +388,23 @@ describe('our client against broken and malicious servers', () => {
     const err = await openDisk(uri, { transports: [nbd()] }).catch((e) => e);
     expect(isVdError(err, 'ERR_VD_PROTOCOL')).toBe(true);
     expect(err.message).toMatch(/NBDMAGIC/);
+  });
+
+  it('survives a handshake that arrives a few bytes at a time (reads into one reused buffer)', async () => {
+    const uri = await fakeServer(
+      (req, sock) => {
+        const h = new Uint8Array(16);
+        new DataView(h.buffer).setUint32(0, 0x67446698);
+        new DataView(h.buffer).setBigUint64(8, req.cookie);
+        sock.write(h);
+        if (req.command === Cmd.READ) sock.write(new Uint8Array(req.length).fill(3));
+      },
+      undefined,
+      true,
+    );
+    const disk = await openDisk(uri, { transports: [nbd()] });
+    cleanups.push(() => disk.destroy());
+    expect((await disk.read(0, 4096)).every((b) => b === 3)).toBe(true);
   });
 
   it('fails on a reply for a request never sent', async () => {

@@ -494,7 +494,7 @@ class Handshake {
 
   #listen(socket: Duplex): void {
     this.socket = socket;
-    this.receiver.deliver = (chunk, borrowed) => this.#onChunk(borrowed ? chunk.slice() : chunk);
+    this.receiver.deliver = (chunk, borrowed) => this.#onChunk(borrowed ? Uint8Array.prototype.slice.call(chunk) : chunk);
     socket.on('data', (chunk: Uint8Array) => this.#onChunk(chunk));
     socket.on('error', (err) =>
       this.#fail(new VdError('ERR_VD_IO', `NBD handshake with ${formatNbdUri(this.target)} failed: ${err.message}`, { cause: err })),
