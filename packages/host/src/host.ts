@@ -48,6 +48,12 @@ export interface DiskHostOptions {
   limits?: NbdServerLimits;
 }
 
+export interface SkippedDisk {
+  name: string;
+  code: string;
+  message: string;
+}
+
 export interface SnapshotInfo {
   id: string;
   disk: string;
@@ -121,6 +127,8 @@ export class DiskHost {
   readonly datastore: Datastore;
   readonly server: NbdServer;
   readonly bitmap: string;
+  /** Files of the datastore that could not be opened as disks, and why. */
+  skipped: readonly SkippedDisk[] = [];
   readonly #served = new Map<string, Served>();
   readonly #statePath: string;
   #state: HostState;
@@ -154,14 +162,25 @@ export class DiskHost {
     await mkdir(datastore.hostDir, { recursive: true, mode: 0o700 });
     const state = await readState(join(datastore.hostDir, STATE_FILE));
     const served: Served[] = [];
+    const skipped: SkippedDisk[] = [];
     try {
-      for (const name of await datastore.list()) served.push(await openServed(datastore, name, state.disks[name], opts));
+      for (const name of await datastore.list()) {
+        try {
+          served.push(await openServed(datastore, name, state.disks[name], opts));
+        } catch (err) {
+          // One unreadable image must not take the other disks offline; its state records stay.
+          if (!isVdError(err)) throw err;
+          debug('host: not serving %s: %s', name, err.message);
+          skipped.push({ name, code: err.code, message: err.message });
+        }
+      }
       await removeOrphans(datastore, state);
     } catch (err) {
       await Promise.allSettled(served.map((s) => closeServed(s)));
       throw err;
     }
     const host = new DiskHost(datastore, state, served, opts);
+    host.skipped = skipped;
     for (const s of served) {
       const deleting = s.snapshots.find((x) => x.record.status === 'deleting');
       if (deleting) host.#startConsolidation(s, deleting);

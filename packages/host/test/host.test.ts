@@ -56,8 +56,12 @@ describe('DiskHost', () => {
     await rawImage(join(dir, '..', `${dir.split('/').pop()}-outside.img`), 4096);
     await symlink(join(dir, '..', `${dir.split('/').pop()}-outside.img`), join(dir, 'link.img'));
     await symlink(join(dir, 'other.raw'), join(dir, 'inside-link.img'));
+    // A damaged image is left out (and reported); the others are served.
+    await writeFile(join(dir, 'bad.vmdk'), Buffer.concat([Buffer.from('KDMV'), randomBytes(4092)]));
     host = await DiskHost.open({ datastore: dir });
     expect(host.diskNames.sort()).toEqual(['disk.img', 'inside-link.img', 'other.raw']);
+    expect(host.skipped.map((x) => x.name)).toEqual(['bad.vmdk']);
+    expect(host.skipped[0]!.code).toMatch(/^ERR_VD_/);
     expect(() => host!.disk('../disk.img')).toThrow(expect.objectContaining({ code: 'ERR_VD_INVALID_ARGUMENT' }));
     expect(() => host!.disk('link.img')).toThrow(expect.objectContaining({ code: 'ERR_VD_NOT_FOUND' }));
     expect(() => host!.disk('a\0b')).toThrow(expect.objectContaining({ code: 'ERR_VD_INVALID_ARGUMENT' }));

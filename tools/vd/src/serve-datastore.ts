@@ -30,6 +30,7 @@ export async function serveDatastore(ctx: Context, opts: DatastoreServeOptions, 
   // The same certificate serves HTTPS; TLS-PSK alone gives none, so the API stays plain HTTP then.
   const https = nbdTls ? (await loadPki(opts.tlsCertificates ?? defaultPkiDir())).server : undefined;
   const host = await DiskHost.open({ datastore: opts.datastore, tls: nbdTls });
+  for (const x of host.skipped) ctx.io.stderr.write(`vd: not serving ${x.name}: ${x.message} [${x.code}]\n`);
   let api: ApiServer | undefined;
   try {
     const activated = await host.server.listenSystemd(opts.env);
