@@ -61,4 +61,17 @@ describe('info and ddb metadata', () => {
     expect((info.chain as { name: string }[]).map((c) => c.name)).toEqual(['i-child.vmdk', 'i-base.vmdk']);
     await d.close();
   });
+
+  it('keeps ddb.longContentID in step with the CID on the first write', async () => {
+    await createVmdk(r, 'lc.vmdk', { size: 1 << 20, metadata: { 'ddb.longContentID': '0123456789abcdef0123456712345678' } });
+    const d = new Disk(await openVmdk(r, 'lc.vmdk'));
+    await d.write(0, new Uint8Array(1));
+    await d.close();
+    const meta = await readVmdkMetadata(r, 'lc.vmdk');
+    const l = new Disk(await openVmdk(r, 'lc.vmdk', { readOnly: true }));
+    const cid = l.info().cid as string;
+    await l.close();
+    expect(meta['ddb.longContentID']).toMatch(new RegExp(`^[0-9a-f]{24}${cid}$`));
+    expect(meta['ddb.longContentID']).not.toBe('0123456789abcdef0123456712345678');
+  });
 });

@@ -245,6 +245,10 @@ export class VmdkSource implements BlockSource, ParentLink {
     this.#cidBumped ??= (async () => {
       if (this.#home.kind === 'none') return;
       this.descriptor.cid = newCid();
+      // ESXi keeps a 128-bit content ID whose last 32 bits are the CID: keep the two in step.
+      if (/^[0-9a-f]{32}$/i.test(this.descriptor.ddb.get('ddb.longContentID') ?? '')) {
+        this.descriptor.ddb.set('ddb.longContentID', randomBytes(12).toString('hex') + formatCid(this.descriptor.cid));
+      }
       await this.writeDescriptor();
     })();
     return this.#cidBumped;
