@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runConformance } from '@vd/conformance/vitest';
@@ -262,6 +262,48 @@ describe('require mode keeps everything behind STARTTLS', () => {
     const err = await openDisk(plainUnix, { transports: [nbd({ retries: 0 })] }).catch((e) => e);
     expect(isVdError(err, 'ERR_VD_TLS'), String(err)).toBe(true);
     expect(reads).toBe(0);
+  });
+});
+
+describe('require mode, byte by byte', () => {
+  it('answers every option but STARTTLS and ABORT with ERR_TLS_REQD, and closes on EXPORT_NAME', async () => {
+    const { Opt, Rep, encodeClientFlags, encodeOption, encodeInfoRequest, ServerStreamDecoder } = protocol;
+    const disk = memoryDisk(MiB);
+    const { server } = await serve(disk);
+    const sockPath = server.addresses.find((a) => a.kind === 'unix')!.path!;
+    const sock = connect(sockPath);
+    sock.on('error', () => {});
+    const decoder = new ServerStreamDecoder();
+    const messages: protocol.ServerMessage[] = [];
+    let closed = false;
+    sock.on('data', (d) => {
+      decoder.push(d);
+      for (let m = decoder.next(); m; m = decoder.next()) messages.push(m);
+    });
+    sock.on('close', () => {
+      closed = true;
+    });
+    const next = async () => {
+      for (let i = 0; i < 400 && messages.length === 0; i++) await new Promise((r) => setTimeout(r, 5));
+      return messages.shift();
+    };
+    expect((await next())?.kind).toBe('greeting');
+    sock.write(encodeClientFlags(1 | 2));
+    for (const [option, data] of [
+      [Opt.LIST, new Uint8Array(0)],
+      [Opt.INFO, encodeInfoRequest('disk', [])],
+      [Opt.GO, encodeInfoRequest('disk', [])],
+      [Opt.STRUCTURED_REPLY, new Uint8Array(0)],
+      [Opt.SET_META_CONTEXT, new Uint8Array(0)],
+      [77, new Uint8Array(0)],
+    ] as const) {
+      sock.write(encodeOption(option, data));
+      expect(await next(), `option ${option}`).toMatchObject({ kind: 'optionReply', option, reply: Rep.ERR_TLS_REQD });
+    }
+    sock.write(encodeOption(Opt.EXPORT_NAME, new TextEncoder().encode('disk')));
+    for (let i = 0; i < 400 && !closed; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(closed).toBe(true);
+    expect(messages.filter((m) => m.kind !== 'optionReply')).toEqual([]);
   });
 });
 
