@@ -135,4 +135,30 @@ describe('DiskHost', () => {
     expect(Buffer.from(await readFile(join(dir, 'disk.img'))).equals(model)).toBe(true);
     await live.close();
   });
+
+  it('finishes a deletion a crash interrupted, at the next start', async () => {
+    let { host: h, live, model } = await start();
+    await writeRegions(live, model, disjoint(randomRegions(SIZE, 10)));
+    const s = await h.createSnapshot('disk.img');
+    await writeRegions(live, model, disjoint(randomRegions(SIZE, 30)));
+    await live.close();
+    await h.close();
+    // As if the host died after recording the deletion, before consolidating.
+    const statePath = join(dir, '.vd-host', 'state.json');
+    const state = JSON.parse(await readFile(statePath, 'utf8'));
+    state.disks['disk.img'].snapshots[0].status = 'deleting';
+    await writeFile(statePath, JSON.stringify(state));
+    ({ host: h, live } = await start());
+    expect(h.snapshots('disk.img').map((x) => x.status)).toEqual(['deleting']);
+    // The snapshot export is not offered, and writes go on while it consolidates.
+    await expect(openDisk(h.uriOf(`disk.img@${s.id}`)!, { transports: [nbd({ retries: 0 })] })).rejects.toBeDefined();
+    await writeRegions(live, model, disjoint(randomRegions(SIZE, 10)));
+    for (let i = 0; i < 200 && h.snapshots('disk.img').length > 0; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(h.snapshots('disk.img')).toEqual([]);
+    expect(Buffer.from(await live.read(0, SIZE)).equals(model)).toBe(true);
+    await live.flush();
+    expect(Buffer.from(await readFile(join(dir, 'disk.img'))).equals(model)).toBe(true);
+    expect((await readdir(join(dir, '.vd-host'))).filter((f) => f.includes('@'))).toEqual([]);
+    await live.close();
+  });
 });
