@@ -43,7 +43,8 @@ export async function track(disk: Disk | BlockSource, opts: TrackOptions): Promi
   const readOnly = source.capabilities.readOnly || typeof source._write !== 'function';
   let fingerprint = opts.fingerprint;
   if (fingerprint === undefined && disk instanceof Disk && disk.location?.startsWith('file:')) {
-    fingerprint = fileFingerprint(fileURLToPath(disk.location));
+    const path = localPath(disk.location);
+    if (path) fingerprint = fileFingerprint(path);
   }
   const tracker = await Tracker.open({ size: source.size, readOnly }, { ...opts, fingerprint });
   let tracked: Disk;
@@ -59,6 +60,14 @@ export async function track(disk: Disk | BlockSource, opts: TrackOptions): Promi
   }
   trackers.set(tracked, tracker);
   return tracked;
+}
+
+function localPath(location: string): string | undefined {
+  try {
+    return fileURLToPath(location);
+  } catch {
+    return undefined; // file://host/… is not local: no default fingerprint
+  }
 }
 
 /**
