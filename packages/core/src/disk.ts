@@ -89,6 +89,23 @@ export class Disk implements AsyncDisposable {
     return { ...info, size: this.size, transport: this.transport };
   }
 
+  /** The format's key/value metadata (VMDK `ddb.*`); empty where the format keeps none. */
+  async metadata(opts: IoOptions = {}): Promise<Record<string, string>> {
+    this.#checkOpen('metadata');
+    throwIfAborted(opts.signal, 'metadata');
+    return (await this.#source._getMetadata?.()) ?? {};
+  }
+
+  /** Sets one metadata key (`undefined` removes it), durably. */
+  async setMetadata(key: string, value: string | undefined, opts: IoOptions = {}): Promise<void> {
+    this.#checkWritable('setMetadata');
+    throwIfAborted(opts.signal, 'setMetadata');
+    if (typeof key !== 'string' || key.length === 0)
+      throw new VdError('ERR_VD_INVALID_ARGUMENT', 'setMetadata: key must be a non-empty string');
+    if (!this.#source._setMetadata) throw new VdError('ERR_VD_NOT_SUPPORTED', `setMetadata: ${this.info().format} disks keep no metadata`);
+    await this.#source._setMetadata(key, value);
+  }
+
   /** Reads into a new buffer. */
   async read(offset: number, length: number, opts: IoOptions = {}): Promise<Uint8Array> {
     this.#checkRange('read', offset, length);

@@ -115,6 +115,10 @@ export interface BlockSource {
    */
   _extents?(offset: number, length: number, context: string, opts: IoOptions): Promise<Extent[]>;
   _info?(): DiskInfo;
+  /** Key/value metadata the format keeps (VMDK `ddb.*` keys), VixDiskLib_GetMetadataKeys + ReadMetadata. */
+  _getMetadata?(): Promise<Record<string, string>>;
+  /** Sets (`undefined` removes) one key, durably (VixDiskLib_WriteMetadata). */
+  _setMetadata?(key: string, value: string | undefined): Promise<void>;
   /** Graceful: called once, after every request the wrapper issued has settled. */
   _close(): Promise<void>;
   /** Abortive: drop connections, fail what is in flight. Defaults to `_close`. */

@@ -301,6 +301,14 @@ export class VmdkSource implements BlockSource, ParentLink {
     await this.writeDescriptor();
   }
 
+  async _getMetadata(): Promise<Record<string, string>> {
+    return Object.fromEntries(this.descriptor.ddb);
+  }
+
+  _setMetadata(key: string, value: string | undefined): Promise<void> {
+    return this.setMetadata(key, value);
+  }
+
   allocatedBytes(): number {
     let n = 0;
     for (const { extent } of this.#extents) n += extent.allocatedBytes();
