@@ -35,8 +35,10 @@ async function preallocate(path) {
   await fh.close();
 }
 
+/** MiB/s (wall) and CPU milliseconds of this process (client and host) per GiB written. */
 async function writeAll(disk, data) {
   let next = 0;
+  const c0 = process.cpuUsage();
   const t0 = performance.now();
   await Promise.all(
     Array.from({ length: IN_FLIGHT }, async () => {
@@ -48,7 +50,9 @@ async function writeAll(disk, data) {
     }),
   );
   await disk.flush();
-  return TOTAL / MiB / ((performance.now() - t0) / 1000);
+  const wall = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(c0);
+  return { speed: TOTAL / MiB / wall, cpuPerGiB: (cpu.user + cpu.system) / 1000 / (TOTAL / (1024 * MiB)) };
 }
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -67,7 +71,7 @@ try {
   const hosts = {};
   for (const mode of ['tracked', 'untracked']) {
     const disk = await openDisk(host.uriOf(`${mode}.img`), { transports: [nbd()] });
-    hosts[mode] = { disk, speeds: [] };
+    hosts[mode] = { disk, speeds: [], cpu: [] };
   }
   console.log(
     `write through the host over NBD: ${TOTAL / MiB} MiB in ${CHUNK / MiB} MiB writes, ${IN_FLIGHT} in flight, flush at the end, median of ${ROUNDS}`,
@@ -84,7 +88,9 @@ try {
         const s = await host.createSnapshot('tracked.img');
         await host.deleteSnapshot('tracked.img', s.id);
       }
-      h.speeds.push(await writeAll(h.disk, data));
+      const r = await writeAll(h.disk, data);
+      h.speeds.push(r.speed);
+      h.cpu.push(r.cpuPerGiB);
     }
   }
   const t = median(hosts.tracked.speeds);
@@ -92,8 +98,10 @@ try {
   // Each round measures both back to back, so its ratio cancels the load drift of a shared machine.
   const ratios = hosts.tracked.speeds.map((x, i) => x / hosts.untracked.speeds[i]);
   const r = median(ratios);
-  console.log(`  untracked export: ${u.toFixed(0)} MiB/s`);
-  console.log(`  tracked export:   ${t.toFixed(0)} MiB/s`);
+  const cu = median(hosts.untracked.cpu);
+  const ct = median(hosts.tracked.cpu);
+  console.log(`  untracked export: ${u.toFixed(0)} MiB/s, ${cu.toFixed(0)} ms CPU per GiB`);
+  console.log(`  tracked export:   ${t.toFixed(0)} MiB/s, ${ct.toFixed(0)} ms CPU per GiB (CPU ratio ${(ct / cu).toFixed(3)})`);
   console.log(
     `  tracked / untracked, median of per-round ratios: ${r.toFixed(3)} (overhead ${((1 - r) * 100).toFixed(1)}%; rounds ${Math.min(...ratios).toFixed(2)}…${Math.max(...ratios).toFixed(2)})`,
   );
