@@ -1,5 +1,5 @@
-import { mkdir, rm } from 'node:fs/promises';
-import { posix } from 'node:path';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join, posix } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { type CopyProgress, type CopyRange, copyDisk, createVmdk, fileResolver, throwIfAborted } from '@vd/core';
 import type { ManifestBody, PointSource } from './manifest.js';
@@ -7,7 +7,10 @@ import { serializeManifest } from './manifest.js';
 import { openPointDisk } from './point-disk.js';
 import { alignRanges, totalLength } from './ranges.js';
 import { DISK_FILE, MANIFEST_FILE, PARTIAL_PREFIX, Repository, writeDurably } from './repository.js';
-import type { BackupSource, Changes, SourceState } from './sources.js';
+import type { BackupSource, Changes, SourceFacts, SourceState } from './sources.js';
+
+/** In a point being written: what the source holds (a snapshot), for cleanup after a kill. */
+const SOURCE_FILE = 'source.json';
 
 /** The child VMDK's grain (64 KiB, the VMDK default): changed areas are rounded out to it. */
 export const GRAIN_SIZE = 64 * 1024;
@@ -66,10 +69,22 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
   let state: SourceState | undefined;
   let partial: string | undefined;
   try {
+    // What a killed run held (a snapshot) is released before its directory goes.
+    for (const p of await repo.partials()) {
+      const facts = await readFile(join(repo.pointsDir, p, SOURCE_FILE), 'utf8').then(
+        (t) => JSON.parse(t) as SourceFacts,
+        () => undefined,
+      );
+      if (facts && source.cleanup) await source.cleanup(facts);
+    }
     const removedPartials = await repo.removePartials();
     const ids = await repo.ids();
     const latest = ids.length > 0 ? await repo.point(ids[ids.length - 1]) : undefined;
+    const id = repo.nextId(ids);
+    partial = repo.partialDir(id);
+    await mkdir(partial);
     state = await source.open(signal);
+    await writeFile(join(partial, SOURCE_FILE), JSON.stringify(state.facts ?? {}));
     const { disk } = state;
     let changes: Changes;
     if (!latest) changes = { reason: 'the repository holds no point yet: a full backup' };
@@ -82,7 +97,6 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
     }
     const incremental = latest !== undefined && changes.ranges !== undefined;
     const kind = incremental ? 'incremental' : 'full';
-    const id = repo.nextId(ids);
     let ranges: CopyRange[];
     if (incremental) {
       const unit = Math.max(GRAIN_SIZE, disk.capabilities.blockSize.minimum);
@@ -91,8 +105,6 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
     const bytesCovered = totalLength(ranges);
     opts.onStart?.({ point: id, kind, reason: changes.reason, bytesTotal: bytesCovered });
 
-    partial = repo.partialDir(id);
-    await mkdir(partial);
     const name = posix.join(`${PARTIAL_PREFIX}${id}`, DISK_FILE);
     const resolver = fileResolver(repo.pointsDir);
     if (incremental) {
@@ -152,6 +164,7 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
     };
     throwIfAborted(signal, 'backup');
     await writeDurably(`${partial}/${MANIFEST_FILE}`, serializeManifest(body));
+    await rm(join(partial, SOURCE_FILE));
     await repo.commit(id);
     partial = undefined;
     return {
@@ -168,14 +181,17 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
       seconds: (performance.now() - started) / 1000,
       removedPartials,
     };
-  } catch (err) {
-    // Earlier points are untouched either way; the half-made one goes now (or at the next run).
-    if (partial) await rm(partial, { recursive: true, force: true }).catch(() => {});
-    throw err;
   } finally {
+    // Earlier points are untouched either way. The half-made one goes once the source is
+    // released; if releasing fails, it stays with its facts, and the next run retries.
+    let released = state === undefined;
     try {
-      if (state) await state.release();
+      if (state) {
+        await state.release();
+        released = true;
+      }
     } finally {
+      if (partial && released) await rm(partial, { recursive: true, force: true }).catch(() => {});
       await unlock();
     }
   }

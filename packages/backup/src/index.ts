@@ -31,6 +31,7 @@ export {
   hostSource,
   type PreviousPoint,
   type SnapshotHost,
+  type SourceFacts,
   type SourceState,
   trackedSource,
 } from './sources.js';

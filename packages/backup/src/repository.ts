@@ -110,6 +110,11 @@ export class Repository {
     throw new VdError('ERR_VD_EXISTS', `cannot take the lock ${path}`);
   }
 
+  /** Names of half-written point directories. */
+  async partials(): Promise<string[]> {
+    return (await readdir(this.pointsDir)).filter((e) => e.startsWith(PARTIAL_PREFIX));
+  }
+
   /** Removes half-written points left by an interrupted backup (call with the lock held). */
   async removePartials(): Promise<string[]> {
     const gone: string[] = [];

@@ -28,10 +28,15 @@ export interface SourceState {
   release(): Promise<void>;
 }
 
+/** Facts a source records in a point being written, so a later run can undo what a killed one held. */
+export type SourceFacts = NonNullable<SourceState['facts']>;
+
 /** Where a backup reads from. `open` freezes a state to read (a snapshot, or the disk as it is). */
 export interface BackupSource {
   readonly description: string;
   open(signal?: AbortSignal): Promise<SourceState>;
+  /** Releases what an interrupted backup left held (a snapshot), given the facts it recorded. */
+  cleanup?(facts: SourceFacts): Promise<void>;
 }
 
 /** Pages of changed areas as copy ranges. */
@@ -163,6 +168,14 @@ export interface HostSourceOptions {
 export function hostSource(host: SnapshotHost, diskName: string, opts: HostSourceOptions): BackupSource {
   return {
     description: `${diskName} on a vd host`,
+    async cleanup(facts) {
+      if (facts.disk !== diskName || facts.snapshot === undefined) return;
+      try {
+        await host.deleteSnapshot(diskName, facts.snapshot);
+      } catch (err) {
+        if (!isVdError(err, 'ERR_VD_NOT_FOUND')) throw err;
+      }
+    },
     async open(signal) {
       const snap = await host.createSnapshot(diskName);
       let disk: Disk;

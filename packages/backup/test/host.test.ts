@@ -1,5 +1,5 @@
 import { randomBytes, randomInt } from 'node:crypto';
-import { open } from 'node:fs/promises';
+import { mkdir, open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openDisk } from '@vd/core';
 import { ApiServer, DiskHost, HostClient } from '@vd/host';
@@ -28,7 +28,74 @@ function recording(source: BackupSource, states: Buffer[]): BackupSource {
   };
 }
 
+async function startHost(size: number) {
+  const datastore = join(dir, 'datastore');
+  const pkiDir = join(dir, 'pki');
+  await mkdir(datastore);
+  const fh = await open(join(datastore, 'disk.raw'), 'w');
+  await fh.truncate(size);
+  await fh.close();
+  await createPki(pkiDir);
+  const host = await DiskHost.open({ datastore, tls: await nbdServerTls({ certificates: pkiDir }) });
+  await host.listen({ host: '127.0.0.1', port: 0 });
+  const api = new ApiServer(host, { token: TOKEN });
+  const { url } = await api.listen();
+  const transports = () => [nbdssl({ certificates: pkiDir })];
+  const live = await openDisk(host.uriOf('disk.raw')!, { readOnly: false, transports: transports() });
+  const client = new HostClient({ url, token: TOKEN });
+  return {
+    live,
+    client,
+    transports,
+    close: async () => {
+      await live.close();
+      await api.close();
+      await host.close();
+    },
+  };
+}
+
 describe('backup through a vd host over NBDSSL', () => {
+  it('a run that dies holding a snapshot: the next run deletes it (from the partial point) and backs up', async () => {
+    const h = await startHost(8 * MiB);
+    try {
+      await h.live.write(0, randomBytes(4 * MiB));
+      const repo = join(dir, 'repo');
+      const source = hostSource(h.client, 'disk.raw', { transports: h.transports() });
+      await backup(repo, source);
+      await h.live.write(MiB, randomBytes(MiB));
+      // A process that dies mid-copy never releases: model it by a release that fails and an abort.
+      const dying: BackupSource = {
+        description: 'dying',
+        open: async (signal) =>
+          Object.assign(await source.open(signal), {
+            release: async () => {
+              throw new Error('the process died');
+            },
+          }),
+      };
+      const ac = new AbortController();
+      const err = await backup(repo, dying, { signal: ac.signal, inFlight: 1, progressInterval: 0, onProgress: () => ac.abort() }).catch(
+        (e) => e,
+      );
+      expect(err).toBeInstanceOf(Error);
+      expect(await h.client.snapshots('disk.raw')).toHaveLength(1);
+      expect((await readdir(join(repo, 'points'))).sort()).toEqual(['.partial-0002', '0001']);
+      expect((await verifyPoint(repo)).ok).toBe(true);
+      const r = await backup(repo, source);
+      expect(r).toMatchObject({ point: '0002', kind: 'incremental', removedPartials: ['.partial-0002'] });
+      expect(await h.client.snapshots('disk.raw')).toEqual([]);
+      const { disk } = await openPoint(repo, '0002');
+      try {
+        expect((await contentOf(disk)).equals(await contentOf(h.live))).toBe(true);
+      } finally {
+        await disk.close();
+      }
+    } finally {
+      await h.close();
+    }
+  });
+
   it('full + three incrementals under a random-write workload; every point restores to its snapshot', async () => {
     const datastore = join(dir, 'datastore');
     const pkiDir = join(dir, 'pki');
