@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { readdir, readFile, symlink, writeFile } from 'node:fs/promises';
+import { open, readdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { changedAreasFromBitmap } from '@vd/cbt';
 import { type Disk, openDisk } from '@vd/core';
@@ -159,6 +159,26 @@ describe('DiskHost', () => {
     await live.flush();
     expect(Buffer.from(await readFile(join(dir, 'disk.img'))).equals(model)).toBe(true);
     expect((await readdir(join(dir, '.vd-host'))).filter((f) => f.includes('@'))).toEqual([]);
+    await live.close();
+  });
+
+  it("a disk changed behind the host's back resets tracking: old change IDs answer ERR_VD_CBT_RESET", async () => {
+    let { host: h, live, model } = await start();
+    await writeRegions(live, model, disjoint(randomRegions(SIZE, 5)));
+    const s = await h.createSnapshot('disk.img');
+    await h.deleteSnapshot('disk.img', s.id);
+    await live.close();
+    await h.close();
+    const fh = await open(join(dir, 'disk.img'), 'r+');
+    await fh.write(Buffer.from('changed outside'), 0, 15, 4096);
+    await fh.close();
+    ({ host: h, live } = await start());
+    await expect(h.changes('disk.img', { since: s.changeId })).rejects.toMatchObject({ code: 'ERR_VD_CBT_RESET' });
+    // A new snapshot starts a new chain that answers again.
+    const s2 = await h.createSnapshot('disk.img');
+    expect(s2.changeId.split('/')[0]).not.toBe(s.changeId.split('/')[0]);
+    expect((await h.changes('disk.img', { since: s2.changeId })).areas).toEqual([]);
+    await h.deleteSnapshot('disk.img', s2.id);
     await live.close();
   });
 });
