@@ -7,7 +7,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { openDisk } from '@vd/core';
 import { nbd } from '@vd/nbd';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { MemoryIo } from '../src/io.js';
 import { main } from '../src/main.js';
 import { withTempDir } from './run.js';
