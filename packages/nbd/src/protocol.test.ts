@@ -329,6 +329,30 @@ function expectProtocolError(f: () => unknown, re?: RegExp): void {
   if (re) expect(String((caught as Error).message)).toMatch(re);
 }
 
+describe('zero-copy receive', () => {
+  it('offers the caller buffer while read data is due, and accepts bytes read straight into it', () => {
+    const into = new Uint8Array(1000);
+    const d = new ServerStreamDecoder();
+    d.enterTransmission(false, { simpleTarget: () => undefined, dataTarget: (_c, o, n) => into.subarray(o, o + n) });
+    expect(d.directTarget()).toBeUndefined();
+    const h = new Uint8Array(28);
+    writeDataChunkHeader(h, 0, false, ReplyFlag.DONE, 1, 0, 0, 1000);
+    const payload = new Uint8Array(1000).map((_, i) => i & 255);
+    d.push(concat([h, payload.subarray(0, 100)]));
+    expect(d.next()).toBeUndefined();
+    const t = d.directTarget()!;
+    expect(t.length).toBe(900);
+    t.set(payload.subarray(100, 600));
+    d.filledDirect(500);
+    expect(d.next()).toBeUndefined();
+    d.push(payload.subarray(600));
+    expect(d.directTarget()).toBeUndefined();
+    expect(d.next()).toEqual({ kind: 'data', cookie: 1, done: true, offset: 0, length: 1000 });
+    expect(Buffer.compare(into, payload)).toBe(0);
+    expect(() => d.filledDirect(1)).toThrow();
+  });
+});
+
 describe('bad input', () => {
   it('wrong magic fails and the decoder stays failed', () => {
     const d = new ClientStreamDecoder();

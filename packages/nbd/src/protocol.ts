@@ -483,6 +483,25 @@ export class ServerStreamDecoder extends Decoder<ServerMessage> {
     this.#exportNameSize = noZeroes ? 10 : 134;
   }
 
+  /**
+   * Zero-copy receive: while read data is due and nothing is queued, the part of the caller's
+   * buffer the next bytes belong in. A reader may read straight into it (at most its length, so
+   * nothing past the message lands there) and report how much with `filledDirect`.
+   */
+  directTarget(): Uint8Array | undefined {
+    const st = this.#reply;
+    if ((st.s !== 'data' && st.s !== 'simpleData') || this.q.length > 0 || this.failed) return undefined;
+    return st.target.subarray(st.got);
+  }
+
+  /** `n` bytes were read straight into `directTarget()`; the next `next()` reports a finished chunk. */
+  filledDirect(n: number): void {
+    const st = this.#reply;
+    if (st.s !== 'data' && st.s !== 'simpleData') throw protocolError('internal: direct bytes without a read due');
+    if (!Number.isSafeInteger(n) || n < 0 || st.got + n > st.target.length) throw protocolError('internal: direct read overran its target');
+    st.got += n;
+  }
+
   /** After a TLS upgrade: a fresh decoder on the new channel continues with option replies. */
   skipGreeting(): void {
     if (this.#state === 'greeting') this.#state = 'optionReply';

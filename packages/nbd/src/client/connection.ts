@@ -90,6 +90,10 @@ const READ_BUFFER = 256 * 1024;
 /** Where bytes from the socket go; `borrowed` bytes live in a buffer the next read overwrites. */
 interface Receiver {
   deliver: (chunk: Uint8Array, borrowed: boolean) => void;
+  /** Where the next read may land directly (a caller's buffer), if anywhere. */
+  direct?: (() => Uint8Array | undefined) | undefined;
+  /** That many bytes landed in the buffer `direct` gave. */
+  filled?: ((n: number) => void) | undefined;
 }
 
 /**
@@ -138,6 +142,8 @@ export class NbdConnection {
     };
     decoder.enterTransmission(info.extended, targets);
     receiver.deliver = (chunk, borrowed) => this.#onData(chunk, borrowed);
+    receiver.direct = () => (this.#dead ? undefined : decoder.directTarget());
+    receiver.filled = (n) => this.#onDirect(n);
     socket.on('data', (chunk: Uint8Array) => this.#onData(chunk, false));
     socket.on('error', (err) => this.#die(connectionLost(uri, err)));
     socket.on('close', () => this.#die(connectionLost(uri)));
@@ -310,6 +316,17 @@ export class NbdConnection {
     return [start, start + length];
   }
 
+  #onDirect(n: number): void {
+    if (this.#dead) return;
+    const d = this.#decoder;
+    try {
+      d.filledDirect(n);
+      for (let m = d.next(); m !== undefined; m = d.next()) this.#onReply(m);
+    } catch (err) {
+      this.#die(err instanceof VdError ? err : protocolError(String(err)));
+    }
+  }
+
   #onData(chunk: Uint8Array, borrowed: boolean): void {
     if (this.#dead) return;
     const d = this.#decoder;
@@ -465,11 +482,15 @@ class Handshake {
   async #connect(): Promise<void> {
     const t = this.target;
     // TLS takes the socket over after STARTTLS, so only a plain connection reads into a reused buffer.
+    const scratch = Buffer.allocUnsafe(READ_BUFFER);
+    const receiver = this.receiver;
+    // The kernel writes read data straight into the caller's buffer when a data chunk is due.
     const onread = this.#plain
       ? {
-          buffer: Buffer.allocUnsafe(READ_BUFFER),
+          buffer: () => receiver.direct?.() ?? scratch,
           callback: (n: number, buf: Uint8Array): boolean => {
-            this.receiver.deliver(buf.subarray(0, n), true);
+            if (buf === scratch) receiver.deliver(buf.subarray(0, n), true);
+            else receiver.filled?.(n);
             return true;
           },
         }
