@@ -8,6 +8,7 @@
 //  2. Changed-area queries on a 1 TiB disk at 64 KiB granularity with realistic changes, and the
 //     worst case (small changes spread over every sidecar page); prints the time of a full paged
 //     query and of reopening the sidecar.
+//  3. Through the disk host over NBD: a tracked and an untracked export of one host (bench/_host.mjs).
 import { randomBytes, randomInt } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, open, rm } from 'node:fs/promises';
@@ -199,6 +200,7 @@ const dir = await mkdtemp(join(tmpdir(), 'vd-bench-cbt-'));
 try {
   await throughput(dir);
   await queries(dir);
+  await (await import('./_host.mjs')).hostBench();
 } finally {
   await rm(dir, { recursive: true, force: true });
 }
