@@ -2,6 +2,8 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createDisk, file, openDisk } from '@vd/core';
 import { describe, expect, it } from 'vitest';
+import { MemoryIo } from '../src/io.js';
+import { main } from '../src/main.js';
 import { vd, withTempDir } from './run.js';
 
 const MiB = 1024 * 1024;
@@ -77,6 +79,27 @@ describe('vd backup, restore, verify', () => {
       expect(table.code).toBe(1);
       expect(table.stdout).toMatch(/^0002 +full +DAMAGED/m);
       expect((await vd('verify', `${repo}@0001`)).code).toBe(0);
+    });
+  });
+
+  it('draws a progress bar when stderr is a terminal, and none with --json', async () => {
+    await withTempDir(async (dir) => {
+      const img = join(dir, 'disk.raw');
+      await createDisk(img, { size: 8 * MiB });
+      await writeAt(img, MiB, Buffer.alloc(2 * MiB, 9));
+      const io = new MemoryIo();
+      io.stderrIsTTY = true;
+      Object.assign(io.stderr, { isTTY: true, columns: 120 });
+      expect(await main(['backup', img, join(dir, 'repo')], io)).toBe(0);
+      expect(io.stderrText).toMatch(/point 0001: full — /);
+      expect(io.stderrText).toMatch(/backup 0001 \[.+\] 100% \| 8 MiB \/ 8 MiB/);
+      expect(io.stdoutText).toMatch(/^read: +2 MiB/m);
+      const quiet = new MemoryIo();
+      quiet.stderrIsTTY = true;
+      Object.assign(quiet.stderr, { isTTY: true, columns: 120 });
+      expect(await main(['backup', img, join(dir, 'repo'), '--json'], quiet)).toBe(0);
+      expect(quiet.stderrText).toBe('');
+      expect(JSON.parse(quiet.stdoutText)).toMatchObject({ point: '0002', kind: 'full' });
     });
   });
 
