@@ -146,6 +146,7 @@ describe('bad input never crashes, hangs or allocates without bound', () => {
   // One-off: `VD_WRITE_CORPUS=1 npx vitest run packages/core/test/vmdk/fuzz.test.ts` regenerates the corpus.
   it.runIf(process.env.VD_WRITE_CORPUS === '1')('writes the corpus', async () => {
     const cases = new Map<string, Map<string, Uint8Array>>();
+    // biome-ignore lint/suspicious/noConfusingVoidType: a patch edits in place (returns nothing) or returns a replacement
     const patch = (top: string, file: string, fn: (b: Uint8Array, v: DataView) => Uint8Array | void) => {
       const files = new Map(base.get(top)!);
       const b = new Uint8Array(files.get(file)!);
