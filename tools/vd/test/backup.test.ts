@@ -1,6 +1,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createDisk, file, openDisk } from '@vd/core';
+import { createDisk, file, memoryDisk, openDisk } from '@vd/core';
+import { NbdServer } from '@vd/nbd';
 import { describe, expect, it } from 'vitest';
 import { MemoryIo } from '../src/io.js';
 import { main } from '../src/main.js';
@@ -100,6 +101,28 @@ describe('vd backup, restore, verify', () => {
       expect(await main(['backup', img, join(dir, 'repo'), '--json'], quiet)).toBe(0);
       expect(quiet.stderrText).toBe('');
       expect(JSON.parse(quiet.stdoutText)).toMatchObject({ point: '0002', kind: 'full' });
+    });
+  });
+
+  it('restores onto an NBD export', async () => {
+    await withTempDir(async (dir) => {
+      const img = join(dir, 'disk.raw');
+      await createDisk(img, { size: 4 * MiB });
+      await writeAt(img, 512 * 1024, Buffer.alloc(MiB, 0x42));
+      expect((await vd('backup', img, join(dir, 'repo'))).code).toBe(0);
+      const target = memoryDisk(4 * MiB);
+      await target.write(3 * MiB, Buffer.alloc(4096, 1)); // must be zeroed by the restore
+      const server = new NbdServer({ exports: [{ name: 'restore-here', disk: target }] });
+      const { uri } = await server.listen({ port: 0 });
+      try {
+        const r = await vd('restore', join(dir, 'repo'), uri, '--verify', '--json');
+        expect(r.code, r.stderr).toBe(0);
+        expect(JSON.parse(r.stdout)).toMatchObject({ point: '0001', verified: true });
+      } finally {
+        await server.close();
+      }
+      const want = await readFile(img);
+      expect(Buffer.from(await target.read(0, target.size)).equals(want)).toBe(true);
     });
   });
 
