@@ -1,7 +1,7 @@
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { type CopyProgress, type CopyRange, copyDisk, createVmdk, fileResolver, throwIfAborted } from '@vd/core';
+import { type CopyProgress, type CopyRange, copyDisk, createVmdk, debug, fileResolver, throwIfAborted } from '@vd/core';
 import type { ManifestBody, PointSource } from './manifest.js';
 import { serializeManifest } from './manifest.js';
 import { openPointDisk } from './point-disk.js';
@@ -62,6 +62,7 @@ export interface BackupResult {
  */
 export async function backup(repoDir: string, source: BackupSource, opts: BackupOptions = {}): Promise<BackupResult> {
   const started = performance.now();
+  const phase = (what: string) => debug('backup: %s at %d ms', what, Math.round(performance.now() - started));
   const { signal } = opts;
   throwIfAborted(signal, 'backup');
   const repo = await Repository.open(repoDir, { create: true });
@@ -84,6 +85,7 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
     partial = repo.partialDir(id);
     await mkdir(partial);
     state = await source.open(signal);
+    phase('source open');
     await writeFile(join(partial, SOURCE_FILE), JSON.stringify(state.facts ?? {}));
     const { disk } = state;
     let changes: Changes;
@@ -103,6 +105,7 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
       ranges = await alignRanges(changes.ranges!, unit, disk.size);
     } else ranges = [{ offset: 0, length: disk.size }];
     const bytesCovered = totalLength(ranges);
+    phase(`${kind}, ranges known`);
     opts.onStart?.({ point: id, kind, reason: changes.reason, bytesTotal: bytesCovered });
 
     const name = posix.join(`${PARTIAL_PREFIX}${id}`, DISK_FILE);
@@ -118,6 +121,7 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
       await createVmdk(resolver, name, { size: disk.size, subformat: 'monolithicSparse', grainSize: GRAIN_SIZE / 512 });
     }
     const target = await openPointDisk(partial, DISK_FILE, { writable: true, signal });
+    phase('point VMDK created');
     let copied: Awaited<ReturnType<typeof copyDisk>>;
     let info: ReturnType<typeof target.info>;
     try {
@@ -134,6 +138,7 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
     } finally {
       await target.close();
     }
+    phase('copied');
     const seconds = (performance.now() - started) / 1000;
     const body: ManifestBody = {
       format: 'vd-backup-point',
@@ -166,6 +171,7 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
     await writeDurably(`${partial}/${MANIFEST_FILE}`, serializeManifest(body));
     await rm(join(partial, SOURCE_FILE));
     await repo.commit(id);
+    phase('committed');
     partial = undefined;
     return {
       point: id,

@@ -105,7 +105,15 @@ async function sourceFor(ctx: Context, uri: string, opts: BackupCliOptions): Pro
     if (!name) throw new VdError('ERR_VD_USAGE', `${uri}: name the disk after the API URL, e.g. http://127.0.0.1:8080/disk.img`);
     url.pathname = url.pathname.replace(/\/?[^/]*\/*$/, '');
     const client = await apiClient(ctx, url.origin + url.pathname, opts);
-    return hostSource(client, name, { transports: chooseTransports(ctx, { ...opts, transports: opts.transports ?? 'nbdssl:nbd' }) });
+    return hostSource(client, name, {
+      transports: chooseTransports(ctx, { ...opts, transports: opts.transports ?? 'nbdssl:nbd' }),
+      // A host listening on every address names its exports 0.0.0.0 or ::; reach them where the API is.
+      uri: (snapshotUri) => {
+        const u = new URL(snapshotUri);
+        if (u.hostname === '0.0.0.0' || u.hostname === '[::]') u.hostname = url.hostname;
+        return u.href;
+      },
+    });
   }
   const bitmap = opts.dirtyBitmap;
   const context = bitmap === undefined ? undefined : bitmap.startsWith(DIRTY_BITMAP_PREFIX) ? bitmap : DIRTY_BITMAP_PREFIX + bitmap;
