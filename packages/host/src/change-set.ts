@@ -26,6 +26,20 @@ export class ChangeSet {
     return new ChangeSet(granularity, size, bits);
   }
 
+  /** The blocks in any of `sets` (all of one disk and granularity): changes across consecutive snapshots. */
+  static union(sets: readonly ChangeSet[]): ChangeSet {
+    const first = sets[0];
+    if (!first) throw new VdError('ERR_VD_INVALID_ARGUMENT', 'a union of no change sets');
+    const bits = new Uint8Array(first.bits.length);
+    for (const s of sets) {
+      if (s.granularity !== first.granularity || s.size !== first.size) {
+        throw new VdError('ERR_VD_INVALID_ARGUMENT', 'change sets of different disks or granularities');
+      }
+      for (let i = 0; i < bits.length; i++) bits[i]! |= s.bits[i]!;
+    }
+    return new ChangeSet(first.granularity, first.size, bits);
+  }
+
   has(block: number): boolean {
     return (this.bits[block >> 3]! & (1 << (block & 7))) !== 0;
   }

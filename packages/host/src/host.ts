@@ -11,6 +11,7 @@ import {
   type Durability,
   fileFingerprint,
   mark,
+  parseChangeId,
   queryChangedAreas,
   type Tracker,
   track,
@@ -107,6 +108,8 @@ interface Served {
   live: LiveSource | undefined;
   tracked: Disk | undefined;
   snapshots: Snapshot[];
+  /** Captured change sets by snapshot change ID, loaded as needed. */
+  sets: Map<string, ChangeSet>;
   /** Snapshot operations on one disk run one at a time. */
   queue: Promise<unknown>;
   consolidation?: Promise<void>;
@@ -240,6 +243,7 @@ export class DiskHost {
       let record: SnapshotRecord;
       let overlay: Overlay | undefined;
       let changes: ChangeSet | undefined;
+      const dropped: string[] = [];
       try {
         const changeId = await mark(s.tracked);
         const files = redoFiles(this.datastore, name, id);
@@ -249,7 +253,17 @@ export class DiskHost {
           record.previousChangeId = d.lastChangeId;
           // Nothing was written since the mark: "since the previous snapshot" is exactly "up to this one" now.
           changes = await captureChanges(s.tracked, tracker, d.lastChangeId);
-          await changes?.save(files.changes);
+          if (changes) {
+            await changes.save(chainFile(this.datastore, name, changeId));
+            s.sets.set(changeId, changes);
+            // Links of an earlier epoch can never be asked for again (the tracker refuses their IDs).
+            const epoch = `${tracker.epoch}/`;
+            const chain = [...(d.chain ?? []), { changeId, previousChangeId: d.lastChangeId }];
+            for (const old of chain.filter((l) => !l.changeId.startsWith(epoch))) dropped.push(old.changeId);
+            const current = chain.filter((l) => l.changeId.startsWith(epoch));
+            for (const old of current.splice(0, Math.max(0, current.length - CHAIN_LENGTH))) dropped.push(old.changeId);
+            d.chain = current;
+          }
         }
         overlay = await Overlay.create(files.data, files.map, s.live.size, GRAIN);
         d.snapshots.push(record);
@@ -267,6 +281,10 @@ export class DiskHost {
         throw err;
       } finally {
         resume();
+      }
+      for (const id of dropped) {
+        s.sets.delete(id);
+        await rm(chainFile(this.datastore, name, id), { force: true });
       }
       const snap: Snapshot = { record, changes, disk: frozenDisk(s, changes, record, this.bitmap) };
       s.snapshots.push(snap);
@@ -306,14 +324,37 @@ export class DiskHost {
     if (q.upTo === undefined) return queryChangedAreas(s.tracked, q.since, opts);
     // Checks both change IDs (ERR_VD_CBT_RESET, ERR_VD_INVALID_ARGUMENT) before anything is answered.
     await queryChangedAreas(s.tracked, q.since, { upTo: q.upTo, startOffset: q.startOffset, maxAreas: 1 });
-    const snap = s.snapshots.find((x) => x.record.changeId === q.upTo && x.record.previousChangeId === q.since && x.changes);
-    if (snap?.changes) {
+    if (q.upTo === q.since) {
       const start = q.startOffset ?? 0;
-      return snap.changes.areas(start, s.disk.size - start, q.maxAreas ?? DEFAULT_MAX_AREAS);
+      return { startOffset: start, length: s.disk.size - start, areas: [] };
+    }
+    const exact = await this.#chainChanges(s, q.since, q.upTo);
+    if (exact) {
+      const start = q.startOffset ?? 0;
+      return exact.areas(start, s.disk.size - start, q.maxAreas ?? DEFAULT_MAX_AREAS);
     }
     // The tracker keeps the newest change of each block only: a block changed before `upTo` and
     // again after it would be missed. Answer up to now instead, which covers it (over-reports).
     return queryChangedAreas(s.tracked, q.since, opts);
+  }
+
+  /** The changes from `since` to `upTo` from the captured sets of the snapshots between them; undefined when the chain has a gap. */
+  async #chainChanges(s: Served, since: string, upTo: string): Promise<ChangeSet | undefined> {
+    const chain = this.#state.disks[s.name]?.chain ?? [];
+    const sets: ChangeSet[] = [];
+    for (let at = upTo; at !== since; ) {
+      const link = chain.find((l) => l.changeId === at);
+      if (!link) return undefined;
+      let set = s.sets.get(at);
+      if (!set) {
+        set = await ChangeSet.load(chainFile(this.datastore, s.name, at), s.disk.size).catch(() => undefined);
+        if (!set) return undefined;
+        s.sets.set(at, set);
+      }
+      sets.push(set);
+      at = link.previousChangeId;
+    }
+    return sets.length > 0 ? ChangeSet.union(sets) : undefined;
   }
 
   /** The URI of an export on the first listener (undefined before `listen`). */
@@ -433,24 +474,39 @@ function snapshotExport(name: string, snap: Snapshot): NbdExport {
   };
 }
 
-function redoFiles(ds: Datastore, name: string, id: string): { data: string; map: string; changes: string } {
+function redoFiles(ds: Datastore, name: string, id: string): { data: string; map: string } {
   const base = join(ds.hostDir, `${name}@${id}`);
-  return { data: `${base}.redo`, map: `${base}.map`, changes: `${base}.changes` };
+  return { data: `${base}.redo`, map: `${base}.map` };
+}
+
+/** Snapshots in a disk's chain whose captured changes are kept. */
+const CHAIN_LENGTH = 16;
+
+/** Where the changes captured for the snapshot with `changeId` are kept (named by its parsed epoch and point only). */
+function chainFile(ds: Datastore, name: string, changeId: string): string {
+  return join(ds.hostDir, `${name}.chain.${chainKey(changeId)}.changes`);
+}
+
+function chainKey(changeId: string): string {
+  const { epoch, point } = parseChangeId(changeId);
+  return `${epoch}-${point}`;
 }
 
 async function removeRedo(ds: Datastore, name: string, id: string): Promise<void> {
   const f = redoFiles(ds, name, id);
   await rm(f.data, { force: true });
   await rm(f.map, { force: true });
-  await rm(f.changes, { force: true });
 }
 
 /** Redo logs no state record names: left by a crash during a snapshot's creation. */
 async function removeOrphans(ds: Datastore, state: HostState): Promise<void> {
   const known = new Set<string>();
-  for (const [name, d] of Object.entries(state.disks)) for (const s of d.snapshots) known.add(`${name}@${s.id}`);
+  for (const [name, d] of Object.entries(state.disks)) {
+    for (const s of d.snapshots) known.add(`${name}@${s.id}`);
+    for (const l of d.chain ?? []) known.add(`${name}.chain.${chainKey(l.changeId)}`);
+  }
   for (const entry of await readdir(ds.hostDir)) {
-    const m = /^(.+@[0-9a-f]{12})\.(redo|map|changes|changes\.tmp)$/.exec(entry);
+    const m = /^(.+@[0-9a-f]{12}|.+\.chain\.[0-9a-f-]+)\.(redo|map|changes|changes\.tmp)$/.exec(entry);
     if (m && !known.has(m[1]!)) {
       debug('host: removing orphaned %s', entry);
       await rm(join(ds.hostDir, entry), { force: true });
@@ -496,6 +552,7 @@ async function openServed(ds: Datastore, name: string, record: DiskRecord | unde
       live: undefined,
       tracked: undefined,
       snapshots: [],
+      sets: new Map(),
       queue: Promise.resolve(),
     };
   }
@@ -535,11 +592,14 @@ async function openServed(ds: Datastore, name: string, record: DiskRecord | unde
       live,
       tracked,
       snapshots: [],
+      sets: new Map(),
       queue: Promise.resolve(),
     };
     if (snap) {
-      const files = redoFiles(ds, name, snap.id);
-      const changes = snap.previousChangeId ? await ChangeSet.load(files.changes, base.size).catch(() => undefined) : undefined;
+      const changes = snap.previousChangeId
+        ? await ChangeSet.load(chainFile(ds, name, snap.changeId), base.size).catch(() => undefined)
+        : undefined;
+      if (changes) served.sets.set(snap.changeId, changes);
       const s: Snapshot = { record: snap, changes };
       if (snap.status === 'active') s.disk = frozenDisk(served, changes, snap, opts.bitmap ?? DEFAULT_BITMAP);
       served.snapshots.push(s);

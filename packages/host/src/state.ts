@@ -15,10 +15,21 @@ export interface SnapshotRecord {
   status: 'active' | 'deleting';
 }
 
+export interface ChainLink {
+  changeId: string;
+  previousChangeId: string;
+}
+
 export interface DiskRecord {
   snapshots: SnapshotRecord[];
   /** The change ID of the newest snapshot ever taken, kept after it is deleted (the snapshot export's bitmap starts there). */
   lastChangeId?: string;
+  /**
+   * The newest snapshots' change IDs, each with the one before it, oldest first: each has its
+   * changes captured in `<disk>.chain.<point>.changes`, so "since one of them up to a later one"
+   * is answered exactly even after the snapshots are gone.
+   */
+  chain?: ChainLink[];
 }
 
 export interface HostState {
@@ -61,6 +72,13 @@ export async function readState(path: string): Promise<HostState> {
         throw corrupt(`disk ${name} has a malformed snapshot`);
       }
       if (snap.status !== 'active' && snap.status !== 'deleting') throw corrupt(`snapshot ${snap.id} has status ${String(snap.status)}`);
+    }
+    if (d.chain !== undefined) {
+      if (!Array.isArray(d.chain)) throw corrupt(`disk ${name} has a malformed chain`);
+      for (const l of d.chain) {
+        if (typeof l?.changeId !== 'string' || typeof l.previousChangeId !== 'string')
+          throw corrupt(`disk ${name} has a malformed chain link`);
+      }
     }
   }
   return s;

@@ -181,4 +181,37 @@ describe('DiskHost', () => {
     await h.deleteSnapshot('disk.img', s2.id);
     await live.close();
   });
+
+  it('answers "since an older snapshot up to a later one" exactly, across snapshots since deleted and later rewrites', async () => {
+    const { host, live, model } = await start();
+    const s1 = await host.createSnapshot('disk.img');
+    await host.deleteSnapshot('disk.img', s1.id);
+    const a = disjoint(randomRegions(SIZE, 15));
+    await writeRegions(live, model, a);
+    const s2 = await host.createSnapshot('disk.img');
+    await host.deleteSnapshot('disk.img', s2.id);
+    const b = disjoint(randomRegions(SIZE, 15));
+    await writeRegions(live, model, b);
+    const s3 = await host.createSnapshot('disk.img');
+    // Rewrite everything written before: the tracker alone would now place these blocks after s3.
+    await writeRegions(live, model, [...a, ...b]);
+    const exact = await allAreas((startOffset) => host.changes('disk.img', { since: s1.changeId, upTo: s3.changeId, startOffset }), SIZE);
+    expect(exact).toEqual(expectedAreas([...a, ...b], G, SIZE));
+    const last = await allAreas((startOffset) => host.changes('disk.img', { since: s2.changeId, upTo: s3.changeId, startOffset }), SIZE);
+    expect(last).toEqual(expectedAreas(b, G, SIZE));
+    await host.deleteSnapshot('disk.img', s3.id);
+    // After a restart too (the captured sets are files).
+    await live.close();
+    await host.close();
+    const again = await DiskHost.open({ datastore: dir });
+    try {
+      const after = await allAreas(
+        (startOffset) => again.changes('disk.img', { since: s1.changeId, upTo: s3.changeId, startOffset }),
+        SIZE,
+      );
+      expect(after).toEqual(exact);
+    } finally {
+      await again.close();
+    }
+  });
 });
