@@ -136,7 +136,9 @@ export const openApiDocument = {
             name: 'upTo',
             in: 'query',
             required: false,
-            description: "Changes up to this change ID only (a snapshot's)",
+            description:
+              "Changes up to this change ID (a snapshot's): exact when `since` is an earlier snapshot's change ID on this host, " +
+              'otherwise answered up to now (more areas, never fewer)',
             schema: { type: 'string' },
           },
           { name: 'startOffset', in: 'query', required: false, schema: { type: 'integer', minimum: 0 } },
