@@ -2,6 +2,7 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { type CopyProgress, type CopyRange, copyDisk, createVmdk, debug, fileResolver, throwIfAborted } from '@vd/core';
+import { allocationOf, withKnownAllocation } from './allocation.js';
 import type { ManifestBody, PointSource } from './manifest.js';
 import { serializeManifest } from './manifest.js';
 import { openPointDisk } from './point-disk.js';
@@ -124,8 +125,11 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
     phase('point VMDK created');
     let copied: Awaited<ReturnType<typeof copyDisk>>;
     let info: ReturnType<typeof target.info>;
+    // For an incremental, the allocation of every changed range is asked for in parallel first.
+    const reader = incremental ? withKnownAllocation(disk, await allocationOf(disk, ranges, { signal })) : disk;
+    if (incremental) phase('allocation of the changed ranges known');
     try {
-      copied = await copyDisk(disk, target, {
+      copied = await copyDisk(reader, target, {
         signal,
         inFlight: opts.inFlight,
         progressInterval: opts.progressInterval,
@@ -137,6 +141,7 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
       info = target.info();
     } finally {
       await target.close();
+      if (reader !== disk) await reader.close();
     }
     phase('copied');
     const seconds = (performance.now() - started) / 1000;
