@@ -233,3 +233,18 @@ runConformance({
     return openDisk(uri, { transports: [nbd()], readOnly });
   },
 });
+
+// Small limits, so the split and alignment cases run: 512-byte minimum, 1 MiB maximum payload.
+runConformance({
+  name: 'nbd client ↔ NbdServer (512-byte blocks, 1 MiB maximum payload)',
+  factory: async ({ readOnly }) => {
+    const disk = memoryDisk(4 * MiB, {
+      granularity: 4096,
+      capabilities: { blockSize: { minimum: 512, preferred: 4096, maximum: 32 * MiB } },
+    });
+    const server = new NbdServer({ exports: [{ name: 'c', disk }], limits: { maxPayload: MiB } });
+    servers.push(server);
+    const { uri } = await server.listen({ port: 0 });
+    return openDisk(uri, { transports: [nbd()], readOnly });
+  },
+});
