@@ -125,10 +125,13 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
     phase('point VMDK created');
     let copied: Awaited<ReturnType<typeof copyDisk>>;
     let info: ReturnType<typeof target.info>;
-    // For an incremental, the allocation of every changed range is asked for in parallel first.
-    const reader = incremental ? withKnownAllocation(disk, await allocationOf(disk, ranges, { signal })) : disk;
-    if (incremental) phase('allocation of the changed ranges known');
+    let reader = disk;
     try {
+      if (incremental) {
+        // The allocation of every changed range is asked for in parallel first.
+        reader = withKnownAllocation(disk, await allocationOf(disk, ranges, { signal }));
+        phase('allocation of the changed ranges known');
+      }
       copied = await copyDisk(reader, target, {
         signal,
         inFlight: opts.inFlight,

@@ -29,13 +29,17 @@ function recording(source: BackupSource, states: Buffer[]): BackupSource {
 }
 
 async function startHost(size: number) {
-  const datastore = join(dir, 'datastore');
-  const pkiDir = join(dir, 'pki');
-  await mkdir(datastore);
-  const fh = await open(join(datastore, 'disk.raw'), 'w');
+  await mkdir(join(dir, 'datastore'));
+  const fh = await open(join(dir, 'datastore', 'disk.raw'), 'w');
   await fh.truncate(size);
   await fh.close();
-  await createPki(pkiDir);
+  await createPki(join(dir, 'pki'));
+  return reopenHost();
+}
+
+async function reopenHost() {
+  const datastore = join(dir, 'datastore');
+  const pkiDir = join(dir, 'pki');
   const host = await DiskHost.open({ datastore, tls: await nbdServerTls({ certificates: pkiDir }) });
   await host.listen({ host: '127.0.0.1', port: 0 });
   const api = new ApiServer(host, { token: TOKEN });
@@ -56,6 +60,35 @@ async function startHost(size: number) {
 }
 
 describe('backup through a vd host over NBDSSL', () => {
+  it('takes a full point, with the reason, when the host lost track of changes', async () => {
+    const h = await startHost(4 * MiB);
+    const repo = join(dir, 'repo');
+    try {
+      await h.live.write(0, randomBytes(MiB));
+      await backup(repo, hostSource(h.client, 'disk.raw', { transports: h.transports() }));
+    } finally {
+      await h.close();
+    }
+    // Changed behind the host's back while it was down: its change IDs are void.
+    const fh = await open(join(dir, 'datastore', 'disk.raw'), 'r+');
+    await fh.write(randomBytes(4096), 0, 4096, 2 * MiB);
+    await fh.close();
+    const again = await reopenHost();
+    try {
+      const r = await backup(repo, hostSource(again.client, 'disk.raw', { transports: again.transports() }));
+      expect(r).toMatchObject({ point: '0002', kind: 'full', strategy: 'host-snapshot' });
+      expect(r.reason).toMatch(/cannot answer changes since .*ERR_VD_CBT_RESET/);
+      const { disk } = await openPoint(repo, '0002');
+      try {
+        expect((await contentOf(disk)).equals(await contentOf(again.live))).toBe(true);
+      } finally {
+        await disk.close();
+      }
+    } finally {
+      await again.close();
+    }
+  });
+
   it('a run that dies holding a snapshot: the next run deletes it (from the partial point) and backs up', async () => {
     const h = await startHost(8 * MiB);
     try {
