@@ -78,6 +78,32 @@ if (!skipNbdkit) {
       return open((await peer('nbdkit', (s) => ['-f', '--exit-with-parent', '-U', s, 'file', f])).uri, readOnly);
     },
   });
+  // The server's block-size constraints are obeyed (a violation is an EINVAL here): split and alignment cases run.
+  conformance(
+    {
+      name: 'nbd client ↔ nbdkit memory with blocksize-policy 4K/64K/1M',
+      factory: async ({ readOnly }) =>
+        open(
+          (
+            await peer('nbdkit', (s) => [
+              '-f',
+              '--exit-with-parent',
+              '-U',
+              s,
+              '--filter=blocksize-policy',
+              'memory',
+              '4M',
+              'blocksize-minimum=4096',
+              'blocksize-preferred=65536',
+              'blocksize-maximum=1M',
+              'blocksize-error-policy=error',
+            ])
+          ).uri,
+          readOnly,
+        ),
+    },
+    { 'zero/no-hole': NO_HOLE_AS_HOLE },
+  );
 }
 
 if (!skipQemu) {
