@@ -57,10 +57,13 @@ export class BlockMap {
   }
 
   /**
-   * Runs `[start, end)` of blocks in `[from, to)` whose counter n has `after < n <= upTo`, merged,
-   * in order. At most `limit` runs; a run cut short by `to` is the only one that may continue.
+   * Runs `[start, end)` of blocks in `[from, to)` whose counter n is past `after`, merged, in order.
+   * At most `limit` runs; a run cut short by `to` is the only one that may continue.
+   *
+   * There is no upper bound: a counter holds a block's newest change only, so a block whose counter
+   * is past a later point may also have changed before it, and leaving it out would under-report.
    */
-  runs(from: number, to: number, after: number, upTo: number, limit: number): [number, number][] {
+  runs(from: number, to: number, after: number, limit: number): [number, number][] {
     const out: [number, number][] = [];
     const per = ENTRIES_PER_PAGE;
     let runStart = -1;
@@ -81,7 +84,7 @@ export class BlockMap {
       const base = p * per;
       for (; b < pageEnd; b++) {
         const n = page[b - base]!;
-        if (n > after && n <= upTo) {
+        if (n > after) {
           if (runStart < 0) runStart = b;
         } else if (runStart >= 0) {
           out.push([runStart, b]);

@@ -124,9 +124,9 @@ export function queryChangedAreas(disk: Disk, changeId: string, opts: QueryOptio
   return trackerOf(disk).queryChangedAreas(changeId, opts, disk);
 }
 
-/** Blocks changed in `(after, upTo]` as `changed` / `unchanged` extents (NBD: dirty bit set / clear). */
-function bitmapExtents(tracker: Tracker, offset: number, length: number, after: number, upTo: number): Extent[] {
-  const page = tracker.areas(offset, length, after, upTo, MAX_EXTENTS);
+/** Blocks changed after `after` as `changed` / `unchanged` extents (NBD: dirty bit set / clear). */
+function bitmapExtents(tracker: Tracker, offset: number, length: number, after: number): Extent[] {
+  const page = tracker.areas(offset, length, after, MAX_EXTENTS);
   const out: Extent[] = [];
   let cursor = offset;
   for (const a of page.areas) {
@@ -144,7 +144,10 @@ export interface BitmapViewOptions {
   name: string;
   /** Changes after this change ID … */
   since: string;
-  /** … up to this one (a snapshot's); default: up to now. */
+  /**
+   * … as seen by a disk frozen at this one (a snapshot's). Checked, but it narrows nothing: a
+   * block rewritten after it may have changed before it too (see `QueryOptions.upTo`).
+   */
   upTo?: string;
 }
 
@@ -162,8 +165,9 @@ export function bitmapView(disk: Disk, tracker: Tracker, opts: BitmapViewOptions
   if (typeof opts.name !== 'string' || opts.name.length === 0)
     throw new VdError('ERR_VD_INVALID_ARGUMENT', 'bitmap name must be a non-empty string');
   const after = tracker.pointOf(opts.since);
-  const upTo = opts.upTo === undefined ? 0xffffffff : tracker.pointOf(opts.upTo);
-  if (upTo < after) throw new VdError('ERR_VD_INVALID_ARGUMENT', `upTo ${opts.upTo} is older than ${opts.since}`);
+  if (opts.upTo !== undefined && tracker.pointOf(opts.upTo) < after) {
+    throw new VdError('ERR_VD_INVALID_ARGUMENT', `upTo ${opts.upTo} is older than ${opts.since}`);
+  }
   const context = DIRTY_BITMAP_PREFIX + opts.name;
   const inner = sourceOf(disk);
   const view: BlockSource = {
@@ -180,7 +184,7 @@ export function bitmapView(disk: Disk, tracker: Tracker, opts: BitmapViewOptions
     _zero: undefined,
     _trim: undefined,
     _extents: async (offset, length, ctx, o) =>
-      ctx === context ? bitmapExtents(tracker, offset, length, after, upTo) : inner._extents!(offset, length, ctx, o),
+      ctx === context ? bitmapExtents(tracker, offset, length, after) : inner._extents!(offset, length, ctx, o),
   };
   return new Disk(view, { transport: disk.transport, location: disk.location, readOnly: true });
 }
@@ -253,7 +257,7 @@ class TrackedSource implements BlockSource {
   /** Changes since the last mark. */
   #bitmapExtents(offset: number, length: number): Extent[] {
     const point = this.tracker.point;
-    return bitmapExtents(this.tracker, offset, length, point - 1, point);
+    return bitmapExtents(this.tracker, offset, length, point - 1);
   }
 
   _info(): DiskInfo {

@@ -103,7 +103,12 @@ export interface QueryOptions {
   startOffset?: number;
   /** Answer at most this many areas (default 16 384). */
   maxAreas?: number;
-  /** Changes up to this change ID only (a snapshot's), instead of up to now. */
+  /**
+   * The point the caller's data is frozen at (a snapshot's change ID). It is checked (same epoch,
+   * not older than the start) but narrows nothing: the tracker keeps each block's newest change
+   * only, so a block rewritten after `upTo` may also have changed before it, and is reported.
+   * The answer is a superset of the changes up to `upTo`, never fewer.
+   */
   upTo?: string;
 }
 
@@ -277,20 +282,21 @@ export class Tracker {
       return allocatedAreas(disk, startOffset, maxAreas);
     }
     const after = this.pointOf(changeId);
-    const upTo = opts.upTo === undefined ? 0xffffffff : this.pointOf(opts.upTo);
-    if (upTo < after) throw new VdError('ERR_VD_INVALID_ARGUMENT', `upTo ${opts.upTo} is older than ${changeId}`);
-    return this.areas(startOffset, this.size - startOffset, after, upTo, maxAreas);
+    if (opts.upTo !== undefined && this.pointOf(opts.upTo) < after) {
+      throw new VdError('ERR_VD_INVALID_ARGUMENT', `upTo ${opts.upTo} is older than ${changeId}`);
+    }
+    return this.areas(startOffset, this.size - startOffset, after, maxAreas);
   }
 
   /**
-   * Changed areas in `[offset, offset + length)` whose counter n has `after < n <= upTo`,
-   * paged like `queryChangedAreas`. The building block for queries and bitmap extents.
+   * Changed areas in `[offset, offset + length)` whose counter n is past `after`, paged like
+   * `queryChangedAreas`. The building block for queries and bitmap extents.
    */
-  areas(offset: number, length: number, after: number, upTo: number, maxAreas: number): ChangedAreas {
+  areas(offset: number, length: number, after: number, maxAreas: number): ChangedAreas {
     const g = this.granularity;
     const end = offset + length;
     if (length === 0) return { startOffset: offset, length: 0, areas: [] };
-    const runs = this.#map.runs(Math.floor(offset / g), Math.ceil(end / g), after, upTo, maxAreas);
+    const runs = this.#map.runs(Math.floor(offset / g), Math.ceil(end / g), after, maxAreas);
     const areas: ChangedArea[] = runs.map(([s, e]) => {
       const start = Math.max(s * g, offset);
       return { start, length: Math.min(e * g, end) - start };
