@@ -7,8 +7,8 @@ import type { Context } from '../context.js';
 import { openDiskArg } from '../disk-arg.js';
 import { usageError } from '../errors.js';
 import { printLines } from '../output.js';
-import { addTlsOptions, serverTlsFromOptions, type TlsCliOptions } from '../serve-tls.js';
 import { serveDatastore } from '../serve-datastore.js';
+import { addTlsOptions, serverTlsFromOptions, type TlsCliOptions } from '../serve-tls.js';
 
 // The server reads disks on libuv's thread pool; four threads starve a busy NBD client. This only
 // takes effect if nothing has used the pool yet, which holds while commands are being loaded.
