@@ -78,6 +78,30 @@ describe('incremental backup from a tracked disk', () => {
     expect((await contentOf(target)).equals(states[2]!)).toBe(true);
   });
 
+  it.each([4096, 1024 * 1024])(
+    'tracker granularity %i (finer and coarser than a grain): points still restore exactly',
+    async (granularity) => {
+      const repo = join(dir, `repo-${granularity}`);
+      const disk = await track(memoryDisk(8 * MiB), { path: join(dir, `g${granularity}.cbt`), fingerprint: false, granularity });
+      await fill(disk, 0.5);
+      await backup(repo, trackedSource(disk, { close: false }));
+      // Unaligned writes straddling grain and block edges, a zeroed run, and a one-byte change.
+      await disk.write(65536 - 100, Buffer.alloc(300, 1));
+      await disk.zero(3 * MiB + 4096, 8192);
+      await disk.write(7 * MiB + 12345, Buffer.from([0xee]));
+      const want = await contentOf(disk);
+      const r = await backup(repo, trackedSource(disk, { close: false }));
+      expect(r.kind).toBe('incremental');
+      // Rounded out to whole 64 KiB grains (or the coarser blocks): never less than the grains touched.
+      expect(r.bytesCovered % 65536).toBe(0);
+      expect(r.bytesCovered).toBeGreaterThanOrEqual(4 * 65536);
+      expect(r.bytesCovered).toBeLessThanOrEqual(granularity > 65536 ? 4 * granularity : 4 * 65536);
+      await disk.close();
+      expect((await restoredContent(repo)).equals(want)).toBe(true);
+      expect((await verifyPoint(repo)).ok).toBe(true);
+    },
+  );
+
   it('reports the damaged point and extent, and leaves the others green', async () => {
     const repo = join(dir, 'repo');
     const disk = await track(memoryDisk(8 * MiB), { path: join(dir, 'disk.cbt'), fingerprint: false });
