@@ -1,8 +1,18 @@
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { type CopyProgress, type CopyRange, copyDisk, createVmdk, debug, fileResolver, throwIfAborted } from '@vd/core';
+import {
+  type CopyProgress,
+  type CopyRange,
+  copyDisk,
+  createVmdk,
+  debug,
+  fileResolver,
+  throwIfAborted,
+  writeStreamOptimized,
+} from '@vd/core';
 import { allocationOf, withKnownAllocation } from './allocation.js';
+import { hashingReader } from './hashing.js';
 import type { ManifestBody, PointSource } from './manifest.js';
 import { serializeManifest } from './manifest.js';
 import { openPointDisk } from './point-disk.js';
@@ -32,6 +42,11 @@ export interface BackupOptions {
   inFlight?: number | undefined;
   /** Minimum milliseconds between progress events (default 100). */
   progressInterval?: number | undefined;
+  /**
+   * Layout of a full point: `monolithicSparse` (default) or `streamOptimized` (compressed grains,
+   * the OVF/OVA layout; smaller, slower to write). Incrementals are always sparse children.
+   */
+  fullFormat?: 'monolithicSparse' | 'streamOptimized' | undefined;
 }
 
 export interface BackupResult {
@@ -111,41 +126,81 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
 
     const name = posix.join(`${PARTIAL_PREFIX}${id}`, DISK_FILE);
     const resolver = fileResolver(repo.pointsDir);
-    if (incremental) {
-      await createVmdk(resolver, name, {
-        parent: posix.join(latest!.id, latest!.manifest.disk.file),
-        subformat: 'monolithicSparse',
-        zeroedGrain: true,
-        grainSize: GRAIN_SIZE / 512,
-      });
-    } else {
-      await createVmdk(resolver, name, { size: disk.size, subformat: 'monolithicSparse', grainSize: GRAIN_SIZE / 512 });
-    }
-    const target = await openPointDisk(partial, DISK_FILE, { writable: true, signal });
-    phase('point VMDK created');
-    let copied: Awaited<ReturnType<typeof copyDisk>>;
-    let info: ReturnType<typeof target.info>;
-    let reader = disk;
-    try {
-      if (incremental) {
-        // The allocation of every changed range is asked for in parallel first.
-        reader = withKnownAllocation(disk, await allocationOf(disk, ranges, { signal }));
-        phase('allocation of the changed ranges known');
+    const subformat = incremental ? 'monolithicSparse' : (opts.fullFormat ?? 'monolithicSparse');
+    let copied: { bytesRead: number; bytesWritten: number };
+    let extents: [number, number, string][];
+    if (subformat === 'streamOptimized') {
+      // The stream writer reads the source itself; a hashing reader records what it read.
+      const hashing = hashingReader(disk);
+      const store = await resolver.create!(name);
+      try {
+        const w = await writeStreamOptimized(hashing.disk, store, {
+          name: DISK_FILE,
+          signal,
+          onProgress: opts.onProgress
+            ? (p) =>
+                opts.onProgress!({
+                  point: id,
+                  kind,
+                  bytesDone: p.bytesRead,
+                  bytesTotal: p.size,
+                  bytesRead: p.bytesRead,
+                  bytesWritten: p.bytesWritten,
+                  bytesZeroed: 0,
+                  bytesSkipped: 0,
+                })
+            : undefined,
+        });
+        await store.flush();
+        copied = { bytesRead: hashing.bytesRead(), bytesWritten: w.bytesWritten };
+      } finally {
+        await store.close();
+        await hashing.disk.close();
       }
-      copied = await copyDisk(reader, target, {
-        signal,
-        inFlight: opts.inFlight,
-        progressInterval: opts.progressInterval,
-        extents: incremental ? ranges : undefined,
-        targetIsZero: !incremental,
-        checksums: true,
-        onProgress: opts.onProgress ? (p) => opts.onProgress!({ ...p, point: id, kind }) : undefined,
-      });
-      info = target.info();
-    } finally {
-      await target.close();
-      if (reader !== disk) await reader.close();
+      extents = hashing.digests.sort((a, b) => a[0] - b[0]);
+      for (let i = 1; i < extents.length; i++) {
+        if (extents[i]![0] < extents[i - 1]![0] + extents[i - 1]![1]) throw new Error('backup: the stream writer read a range twice');
+      }
+    } else {
+      if (incremental) {
+        await createVmdk(resolver, name, {
+          parent: posix.join(latest!.id, latest!.manifest.disk.file),
+          subformat: 'monolithicSparse',
+          zeroedGrain: true,
+          grainSize: GRAIN_SIZE / 512,
+        });
+      } else {
+        await createVmdk(resolver, name, { size: disk.size, subformat: 'monolithicSparse', grainSize: GRAIN_SIZE / 512 });
+      }
+      const target = await openPointDisk(partial, DISK_FILE, { writable: true, signal });
+      phase('point VMDK created');
+      let reader = disk;
+      try {
+        if (incremental) {
+          // The allocation of every changed range is asked for in parallel first.
+          reader = withKnownAllocation(disk, await allocationOf(disk, ranges, { signal }));
+          phase('allocation of the changed ranges known');
+        }
+        const c = await copyDisk(reader, target, {
+          signal,
+          inFlight: opts.inFlight,
+          progressInterval: opts.progressInterval,
+          extents: incremental ? ranges : undefined,
+          targetIsZero: !incremental,
+          checksums: true,
+          onProgress: opts.onProgress ? (p) => opts.onProgress!({ ...p, point: id, kind }) : undefined,
+        });
+        copied = c;
+        extents = (c.checksums ?? []).map((x) => [x.offset, x.length, x.sha256]);
+      } finally {
+        await target.close();
+        if (reader !== disk) await reader.close();
+      }
     }
+    // The CIDs as written (the VMDK's own, and the parent's it was made from).
+    const written = await openPointDisk(partial, DISK_FILE, { signal });
+    const info = written.info();
+    await written.close();
     phase('copied');
     const seconds = (performance.now() - started) / 1000;
     const body: ManifestBody = {
@@ -166,14 +221,14 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
       },
       disk: {
         file: DISK_FILE,
-        subformat: 'monolithicSparse',
+        subformat,
         cid: String(info.cid),
         parentCid: incremental ? String(info.parentCid) : null,
         grainSize: GRAIN_SIZE,
       },
       stats: { bytesRead: copied.bytesRead, bytesWritten: copied.bytesWritten, bytesCovered, seconds },
       ranges: ranges.map((r) => [r.offset, r.length]),
-      extents: (copied.checksums ?? []).map((c) => [c.offset, c.length, c.sha256]),
+      extents,
     };
     throwIfAborted(signal, 'backup');
     await writeDurably(`${partial}/${MANIFEST_FILE}`, serializeManifest(body));

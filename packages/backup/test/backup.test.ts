@@ -102,6 +102,26 @@ describe('incremental backup from a tracked disk', () => {
     },
   );
 
+  it('a streamOptimized full point carries sparse children the same way', async () => {
+    const repo = join(dir, 'repo-stream');
+    const disk = await track(memoryDisk(8 * MiB), { path: join(dir, 'stream.cbt'), fingerprint: false });
+    await fill(disk, 0.5);
+    const states = [await contentOf(disk)];
+    const full = await backup(repo, trackedSource(disk, { close: false }), { fullFormat: 'streamOptimized' });
+    expect(full.bytesWritten).toBeLessThan(full.bytesRead * 1.05); // random data: deflate cannot shrink it
+    for (let i = 0; i < 2; i++) {
+      await randomWrites(disk, 100 * 1024);
+      states.push(await contentOf(disk));
+      expect((await backup(repo, trackedSource(disk, { close: false }), { fullFormat: 'streamOptimized' })).kind).toBe('incremental');
+    }
+    await disk.close();
+    const m = await (await Repository.open(repo)).manifest('0001');
+    expect(m.disk.subformat).toBe('streamOptimized');
+    expect((await (await Repository.open(repo)).manifest('0002')).disk.subformat).toBe('monolithicSparse');
+    for (const [i, state] of states.entries()) expect((await restoredContent(repo, `000${i + 1}`)).equals(state)).toBe(true);
+    expect((await verifyPoint(repo)).ok).toBe(true);
+  });
+
   it('reports the damaged point and extent, and leaves the others green', async () => {
     const repo = join(dir, 'repo');
     const disk = await track(memoryDisk(8 * MiB), { path: join(dir, 'disk.cbt'), fingerprint: false });

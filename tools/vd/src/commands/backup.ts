@@ -91,6 +91,7 @@ export function parseRepoArg(arg: string): { repo: string; point: string | undef
 interface BackupCliOptions extends TransportCliOptions {
   dirtyBitmap?: string;
   full?: boolean;
+  fullFormat?: 'monolithicSparse' | 'streamOptimized';
   tokenFile?: string;
   ca?: string;
   progress?: boolean;
@@ -150,6 +151,11 @@ export function registerBackup(program: Command, ctx: Context): void {
     .addOption(transportsOption())
     .option('--dirty-bitmap <name>', 'a qemu dirty bitmap the NBD export offers (qemu-nbd -B NAME): changes since the last point')
     .option('--full', 'take a full backup even when an incremental is possible')
+    .addOption(
+      new Option('--full-format <subformat>', 'VMDK layout of full points (incrementals are sparse children)')
+        .choices(['monolithicSparse', 'streamOptimized'])
+        .default('monolithicSparse'),
+    )
     .option('--token-file <file>', 'for a vd host: file holding the API token (default: $VD_TOKEN)')
     .option('--ca <file>', 'for a vd host: PEM CA certificate of an https:// API')
     .addOption(tlsCertificatesOption())
@@ -179,6 +185,7 @@ Examples:
         const r = await backup(repoDir, source, {
           signal: ctx.signal,
           full: opts.full,
+          fullFormat: opts.fullFormat,
           onStart: (s) => {
             if (!opts.json) ctx.io.stderr.write(`point ${s.point}: ${s.kind} — ${s.reason}\n`);
             progress = createProgress(ctx, {

@@ -42,7 +42,9 @@ describe.skipIf(skipWithoutPeers('qemu-img', 'qemu-io', 'qemu-nbd'))('vd backup 
       for (const [i, c] of changes.entries()) {
         if (c.length > 0) run('qemu-io', '-f', 'qcow2', ...c.flatMap((x) => ['-c', x]), image);
         run('qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw', image, join(dir, `state${i}.raw`));
-        const r = await served(dir, image, (uri) => vd('backup', uri, repo, '--dirty-bitmap', 'b0', '--transports', 'nbd', '--json'));
+        const r = await served(dir, image, (uri) =>
+          vd('backup', uri, repo, '--dirty-bitmap', 'b0', '--transports', 'nbd', '--full-format', 'streamOptimized', '--json'),
+        );
         expect(r.code, r.stderr).toBe(0);
         results.push(JSON.parse(r.stdout));
         run('qemu-img', 'bitmap', '--clear', image, 'b0');
@@ -58,6 +60,14 @@ describe.skipIf(skipWithoutPeers('qemu-img', 'qemu-io', 'qemu-nbd'))('vd backup 
         expect(cmp.code, cmp.stdout).toBe(0);
       }
       expect((await vd('verify', repo)).code).toBe(0);
+      // qemu reads the chain as made: a streamOptimized full point under two sparse children.
+      const info = JSON.parse(
+        run('qemu-img', 'info', '--backing-chain', '--output=json', join(repo, 'points', '0003', 'disk.vmdk')).toString(),
+      );
+      expect(
+        info.map((x: { 'format-specific'?: { data?: { 'create-type'?: string } } }) => x['format-specific']?.data?.['create-type']),
+      ).toEqual(['monolithicSparse', 'monolithicSparse', 'streamOptimized']);
+      run('qemu-img', 'compare', '-f', 'vmdk', '-F', 'raw', join(repo, 'points', '0003', 'disk.vmdk'), join(dir, 'state2.raw'));
     });
   });
 });
