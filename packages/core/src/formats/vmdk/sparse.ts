@@ -118,6 +118,8 @@ export class SparseExtent implements VmdkExtent {
   #fileSize: number;
   readonly #gts = new Map<number, Uint32Array | Promise<Uint32Array>>();
   readonly #dirtyGts = new Set<number>();
+  /** Tables were placed (directory entries set) that the directory on disk does not list yet. */
+  #gdDirty = false;
   readonly #grainCache = new Map<number, Uint8Array | Promise<Uint8Array>>();
   readonly #mutex = new Mutex();
   #dirty: Promise<void> | undefined;
@@ -558,37 +560,38 @@ export class SparseExtent implements VmdkExtent {
     return this.#fileSize;
   }
 
-  /** Data first, then the grain tables that point to it, then (for new tables) the directory. */
+  /**
+   * Data first, then the grain tables that point to it, then (for new tables) the directory.
+   * What is dirty stays dirty until it is durable, so a flush that fails is redone by the next.
+   */
   flush(): Promise<void> {
     if (!this.writable) return Promise.resolve();
     return this.#mutex.run(async () => {
-      if (this.#dirtyGts.size === 0) {
-        await this.#store.flush();
-        return;
-      }
-      const tables = [...this.#dirtyGts].sort((a, b) => a - b);
-      this.#dirtyGts.clear();
       await this.#store.flush();
-      let placed = false;
+      if (this.#dirtyGts.size === 0 && !this.#gdDirty) return;
       const writes: Promise<void>[] = [];
-      for (const t of tables) {
+      for (const t of [...this.#dirtyGts].sort((a, b) => a - b)) {
         const gt = this.#gts.get(t) as Uint32Array;
         const bytes = encodeU32Array(gt);
         if (this.#gd[t] === 0) {
           this.#gd[t] = this.#appendSectors(GT_SECTORS);
           if (this.#rgd) this.#rgd[t] = this.#appendSectors(GT_SECTORS);
-          placed = true;
+          this.#gdDirty = true;
         }
         writes.push(this.#store.write(this.#gd[t]! * SECTOR, bytes));
         if (this.#rgd && this.#rgd[t] !== 0) writes.push(this.#store.write(this.#rgd[t]! * SECTOR, bytes));
       }
-      await Promise.all(writes);
-      if (placed) {
+      const results = await Promise.allSettled(writes);
+      for (const r of results) if (r.status === 'rejected') throw r.reason;
+      if (this.#gdDirty) {
         await this.#store.flush();
         await this.#store.write(this.header.gdOffset * SECTOR, encodeU32Array(this.#gd, 4));
         if (this.#rgd) await this.#store.write(this.header.rgdOffset * SECTOR, encodeU32Array(this.#rgd, 4));
       }
       await this.#store.flush();
+      // Tables change only under the mutex, so nothing was dirtied while this ran.
+      this.#dirtyGts.clear();
+      this.#gdDirty = false;
     });
   }
 
