@@ -52,3 +52,39 @@ describe('abort listeners', () => {
     await disk.close();
   });
 });
+
+describe('Disk destroy while closing', () => {
+  it('ends the source once: destroy() during a graceful close does not close it again later', async () => {
+    const inner = new MemorySource(65536);
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const calls = { close: 0, destroy: 0 };
+    const source = Object.assign(Object.create(inner) as MemorySource, {
+      capabilities: inner.capabilities,
+      size: inner.size,
+      _read: async (offset: number, into: Uint8Array) => {
+        await held;
+        return inner._read(offset, into, {});
+      },
+      _close: async () => {
+        calls.close++;
+        await inner._close();
+      },
+      _destroy: async () => {
+        calls.destroy++;
+      },
+    });
+    const disk = new Disk(source);
+    const read = disk.read(0, 512).catch((e: unknown) => e);
+    const closing = disk.close();
+    await disk.destroy();
+    release();
+    await read;
+    await closing.catch(() => {});
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(calls).toEqual({ close: 0, destroy: 1 });
+    expect(disk.closed).toBe(true);
+  });
+});

@@ -63,6 +63,8 @@ export class Disk implements AsyncDisposable {
   readonly #finishing = new Set<Promise<unknown>>();
   #state: 'open' | 'closing' | 'closed' = 'open';
   #closing: Promise<void> | undefined;
+  /** Set by destroy(): the source is ended that way, never also closed gracefully. */
+  #destroying: Promise<void> | undefined;
 
   constructor(source: BlockSource, opts: DiskOptions = {}) {
     this.#source = source;
@@ -259,6 +261,7 @@ export class Disk implements AsyncDisposable {
     this.#state = 'closing';
     this.#closing = (async () => {
       while (this.#inflight.size > 0 || this.#finishing.size > 0) await Promise.allSettled([...this.#inflight, ...this.#finishing]);
+      if (this.#destroying) return this.#destroying;
       try {
         await this.#source._close();
       } catch (err) {
@@ -278,7 +281,7 @@ export class Disk implements AsyncDisposable {
     this.#state = 'closed';
     this.#limiter.rejectAll(reason);
     const source = this.#source;
-    this.#closing = (async () => {
+    this.#closing = this.#destroying = (async () => {
       try {
         await (source._destroy ? source._destroy(err) : source._close());
       } catch {
