@@ -415,12 +415,22 @@ export class DiskHost {
     s.consolidation = (async () => {
       try {
         const ov = live.overlay;
-        await live.consolidate(() => s.gate.pause());
+        await live.consolidate(() => s.gate.pause(), {
+          // Saved before writes go to the base again: a restart must not replay the redo log over them.
+          recorded: async () => {
+            const d = this.#diskRecord(s.name);
+            const before = d.snapshots;
+            d.snapshots = before.filter((x) => x.id !== snap.record.id);
+            try {
+              await this.#saveState();
+            } catch (err) {
+              d.snapshots = before;
+              throw err;
+            }
+          },
+        });
         await ov?.close();
         s.snapshots = s.snapshots.filter((x) => x !== snap);
-        const d = this.#diskRecord(s.name);
-        d.snapshots = d.snapshots.filter((x) => x.id !== snap.record.id);
-        await this.#saveState();
         await removeRedo(this.datastore, s.name, snap.record.id);
         debug('host: snapshot %s of %s consolidated', snap.record.id, s.name);
       } finally {

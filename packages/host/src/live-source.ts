@@ -140,8 +140,12 @@ export class LiveSource implements BlockSource {
    * Copies the redo log's grains into the base while writes continue (pass after pass over what
    * was written meanwhile), then pauses, copies the rest, flushes the base and switches back.
    * The base reads the same as the live disk when it resolves; the redo log's files may go.
+   *
+   * `recorded` runs while paused, once the base holds everything, before any write reaches the
+   * base directly: it must make the redo log's retirement durable, or a restart would apply the
+   * log again over those writes. When it fails, the redo log stays in use.
    */
-  async consolidate(pause: () => Promise<() => void>, opts: IoOptions = {}): Promise<void> {
+  async consolidate(pause: () => Promise<() => void>, opts: IoOptions & { recorded?: () => Promise<void> } = {}): Promise<void> {
     const ov = this.#overlay;
     if (!ov) return;
     ov.dirty.set(ov.map);
@@ -154,6 +158,7 @@ export class LiveSource implements BlockSource {
     try {
       await this.#copyDirty(ov, opts);
       if (this.base._flush) await this.base._flush(opts);
+      await opts.recorded?.();
       this.#overlay = undefined;
     } finally {
       resume();
