@@ -1,8 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { Disk } from '../../src/disk.js';
 import { VdError } from '../../src/errors.js';
+import { COWD_GTES, CowdExtent } from '../../src/formats/vmdk/cowd.js';
+import type { Fallback } from '../../src/formats/vmdk/extent.js';
 import { createVmdk, openVmdk, parseSparseHeader } from '../../src/formats/vmdk/index.js';
-import { MemResolver, pattern } from './helpers.js';
+import { SeSparseExtent } from '../../src/formats/vmdk/sesparse.js';
+import { buildCowd, buildSeSparse } from './builders.js';
+import { MemResolver, MemStore, pattern } from './helpers.js';
 
 const SIZE = 4 * 1024 * 1024;
 
@@ -46,5 +50,43 @@ describe('sparse extent after a failed flush', () => {
     expect(Buffer.compare(await again.read(1024 * 1024, data.length), data)).toBe(0);
     expect(Buffer.compare(await again.read(0, 1024 * 1024), new Uint8Array(1024 * 1024))).toBe(0);
     await again.close();
+  });
+});
+
+/** A store whose first read of `length` bytes fails, as a transient I/O error would. */
+function failOnce(store: MemStore, length: number): MemStore {
+  const read = store.read.bind(store);
+  let failed = false;
+  store.read = async (position, into) => {
+    if (!failed && into.length === length) {
+      failed = true;
+      throw new VdError('ERR_VD_IO', 'read failed');
+    }
+    return read(position, into);
+  };
+  return store;
+}
+
+describe('redo-log extents after a failed grain-table read', () => {
+  const zeroes: Fallback = async (_offset, into) => void into.fill(0);
+
+  it('COWD: the next read loads the table again instead of failing for good', async () => {
+    const grain = new Uint8Array(4096).fill(1);
+    const store = failOnce(new MemStore('d-delta.vmdk', buildCowd(40960, 8, new Map([[3, grain]]))), COWD_GTES * 4);
+    const extent = await CowdExtent.open(store, { name: 'd-delta.vmdk' });
+    const into = new Uint8Array(4096);
+    await expect(extent.read(3 * 4096, into, zeroes)).rejects.toMatchObject({ code: 'ERR_VD_IO' });
+    await extent.read(3 * 4096, into, zeroes);
+    expect(Buffer.compare(into, grain)).toBe(0);
+  });
+
+  it('seSparse: the next read loads the table again instead of failing for good', async () => {
+    const grain = pattern(4096, 5);
+    const store = failOnce(new MemStore('x-sesparse.vmdk', buildSeSparse(40960, new Map([[1, grain]]))), 4096 * 8);
+    const extent = await SeSparseExtent.open(store, { name: 'x-sesparse.vmdk' });
+    const into = new Uint8Array(4096);
+    await expect(extent.read(4096, into, zeroes)).rejects.toMatchObject({ code: 'ERR_VD_IO' });
+    await extent.read(4096, into, zeroes);
+    expect(Buffer.compare(into, grain)).toBe(0);
   });
 });

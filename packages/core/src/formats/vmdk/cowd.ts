@@ -3,7 +3,7 @@ import type { ByteStore } from '../../spec.js';
 import { readFully } from '../raw.js';
 import { COWD_MAGIC, MAX_GRAIN_SECTORS, SECTOR } from './constants.js';
 import type { Fallback, Run, VmdkExtent } from './extent.js';
-import { HOLE, readMapped, readOnlyError } from './extent.js';
+import { cachedLoad, HOLE, readMapped, readOnlyError } from './extent.js';
 import { readU32Array } from './sparse.js';
 
 /** ESX vmfsSparse ("COWD") redo log header: 2048 bytes, u32 fields. */
@@ -24,6 +24,8 @@ export interface CowdHeader {
 export const COWD_HEADER_SIZE = 2048;
 /** COWD grain tables hold 4096 entries (16 KiB), not 512. */
 export const COWD_GTES = 4096;
+/** Grain tables kept (16 KiB each). */
+const GT_CACHE = 1024;
 
 function corrupt(name: string, message: string): VdError {
   return new VdError('ERR_VD_CORRUPT', `${name}: ${message}`, { details: { file: name } });
@@ -101,16 +103,11 @@ export class CowdExtent implements VmdkExtent {
     const t = Math.floor(g / COWD_GTES);
     const sector = this.gd[t];
     if (!sector) return 0;
-    let gt = this.#gts.get(t);
-    if (!gt) {
-      gt = (async () => {
-        const bytes = new Uint8Array(COWD_GTES * 4);
-        await readFully(this.store, sector * SECTOR, bytes);
-        return readU32Array(bytes, COWD_GTES);
-      })();
-      if (this.#gts.size > 1024) this.#gts.delete(this.#gts.keys().next().value!);
-      this.#gts.set(t, gt);
-    }
+    const gt = cachedLoad(this.#gts, t, GT_CACHE, async () => {
+      const bytes = new Uint8Array(COWD_GTES * 4);
+      await readFully(this.store, sector * SECTOR, bytes);
+      return readU32Array(bytes, COWD_GTES);
+    });
     return (await gt)[g % COWD_GTES]!;
   }
 

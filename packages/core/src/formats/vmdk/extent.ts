@@ -127,6 +127,22 @@ export class ZeroExtent implements VmdkExtent {
   async close(): Promise<void> {}
 }
 
+/**
+ * A bounded cache of loads (grain tables) by key: the oldest entry goes when `limit` is passed,
+ * and a load that fails is forgotten, so a transient read error is not served for good.
+ */
+export function cachedLoad<K, V>(cache: Map<K, Promise<V>>, key: K, limit: number, load: () => Promise<V>): Promise<V> {
+  const hit = cache.get(key);
+  if (hit) return hit;
+  const loading = load();
+  loading.catch(() => {
+    if (cache.get(key) === loading) cache.delete(key);
+  });
+  if (cache.size >= limit) cache.delete(cache.keys().next().value!);
+  cache.set(key, loading);
+  return loading;
+}
+
 /** `locate` answers: a grain's byte offset in the store, or HOLE (ask the fallback), or ZEROES. */
 export const HOLE = -1;
 export const ZEROES_AT = -2;

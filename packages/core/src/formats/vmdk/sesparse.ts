@@ -3,7 +3,7 @@ import type { ByteStore } from '../../spec.js';
 import { readFully } from '../raw.js';
 import { SECTOR, SESPARSE_MAGIC, SESPARSE_VOLATILE_MAGIC } from './constants.js';
 import type { Fallback, Run, VmdkExtent } from './extent.js';
-import { HOLE, readMapped, readOnlyError, ZEROES_AT } from './extent.js';
+import { cachedLoad, HOLE, readMapped, readOnlyError, ZEROES_AT } from './extent.js';
 
 /** seSparse constant header (sector 0, all u64); offsets and sizes in sectors. */
 export interface SeSparseHeader {
@@ -24,6 +24,8 @@ export const SESPARSE_VERSION = 0x0000000200000001n;
 export const SESPARSE_GRAIN_SECTORS = 8;
 export const SESPARSE_GT_SECTORS = 64;
 const GTES = (SESPARSE_GT_SECTORS * SECTOR) / 8;
+/** Grain tables kept (32 KiB each). */
+const GT_CACHE = 512;
 
 function corrupt(name: string, message: string): VdError {
   return new VdError('ERR_VD_CORRUPT', `${name}: ${message}`, { details: { file: name } });
@@ -119,25 +121,22 @@ export class SeSparseExtent implements VmdkExtent {
   #table(t: number): Promise<BigUint64Array> | undefined {
     const gde = this.gd[t] ?? 0n;
     if (gde === 0n) return undefined;
-    let gt = this.#gts.get(t);
-    if (gt) return gt;
+    const hit = this.#gts.get(t);
+    if (hit) return hit;
     if (gde >> 32n !== 0x10000000n) throw corrupt(this.name, `seSparse grain directory entry ${t} is malformed`);
     const index = Number(gde & 0xffffffffn);
     const sector = this.header.grainTablesOffset + index * SESPARSE_GT_SECTORS;
     if (index * SESPARSE_GT_SECTORS >= this.header.grainTablesSize || (sector + SESPARSE_GT_SECTORS) * SECTOR > this.fileSize) {
       throw corrupt(this.name, `seSparse grain table ${index} lies outside the file`);
     }
-    gt = (async () => {
+    return cachedLoad(this.#gts, t, GT_CACHE, async () => {
       const bytes = new Uint8Array(GTES * 8);
       await readFully(this.store, sector * SECTOR, bytes);
       const dv = new DataView(bytes.buffer);
       const out = new BigUint64Array(GTES);
       for (let i = 0; i < GTES; i++) out[i] = dv.getBigUint64(i * 8, true);
       return out;
-    })();
-    if (this.#gts.size > 512) this.#gts.delete(this.#gts.keys().next().value!);
-    this.#gts.set(t, gt);
-    return gt;
+    });
   }
 
   /** -1: hole; -2: zeroes; else the data sector. */
