@@ -316,11 +316,16 @@ export class DiskHost {
     });
   }
 
-  /** Changed areas of a disk since `since` (optionally up to `upTo`, e.g. a snapshot's change ID), one page. */
+  /** Changed areas of a disk since `since` (optionally up to `upTo`, e.g. a snapshot's change ID), one page of at most DEFAULT_MAX_AREAS. */
   async changes(name: string, q: ChangesQuery): Promise<ChangedAreas> {
     const s = this.#get(name);
     if (!s.tracked) throw new VdError('ERR_VD_NOT_SUPPORTED', `disk ${name} is not tracked`, { details: { disk: name } });
-    const opts = { startOffset: q.startOffset, maxAreas: q.maxAreas };
+    if (q.maxAreas !== undefined && (!Number.isSafeInteger(q.maxAreas) || q.maxAreas < 1)) {
+      throw new VdError('ERR_VD_INVALID_ARGUMENT', `maxAreas ${q.maxAreas} < 1`, { details: { maxAreas: q.maxAreas } });
+    }
+    // A page stays bounded whatever a client asks for; its length says where to ask on.
+    const maxAreas = Math.min(q.maxAreas ?? DEFAULT_MAX_AREAS, DEFAULT_MAX_AREAS);
+    const opts = { startOffset: q.startOffset, maxAreas };
     if (q.upTo === undefined) return queryChangedAreas(s.tracked, q.since, opts);
     // Checks both change IDs (ERR_VD_CBT_RESET, ERR_VD_INVALID_ARGUMENT) before anything is answered.
     await queryChangedAreas(s.tracked, q.since, { upTo: q.upTo, startOffset: q.startOffset, maxAreas: 1 });
@@ -331,7 +336,7 @@ export class DiskHost {
     const exact = await this.#chainChanges(s, q.since, q.upTo);
     if (exact) {
       const start = q.startOffset ?? 0;
-      return exact.areas(start, s.disk.size - start, q.maxAreas ?? DEFAULT_MAX_AREAS);
+      return exact.areas(start, s.disk.size - start, maxAreas);
     }
     // The tracker keeps the newest change of each block only: a block changed before `upTo` and
     // again after it would be missed. Answer up to now instead, which covers it (over-reports).

@@ -142,7 +142,13 @@ export const openApiDocument = {
             schema: { type: 'string' },
           },
           { name: 'startOffset', in: 'query', required: false, schema: { type: 'integer', minimum: 0 } },
-          { name: 'maxAreas', in: 'query', required: false, schema: { type: 'integer', minimum: 1 } },
+          {
+            name: 'maxAreas',
+            in: 'query',
+            required: false,
+            description: 'At most this many areas in the page (default and upper bound 16384; page on from its end)',
+            schema: { type: 'integer', minimum: 1 },
+          },
         ],
         responses: {
           '200': { description: 'One page', content: { 'application/json': { schema: { $ref: '#/components/schemas/ChangedAreas' } } } },
