@@ -2,13 +2,16 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import {
+  type ByteStore,
   type CopyProgress,
   type CopyRange,
   copyDisk,
-  createVmdk,
+  createVmdkIn,
   debug,
+  FileStore,
   fileResolver,
   throwIfAborted,
+  type VmdkCreateOptions,
   writeStreamOptimized,
 } from '@vd/core';
 import { allocationOf, withKnownAllocation } from './allocation.js';
@@ -151,7 +154,6 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
                 })
             : undefined,
         });
-        await store.flush();
         copied = { bytesRead: hashing.bytesRead(), bytesWritten: w.bytesWritten };
       } finally {
         await store.close();
@@ -163,14 +165,14 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
       }
     } else {
       if (incremental) {
-        await createVmdk(resolver, name, {
+        await createPointVmdk(repo.pointsDir, name, {
           parent: posix.join(latest!.id, latest!.manifest.disk.file),
           subformat: 'monolithicSparse',
           zeroedGrain: true,
           grainSize: GRAIN_SIZE / 512,
         });
       } else {
-        await createVmdk(resolver, name, { size: disk.size, subformat: 'monolithicSparse', grainSize: GRAIN_SIZE / 512 });
+        await createPointVmdk(repo.pointsDir, name, { size: disk.size, subformat: 'monolithicSparse', grainSize: GRAIN_SIZE / 512 });
       }
       const target = await openPointDisk(partial, DISK_FILE, { writable: true, signal });
       phase('point VMDK created');
@@ -188,6 +190,8 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
           extents: incremental ? ranges : undefined,
           targetIsZero: !incremental,
           checksums: true,
+          // The commit syncs every file of the point once; a flush here would only add a sync.
+          flush: false,
           onProgress: opts.onProgress ? (p) => opts.onProgress!({ ...p, point: id, kind }) : undefined,
         });
         copied = c;
@@ -263,6 +267,29 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
       if (partial && released) await rm(partial, { recursive: true, force: true }).catch(() => {});
       await unlock();
     }
+  }
+}
+
+/**
+ * Lays out a new point VMDK without syncing it on the way: the commit syncs every file of the
+ * point once, so the creation's own sync would only add latency (tens of ms on a busy disk).
+ */
+async function createPointVmdk(pointsDir: string, name: string, opts: VmdkCreateOptions): Promise<void> {
+  const store = await FileStore.open(join(pointsDir, name), { create: true });
+  try {
+    const unsynced: ByteStore = {
+      name: store.name,
+      readOnly: false,
+      size: () => store.size(),
+      read: (position, into) => store.read(position, into),
+      write: (position, data) => store.write(position, data),
+      truncate: (size) => store.truncate(size),
+      flush: async () => {},
+      close: async () => {},
+    };
+    await createVmdkIn(unsynced, fileResolver(pointsDir), name, opts);
+  } finally {
+    await store.close();
   }
 }
 
