@@ -1,4 +1,5 @@
 import { rm } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   type CopyProgress,
@@ -7,6 +8,7 @@ import {
   createDisk,
   type Disk,
   FileStore,
+  readDescriptor,
   toLocation,
   VdError,
   writeStreamOptimized,
@@ -68,11 +70,36 @@ export async function convertDisk(src: string, dst: string, opts: ConvertOptions
         await target.close();
       }
     } catch (err) {
-      await rm(path, { force: true });
+      await removeCreated(path, format);
       throw err;
     }
   } finally {
     await source.close();
+  }
+}
+
+/**
+ * Removes a disk this command created: the file, and for a VMDK every extent file its descriptor
+ * names (a monolithicFlat disk's `-flat.vmdk`, split extents), which would otherwise be left
+ * behind and make the next attempt fail with ERR_VD_EXISTS.
+ */
+async function removeCreated(path: string, format: string): Promise<void> {
+  // A raw target holds the source's bytes, which may look like anything: only a VMDK is read.
+  const extents = format === 'vmdk' ? await extentFiles(path).catch(() => []) : [];
+  for (const f of [path, ...extents]) await rm(f, { force: true });
+}
+
+/** The extent files a VMDK descriptor at `path` names, as paths; none for a single-file VMDK. */
+async function extentFiles(path: string): Promise<string[]> {
+  const store = await FileStore.open(path, { readOnly: true });
+  try {
+    const { descriptor, embedded } = await readDescriptor(store, basename(path));
+    if (embedded) return [];
+    // This call made every extent; a name reaching outside the directory is not one of ours.
+    const names = descriptor.extents.map((e) => e.fileName ?? '');
+    return names.filter((n) => n !== '' && !isAbsolute(n) && !n.split(/[\\/]/).includes('..')).map((n) => join(dirname(path), n));
+  } finally {
+    await store.close();
   }
 }
 

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { open, stat, truncate, writeFile } from 'node:fs/promises';
+import { open, readdir, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { convertDisk } from '../src/convert.js';
@@ -94,6 +94,21 @@ describe('vd convert', () => {
       const copying = convertDisk(src, dst, { signal: stop.signal, onProgress: () => stop.abort(new Error('interrupted')) });
       await expect(copying).rejects.toMatchObject({ code: 'ERR_VD_ABORTED' });
       await expect(stat(dst)).rejects.toThrow(/ENOENT/);
+    });
+  });
+
+  it('an abort removes every file of a half-made multi-file VMDK, so the same convert can run again', async () => {
+    await withTempDir(async (dir) => {
+      const src = join(dir, 'src.img');
+      const dst = join(dir, 'dst.vmdk');
+      await writeFile(src, randomBytes(16 * MiB));
+      const stop = new AbortController();
+      const opts = { format: 'vmdk', formatOptions: { subformat: 'monolithicFlat' } };
+      const copying = convertDisk(src, dst, { ...opts, signal: stop.signal, onProgress: () => stop.abort(new Error('interrupted')) });
+      await expect(copying).rejects.toMatchObject({ code: 'ERR_VD_ABORTED' });
+      expect((await readdir(dir)).sort()).toEqual(['src.img']);
+      const again = await convertDisk(src, dst, { ...opts, verify: true });
+      expect(again.verified).toBe(true);
     });
   });
 });
