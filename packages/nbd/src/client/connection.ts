@@ -429,6 +429,8 @@ class Handshake {
   result!: ExportInfo;
   readonly receiver: Receiver = { deliver: () => {} };
   readonly #plain: boolean;
+  /** STARTTLS done: a lost connection from here on is most likely a TLS refusal. */
+  #secured = false;
 
   constructor(
     readonly target: NbdTarget,
@@ -517,11 +519,22 @@ class Handshake {
     this.socket = socket;
     this.receiver.deliver = (chunk, borrowed) => this.#onChunk(borrowed ? Uint8Array.prototype.slice.call(chunk) : chunk);
     socket.on('data', (chunk: Uint8Array) => this.#onChunk(chunk));
-    socket.on('error', (err) =>
-      this.#fail(new VdError('ERR_VD_IO', `NBD handshake with ${formatNbdUri(this.target)} failed: ${err.message}`, { cause: err })),
-    );
+    socket.on('error', (err) => this.#fail(this.#dropped(`NBD handshake with ${formatNbdUri(this.target)} failed: ${err.message}`, err)));
     socket.on('close', () =>
-      this.#fail(new VdError('ERR_VD_IO', `NBD server ${formatNbdUri(this.target)} closed the connection during the handshake`)),
+      this.#fail(this.#dropped(`NBD server ${formatNbdUri(this.target)} closed the connection during the handshake`)),
+    );
+  }
+
+  /**
+   * A connection lost during the handshake. Right after a TLS 1.3 handshake the client has
+   * finished before the server judged its certificate, so a refusal arrives as a reset here.
+   */
+  #dropped(message: string, cause?: Error): VdError {
+    if (!this.#secured) return new VdError('ERR_VD_IO', message, { cause });
+    return new VdError(
+      'ERR_VD_TLS',
+      `${message}; over TLS this usually means the server refused our client certificate or requires one (client-cert.pem and client-key.pem in tls-certificates=DIR)`,
+      { cause, details: { reason: 'handshake' } },
     );
   }
 
@@ -580,6 +593,7 @@ class Handshake {
     const secure = await tls.upgrade(plain, this.target);
     (this as { decoder: ServerStreamDecoder }).decoder = new ServerStreamDecoder();
     this.decoder.skipGreeting();
+    this.#secured = true;
     this.#listen(secure);
   }
 

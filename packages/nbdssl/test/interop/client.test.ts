@@ -6,7 +6,7 @@ import { type ConformanceOptions, defineConformance } from '@vd/conformance';
 import { skipWithoutPeers } from '@vd/conformance/peers';
 import { type Disk, isVdError, openDisk } from '@vd/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createPki, type Pki } from '../../src/pki.js';
+import { createPki, type Pki, writePki } from '../../src/pki.js';
 import { formatThumbprint, thumbprintOf } from '../../src/thumbprint.js';
 import { nbdssl } from '../../src/transport.js';
 import { type Daemon, daemon } from '../peers.js';
@@ -168,6 +168,15 @@ describe.skipIf(skipWithoutPeers('nbdkit', 'qemu-nbd'))('nbdssl client against G
     );
     expect(isVdError(err, 'ERR_VD_TLS')).toBe(true);
     expect(err.message).toMatch(/not signed by a trusted CA/);
+  });
+
+  it('nbdkit --tls-verify-peer refusing a client without a certificate is ERR_VD_TLS', async () => {
+    const caOnly = join(root, 'ca-only');
+    await writePki(caOnly, { caCert: pki.caCert! }, { overwrite: true });
+    const uri = (await peer('nbdkit', src)).replace(encodeURIComponent(pki.dir), encodeURIComponent(caOnly));
+    const err = await readAll(uri, { retries: 0 }).catch((e) => e);
+    expect(isVdError(err, 'ERR_VD_TLS'), String(err)).toBe(true);
+    expect(err.message).toMatch(/client certificate/);
   });
 
   it('a file written through nbdkit over TLS reads back identically', async () => {
