@@ -17,8 +17,27 @@ export async function openSidecarFile(path: string, readOnly: boolean): Promise<
     if (readOnly && (err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw fromSystemError(err, `open CBT sidecar ${path}`);
   }
-  return new SidecarFile(fh, path, readOnly);
+  let key: string | undefined;
+  if (!readOnly) {
+    // Two trackers writing one sidecar overwrite each other's pages, losing marks: one at a time.
+    const st = await fh.stat({ bigint: true }).catch(async (err: unknown) => {
+      await fh.close().catch(() => {});
+      throw fromSystemError(err, `stat CBT sidecar ${path}`);
+    });
+    key = `${st.dev}:${st.ino}`;
+    if (writers.has(key)) {
+      await fh.close().catch(() => {});
+      throw new VdError('ERR_VD_EXISTS', `CBT sidecar ${path} is already open for writing in this process; track the disk once`, {
+        details: { path },
+      });
+    }
+    writers.add(key);
+  }
+  return new SidecarFile(fh, path, readOnly, key);
 }
+
+/** Sidecars open for writing in this process, by device and inode. */
+const writers = new Set<string>();
 
 class SidecarFile implements ByteStore {
   #closing: Promise<void> | undefined;
@@ -27,6 +46,7 @@ class SidecarFile implements ByteStore {
     readonly fh: FileHandle,
     readonly name: string,
     readonly readOnly: boolean,
+    readonly key: string | undefined,
   ) {}
 
   async size(): Promise<number> {
@@ -89,9 +109,14 @@ class SidecarFile implements ByteStore {
   }
 
   close(): Promise<void> {
-    this.#closing ??= this.fh.close().catch((err: unknown) => {
-      throw fromSystemError(err, `close ${this.name}`);
-    });
+    this.#closing ??= this.fh
+      .close()
+      .catch((err: unknown) => {
+        throw fromSystemError(err, `close ${this.name}`);
+      })
+      .finally(() => {
+        if (this.key) writers.delete(this.key);
+      });
     return this.#closing;
   }
 }

@@ -326,3 +326,27 @@ describe('fileFingerprint', () => {
     expect(mtimeMs).toBeGreaterThan(0);
   });
 });
+
+describe('one sidecar, one tracker', () => {
+  it('does not lose a change when the same sidecar is opened twice', async () => {
+    const img = join(dir, 'twice.img');
+    const path = join(dir, 'twice.cbt');
+    const first = await track(await fileDisk(img, 1 << 20), { path, granularity: 4096 });
+    const id = await mark(first);
+    let second: Disk | undefined;
+    try {
+      second = await track(await fileDisk(img), { path, granularity: 4096 });
+    } catch (err) {
+      expect(err).toMatchObject({ code: 'ERR_VD_EXISTS' });
+    }
+    expect(second).toBeUndefined();
+    await first.write(0, new Uint8Array(4096).fill(1));
+    await second?.write(4096, new Uint8Array(4096).fill(2));
+    await first.close();
+    await second?.close();
+    const again = await track(await fileDisk(img), { path, granularity: 4096 });
+    const areas = (await queryChangedAreas(again, id)).areas;
+    expect(areas).toEqual([{ start: 0, length: second ? 8192 : 4096 }]);
+    await again.close();
+  });
+});
