@@ -1,8 +1,10 @@
 import { spawnSync } from 'node:child_process';
 import { open, readFile, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Disk } from '../../src/disk.js';
+import { metadataIndex } from '../../src/formats/vmdk/check.js';
 import { parseSparseHeader } from '../../src/formats/vmdk/header.js';
 import { checkVmdk, createChild, createVmdk, openVmdk } from '../../src/formats/vmdk/index.js';
 import { skipWithout, TestResolver, tempDir } from './helpers.js';
@@ -121,5 +123,20 @@ describe('check and repair', () => {
     expect(rep.problems).toEqual([expect.objectContaining({ kind: 'FLAT_SHORT', repaired: true })]);
     expect((await checkVmdk(r, 'f.vmdk')).problems).toEqual([]);
     expect(r.openCount).toBe(0);
+  });
+});
+
+describe('metadataIndex', () => {
+  it('finds the same overlapping range as a scan of the sorted ranges', () => {
+    const range = fc
+      .tuple(fc.nat({ max: 200 }), fc.integer({ min: 1, max: 40 }))
+      .map(([a, n]): [number, number, string] => [a, a + n, `r${a}`]);
+    fc.assert(
+      fc.property(fc.array(range, { maxLength: 12 }), fc.nat({ max: 250 }), fc.integer({ min: 1, max: 30 }), (ranges, s, n) => {
+        const sorted = [...ranges].sort((a, b) => a[0] - b[0]);
+        const expected = sorted.find(([a, b]) => s < b && s + n > a);
+        expect(metadataIndex(ranges)(s, s + n)).toBe(expected);
+      }),
+    );
   });
 });

@@ -167,6 +167,30 @@ function metadataRanges(h: SparseHeader, n: number): [number, number, string][] 
   return out;
 }
 
+/**
+ * The metadata range `[s, e)` overlaps, found by binary search: a check visits every grain, and
+ * a linear scan per grain made checking a large disk quadratic (64 GiB: 10 s, 1 TiB: most of an hour).
+ */
+export function metadataIndex(ranges: [number, number, string][]): (s: number, e: number) => [number, number, string] | undefined {
+  const sorted = [...ranges].sort((a, b) => a[0] - b[0]);
+  // reach[i]: the furthest end among sorted[0..i], so one compare says whether any of them overlaps.
+  const reach: number[] = [];
+  for (const [i, r] of sorted.entries()) reach.push(Math.max(r[1], i > 0 ? reach[i - 1]! : 0));
+  return (s, e) => {
+    // The last range starting before `e`; only it and those before it can overlap.
+    let lo = 0;
+    let hi = sorted.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (sorted[mid]![0] < e) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lo === 0 || reach[lo - 1]! <= s) return undefined;
+    for (let i = 0; i < lo; i++) if (sorted[i]![1] > s) return sorted[i];
+    return undefined;
+  };
+}
+
 async function checkSparse(store: ByteStore, file: string, sectors: number, repair: boolean, add: Add): Promise<void> {
   const fileSize = await store.size();
   let header: SparseHeader;
@@ -250,8 +274,7 @@ async function checkSparse(store: ByteStore, file: string, sectors: number, repa
   const grainSectors = compressed ? 1 : header.grainSize;
   const dirtyTables = new Set<number>();
   const starts: { s: number; g: number }[] = [];
-  const metaSorted = [...meta].sort((a, b) => a[0] - b[0]);
-  const inMeta = (s: number, e: number) => metaSorted.find(([a, b]) => s < b && e > a);
+  const inMeta = metadataIndex(meta);
   for (let t = 0; t < n; t++) {
     const gt = tables[t];
     if (!gt) continue;
