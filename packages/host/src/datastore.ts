@@ -1,4 +1,4 @@
-import { lstat, readdir, realpath, stat } from 'node:fs/promises';
+import { lstat, mkdir, readdir, realpath, stat } from 'node:fs/promises';
 import { join, sep } from 'node:path';
 import { VdError } from '@vd/core';
 
@@ -54,6 +54,23 @@ export class Datastore {
   /** The host's own directory inside the datastore. */
   get hostDir(): string {
     return join(this.dir, HOST_DIR);
+  }
+
+  /**
+   * Creates the host's directory (mode 0700) when missing. A link (or anything but a directory)
+   * in its place is refused: every file the host writes goes there, and none may land outside.
+   */
+  async makeHostDir(): Promise<string> {
+    const dir = this.hostDir;
+    await mkdir(dir, { recursive: true, mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EEXIST') throw err;
+    });
+    if (!(await lstat(dir)).isDirectory()) {
+      throw new VdError('ERR_VD_INVALID_ARGUMENT', `${dir} is not a directory (a link?); move it away, the host keeps its files there`, {
+        details: { path: dir },
+      });
+    }
+    return dir;
   }
 
   /**

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rm } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import {
@@ -162,7 +162,7 @@ export class DiskHost {
   /** Opens every disk of `opts.datastore`, recovers snapshots from the state file, resumes interrupted deletions. */
   static async open(opts: DiskHostOptions): Promise<DiskHost> {
     const datastore = await Datastore.open(opts.datastore);
-    await mkdir(datastore.hostDir, { recursive: true, mode: 0o700 });
+    await datastore.makeHostDir();
     const state = await readState(join(datastore.hostDir, STATE_FILE));
     const served: Served[] = [];
     const skipped: SkippedDisk[] = [];

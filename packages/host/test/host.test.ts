@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { open, readdir, readFile, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { changedAreasFromBitmap } from '@vd/cbt';
+import { changedAreasFromBitmap, DEFAULT_MAX_AREAS } from '@vd/cbt';
 import { type Disk, openDisk } from '@vd/core';
 import { nbd } from '@vd/nbd';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -213,5 +213,65 @@ describe('DiskHost', () => {
     } finally {
       await again.close();
     }
+  });
+
+  it('refuses a host directory that is a link: nothing is written outside the datastore', async () => {
+    const outside = `${dir}-elsewhere`;
+    await mkdir(outside);
+    try {
+      await symlink(outside, join(dir, '.vd-host'));
+      await expect(DiskHost.open({ datastore: dir })).rejects.toMatchObject({ code: 'ERR_VD_INVALID_ARGUMENT' });
+      expect(await readdir(outside)).toEqual([]);
+    } finally {
+      await rm(outside, { recursive: true, force: true });
+    }
+  });
+
+  it('a write after consolidation survives a restart even when the state could not be saved', async () => {
+    host = await DiskHost.open({ datastore: dir });
+    await host.createSnapshot('disk.img');
+    await host.exportedDisk('disk.img').write(0, new Uint8Array(4096).fill(0xbb)); // into the redo log
+    const id = host.snapshots('disk.img')[0]!.id;
+    await host.close();
+    // As a crash right after the deletion was recorded leaves it: the consolidation resumes at open.
+    const statePath = join(dir, '.vd-host', 'state.json');
+    await writeFile(statePath, (await readFile(statePath, 'utf8')).replace('"active"', '"deleting"'));
+    // The state file cannot be replaced now (its temporary name is taken by a directory).
+    const blocker = join(dir, '.vd-host', `.state.json.${process.pid}.tmp`);
+    await mkdir(blocker);
+    host = await DiskHost.open({ datastore: dir });
+    const disk = host.exportedDisk('disk.img');
+    await expect(host.deleteSnapshot('disk.img', id)).rejects.toThrow();
+    await disk.write(0, new Uint8Array(4096).fill(0xcc)); // acknowledged: must be what the disk holds
+    await rm(blocker, { recursive: true });
+    await host.close();
+    host = await DiskHost.open({ datastore: dir });
+    // Give a resumed consolidation time to finish (close waits for it).
+    await host.close();
+    host = await DiskHost.open({ datastore: dir });
+    const after = await host.exportedDisk('disk.img').read(0, 4096);
+    expect(after[0]).toBe(0xcc);
+    expect(host.snapshots('disk.img')).toEqual([]);
+  });
+
+  it('answers a changes page with at most DEFAULT_MAX_AREAS areas, whatever maxAreas asks', async () => {
+    const size = 32 * 1024 * 1024;
+    await rawImage(join(dir, 'many.img'), size);
+    host = await DiskHost.open({ datastore: dir, granularity: 512 });
+    const first = await host.createSnapshot('many.img');
+    await host.deleteSnapshot('many.img', first.id);
+    const disk = host.exportedDisk('many.img');
+    const n = DEFAULT_MAX_AREAS + 100;
+    const one = new Uint8Array(512).fill(1);
+    for (let i = 0; i < n; i += 256) {
+      await Promise.all(Array.from({ length: Math.min(256, n - i) }, (_, k) => disk.write((i + k) * 1024, one)));
+    }
+    const page = await host.changes('many.img', { since: first.changeId, maxAreas: 1e15 });
+    expect(page.areas.length).toBe(DEFAULT_MAX_AREAS);
+    const rest = await host.changes('many.img', { since: first.changeId, startOffset: page.startOffset + page.length });
+    expect(page.areas.length + rest.areas.length).toBe(n);
+    await expect(host.changes('many.img', { since: first.changeId, upTo: first.changeId, maxAreas: 0 })).rejects.toMatchObject({
+      code: 'ERR_VD_INVALID_ARGUMENT',
+    });
   });
 });
