@@ -14,6 +14,9 @@ import type {
   ZeroOptions,
 } from '../spec.js';
 
+/** Written where a hole cannot be punched; shared and never modified (no allocation per zero request). */
+const ZEROES = new Uint8Array(1 << 20);
+
 /** Reads exactly `into.length` bytes at `position`; bytes past the end of the store read as zeroes. */
 export async function readFully(store: ByteStore, position: number, into: Uint8Array): Promise<void> {
   let done = 0;
@@ -65,9 +68,8 @@ export class RawSource implements BlockSource {
   async _zero(offset: number, length: number, opts: ZeroOptions): Promise<void> {
     if (!opts.noHole && (await this.store.punchHole!(offset, length))) return;
     if (opts.fast) throw new VdError('ERR_VD_NOT_SUPPORTED', 'zero: cannot zero this range quickly');
-    const zeroes = new Uint8Array(Math.min(length, 1 << 20));
-    for (let at = 0; at < length; at += zeroes.length) {
-      await this.store.write(offset + at, zeroes.subarray(0, Math.min(zeroes.length, length - at)));
+    for (let at = 0; at < length; at += ZEROES.length) {
+      await this.store.write(offset + at, ZEROES.subarray(0, Math.min(ZEROES.length, length - at)));
     }
   }
 
