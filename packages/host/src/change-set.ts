@@ -17,13 +17,18 @@ export class ChangeSet {
   ) {}
 
   static fromAreas(areas: readonly ChangedArea[], granularity: number, size: number): ChangeSet {
-    const blocks = Math.ceil(size / granularity);
-    const bits = new Uint8Array(Math.ceil(blocks / 8));
+    const set = new ChangeSet(granularity, size, new Uint8Array(Math.ceil(Math.ceil(size / granularity) / 8)));
+    set.add(areas);
+    return set;
+  }
+
+  /** Adds the blocks of `areas` (a page of a query, say: the set is built without holding every page). */
+  add(areas: readonly ChangedArea[]): void {
+    const g = this.granularity;
     for (const a of areas) {
-      const last = Math.floor((a.start + a.length - 1) / granularity);
-      for (let b = Math.floor(a.start / granularity); b <= last; b++) bits[b >> 3]! |= 1 << (b & 7);
+      const last = Math.floor((a.start + a.length - 1) / g);
+      for (let b = Math.floor(a.start / g); b <= last; b++) this.bits[b >> 3]! |= 1 << (b & 7);
     }
-    return new ChangeSet(granularity, size, bits);
   }
 
   /** The blocks in any of `sets` (all of one disk and granularity): changes across consecutive snapshots. */

@@ -3,7 +3,6 @@ import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import {
-  type ChangedArea,
   type ChangedAreas,
   DEFAULT_BITMAP,
   DEFAULT_MAX_AREAS,
@@ -639,18 +638,18 @@ const MAX_EXTENTS = 65_536;
 
 /** Every area changed since `since`, as a ChangeSet; undefined when tracking cannot answer (a reset). */
 async function captureChanges(tracked: Disk, tracker: Tracker, since: string): Promise<ChangeSet | undefined> {
-  const areas: ChangedArea[] = [];
+  const set = ChangeSet.fromAreas([], tracker.granularity, tracked.size);
   try {
     for (let at = 0; at < tracked.size; ) {
       const page = await queryChangedAreas(tracked, since, { startOffset: at });
-      areas.push(...page.areas);
+      set.add(page.areas); // page by page: a bit per block, never every area at once
       at += page.length;
     }
   } catch (err) {
     if (isVdError(err, 'ERR_VD_CBT_RESET')) return undefined;
     throw err;
   }
-  return ChangeSet.fromAreas(areas, tracker.granularity, tracked.size);
+  return set;
 }
 
 /**
