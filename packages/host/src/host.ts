@@ -348,7 +348,8 @@ export class DiskHost {
     const sets: ChangeSet[] = [];
     for (let at = upTo; at !== since; ) {
       const link = chain.find((l) => l.changeId === at);
-      if (!link) return undefined;
+      // No link, or more links than the chain has: a gap, or a loop a damaged state file made.
+      if (!link || sets.length === chain.length) return undefined;
       let set = s.sets.get(at);
       if (!set) {
         set = await ChangeSet.load(chainFile(this.datastore, s.name, at), s.disk.size).catch(() => undefined);

@@ -274,4 +274,26 @@ describe('DiskHost', () => {
       code: 'ERR_VD_INVALID_ARGUMENT',
     });
   });
+
+  it('answers changes (a superset) when a damaged state names a chain that loops', async () => {
+    host = await DiskHost.open({ datastore: dir });
+    const disk = host.exportedDisk('disk.img');
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      await disk.write(i * G, new Uint8Array(G).fill(i + 1));
+      const s = await host.createSnapshot('disk.img');
+      await host.deleteSnapshot('disk.img', s.id);
+      ids.push(s.changeId);
+    }
+    await host.close();
+    // The link of the second snapshot now points at the third: 3 → 2 → 3 → …
+    const statePath = join(dir, '.vd-host', 'state.json');
+    const state = JSON.parse(await readFile(statePath, 'utf8'));
+    const link = state.disks['disk.img'].chain.find((l: { changeId: string }) => l.changeId === ids[1]);
+    link.previousChangeId = ids[2];
+    await writeFile(statePath, JSON.stringify(state));
+    host = await DiskHost.open({ datastore: dir });
+    const page = await host.changes('disk.img', { since: ids[0]!, upTo: ids[2]! });
+    expect(page.areas).toEqual([{ start: G, length: 2 * G }]);
+  });
 });
