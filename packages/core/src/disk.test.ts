@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { Disk } from './disk.js';
 import { isVdError } from './errors.js';
 import { MemorySource, memoryDisk } from './memory.js';
+import type { BlockSource } from './spec.js';
 
 describe('Disk wrapper', () => {
   it('reads back what was written, across block-size splits', async () => {
@@ -86,5 +87,34 @@ describe('Disk destroy while closing', () => {
     await new Promise((resolve) => setImmediate(resolve));
     expect(calls).toEqual({ close: 0, destroy: 1 });
     expect(disk.closed).toBe(true);
+  });
+});
+
+describe('Disk zero emulation', () => {
+  it('writes zeroes in requests the source accepts, also when its minimum block is larger than the zero buffer', async () => {
+    const MiB = 1 << 20;
+    const blockSize = { minimum: 2 * MiB, preferred: 2 * MiB, maximum: 4 * MiB };
+    const inner = new MemorySource(8 * MiB, { capabilities: { zero: 'emulate', trim: 'none', extents: [], blockSize } });
+    const writes: [number, number][] = [];
+    const source: BlockSource = {
+      capabilities: inner.capabilities,
+      size: inner.size,
+      _read: (offset, into, o) => inner._read(offset, into, o),
+      _write: async (offset, data) => {
+        writes.push([offset, data.length]);
+        return inner._write(offset, data);
+      },
+      _flush: () => inner._flush(),
+      _close: () => inner._close(),
+    };
+    const disk = new Disk(source);
+    await disk.write(0, new Uint8Array(8 * MiB).fill(5));
+    writes.length = 0;
+    await disk.zero(2 * MiB, 4 * MiB);
+    expect(writes.length).toBeGreaterThan(0);
+    for (const [offset, length] of writes) expect([offset % blockSize.minimum, length % blockSize.minimum]).toEqual([0, 0]);
+    const back = await disk.read(0, 8 * MiB);
+    expect([back[2 * MiB - 1], back[2 * MiB], back[6 * MiB - 1], back[6 * MiB]]).toEqual([5, 0, 0, 5]);
+    await disk.close();
   });
 });

@@ -1,5 +1,6 @@
 import { onAbort } from './abort-hub.js';
 import { effectiveCapabilities } from './capabilities.js';
+import { zeroBuffer } from './copy/zeroes.js';
 import { channels } from './diagnostics.js';
 import { abortError, fromSystemError, throwIfAborted, VdError } from './errors.js';
 import { Limiter } from './limiter.js';
@@ -39,7 +40,8 @@ export interface ExtentsOptions extends IoOptions {
 
 /** Zero requests carry no payload; split them only so a 32-bit wire length always fits. */
 const ZERO_CHUNK = 1 << 30;
-const ZERO_BUFFER = new Uint8Array(1 << 20);
+/** Emulated zeroes are written in requests of this size (from the shared zero buffer). */
+const ZERO_WRITE = 1 << 20;
 
 type Op = 'read' | 'write' | 'flush' | 'zero' | 'trim' | 'extents';
 
@@ -173,11 +175,14 @@ export class Disk implements AsyncDisposable {
         parts.push(this.#submit('zero', offset + at, n, opts.signal, () => source._zero!(offset + at, n, o)));
       }
     } else {
-      const step = Math.min(ZERO_BUFFER.length, this.capabilities.blockSize.maximum);
+      // 1 MiB writes, or one minimum block where that is larger (a multiple of it, as every request must be).
+      const { minimum, maximum } = this.capabilities.blockSize;
+      const step = Math.min(Math.max(ZERO_WRITE, minimum), maximum);
+      const zeroes = zeroBuffer(step);
       for (let at = 0; at < length; at += step) {
         const n = Math.min(step, length - at);
         const o = { signal: opts.signal, fua: false };
-        parts.push(this.#submit('write', offset + at, n, opts.signal, () => source._write!(offset + at, ZERO_BUFFER.subarray(0, n), o)));
+        parts.push(this.#submit('write', offset + at, n, opts.signal, () => source._write!(offset + at, zeroes.subarray(0, n), o)));
       }
     }
     await this.#finish(parts, fua === 'emulate' || (mode === 'emulate' && opts.fua === true), opts.signal);
