@@ -4,6 +4,7 @@ export { fileFingerprint } from './fingerprint.js';
 export {
   type BitmapViewOptions,
   bitmapView,
+  changedExtents,
   DEFAULT_BITMAP,
   DIRTY_BITMAP_PREFIX,
   mark,

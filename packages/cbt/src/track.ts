@@ -126,15 +126,19 @@ export function queryChangedAreas(disk: Disk, changeId: string, opts: QueryOptio
 
 /** Blocks changed after `after` as `changed` / `unchanged` extents (NBD: dirty bit set / clear). */
 function bitmapExtents(tracker: Tracker, offset: number, length: number, after: number): Extent[] {
-  const page = tracker.areas(offset, length, after, MAX_EXTENTS);
+  return changedExtents(tracker.areas(offset, length, after, MAX_EXTENTS));
+}
+
+/** A page of changed areas as `changed` / `unchanged` extents covering the whole page: a dirty-bitmap context's answer. */
+export function changedExtents(page: ChangedAreas): Extent[] {
   const out: Extent[] = [];
-  let cursor = offset;
+  let cursor = page.startOffset;
   for (const a of page.areas) {
     if (a.start > cursor) out.push({ offset: cursor, length: a.start - cursor, type: 'unchanged' });
     out.push({ offset: a.start, length: a.length, type: 'changed' });
     cursor = a.start + a.length;
   }
-  const end = offset + page.length;
+  const end = page.startOffset + page.length;
   if (cursor < end) out.push({ offset: cursor, length: end - cursor, type: 'unchanged' });
   return out;
 }

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import {
   type ChangedAreas,
+  changedExtents,
   DEFAULT_BITMAP,
   DEFAULT_MAX_AREAS,
   DIRTY_BITMAP_PREFIX,
@@ -661,18 +662,7 @@ async function captureChanges(tracked: Disk, tracker: Tracker, since: string): P
 function frozenDisk(s: Served, changes: ChangeSet | undefined, record: SnapshotRecord, bitmap: string): Disk {
   const contexts: Record<string, (offset: number, length: number) => Extent[]> = {};
   if (changes) {
-    contexts[DIRTY_BITMAP_PREFIX + bitmap] = (offset, length) => {
-      const page = changes.areas(offset, length, MAX_EXTENTS);
-      const out: Extent[] = [];
-      let cursor = offset;
-      for (const a of page.areas) {
-        if (a.start > cursor) out.push({ offset: cursor, length: a.start - cursor, type: 'unchanged' });
-        out.push({ offset: a.start, length: a.length, type: 'changed' });
-        cursor = a.start + a.length;
-      }
-      if (cursor < offset + page.length) out.push({ offset: cursor, length: offset + page.length - cursor, type: 'unchanged' });
-      return out;
-    };
+    contexts[DIRTY_BITMAP_PREFIX + bitmap] = (offset, length) => changedExtents(changes.areas(offset, length, MAX_EXTENTS));
   }
   return new Disk(new FrozenSource(s.live!.base, { contexts }), { transport: 'host', location: `${s.path}@${record.id}` });
 }
