@@ -90,3 +90,26 @@ describe('redo-log extents after a failed grain-table read', () => {
     expect(Buffer.compare(into, grain)).toBe(0);
   });
 });
+
+describe('sparse extent whose last grain was cut short', () => {
+  it('does not append a new grain over the rest of a grain that is written in place', async () => {
+    const r = new MemResolver();
+    await createVmdk(r, 'd.vmdk', { size: SIZE });
+    const store = r.files.get('d.vmdk')!;
+    let disk = new Disk(await openVmdk(r, 'd.vmdk'));
+    await disk.write(0, pattern(65536, 1));
+    await disk.close();
+    // A copy that stopped early: the file ends halfway through the last grain.
+    await store.truncate(store.length - 32768);
+    disk = new Disk(await openVmdk(r, 'd.vmdk'));
+    const whole = pattern(65536, 2);
+    const other = pattern(65536, 3);
+    await disk.write(0, whole);
+    await disk.write(65536, other);
+    await disk.close();
+    const again = new Disk(await openVmdk(r, 'd.vmdk', { readOnly: true }));
+    expect(Buffer.compare(await again.read(0, 65536), whole)).toBe(0);
+    expect(Buffer.compare(await again.read(65536, 65536), other)).toBe(0);
+    await again.close();
+  });
+});

@@ -426,7 +426,7 @@ export class SparseExtent implements VmdkExtent {
       const gte = await this.#gte(g);
       if (gte > GTE_ZEROED || (gte === GTE_ZEROED && !this.#zeroed)) {
         this.#checkGrain(g, gte);
-        inPlace.push(this.#store.write(gte * SECTOR + within, data.subarray(done, done + n)));
+        inPlace.push(this.#writeInPlace(gte, within, data.subarray(done, done + n)));
       } else {
         fresh.push({ g, within, n, from: done });
       }
@@ -434,6 +434,24 @@ export class SparseExtent implements VmdkExtent {
     }
     const results = await Promise.allSettled([...inPlace, fresh.length > 0 ? this.#allocate(fresh, data, fallback) : Promise.resolve()]);
     for (const r of results) if (r.status === 'rejected') throw r.reason;
+  }
+
+  /**
+   * Writes into allocated grain `gte`. A grain that reaches past the end of the file (one cut
+   * short) is written under the allocation mutex after reserving its whole span, so no new grain
+   * is ever appended over its tail. `#fileSize` only grows, so a grain inside it stays inside.
+   */
+  #writeInPlace(gte: number, within: number, part: Uint8Array): Promise<void> {
+    if ((gte + this.header.grainSize) * SECTOR <= this.#fileSize) return this.#store.write(gte * SECTOR + within, part);
+    return this.#mutex.run(() => {
+      this.#reserve(gte);
+      return this.#store.write(gte * SECTOR + within, part);
+    });
+  }
+
+  /** Grain `gte`'s whole span counts as used, so allocation appends after it (under the mutex). */
+  #reserve(gte: number): void {
+    this.#fileSize = Math.max(this.#fileSize, (gte + this.header.grainSize) * SECTOR);
   }
 
   /** Appends grains for unallocated parts (filling partial grains from the fallback), then maps them. */
@@ -446,6 +464,7 @@ export class SparseExtent implements VmdkExtent {
         const p = parts[i]!;
         const now = await this.#gte(p.g);
         if (now > GTE_ZEROED) {
+          this.#reserve(now);
           await this.#store.write(now * SECTOR + p.within, data.subarray(p.from, p.from + p.n));
           i++;
           continue;
