@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { VdError } from '@vd/core';
 import { ApiServer, DiskHost } from '@vd/host';
@@ -62,7 +62,17 @@ async function apiToken(host: DiskHost, tokenFile: string | undefined): Promise<
     return { token, file: tokenFile };
   }
   const file = join(host.datastore.hostDir, 'api-token');
+  return { token: await writeNewToken(file), file };
+}
+
+/**
+ * Writes a fresh token to `file`, readable by the owner only. The old file is removed first:
+ * `mode` applies only to a file being created, so rewriting one left readable by others (an older
+ * run, a copy) would have put the new token where anyone could read it.
+ */
+export async function writeNewToken(file: string): Promise<string> {
   const token = randomBytes(32).toString('base64url');
-  await writeFile(file, `${token}\n`, { mode: 0o600 });
-  return { token, file };
+  await rm(file, { force: true });
+  await writeFile(file, `${token}\n`, { mode: 0o600, flag: 'wx' });
+  return token;
 }
