@@ -32,7 +32,7 @@ import { checkDiskName, Datastore } from './datastore.js';
 import { GateSource } from './gate.js';
 import { FrozenSource, LiveSource } from './live-source.js';
 import { Overlay } from './overlay.js';
-import { type DiskRecord, type HostState, readState, type SnapshotRecord, STATE_FILE, writeState } from './state.js';
+import { type ChainLink, type DiskRecord, type HostState, readState, type SnapshotRecord, STATE_FILE, writeState } from './state.js';
 
 export interface DiskHostOptions {
   /** The datastore directory: every regular file directly inside is a disk (VMDK extent files aside). */
@@ -246,6 +246,7 @@ export class DiskHost {
       const dropped: string[] = [];
       try {
         const changeId = await mark(s.tracked);
+        let nextChain: ChainLink[] | undefined;
         const files = redoFiles(this.datastore, name, id);
         const d = this.#diskRecord(name);
         record = { id, changeId, created: new Date().toISOString(), status: 'active' };
@@ -255,25 +256,28 @@ export class DiskHost {
           changes = await captureChanges(s.tracked, tracker, d.lastChangeId);
           if (changes) {
             await changes.save(chainFile(this.datastore, name, changeId));
-            s.sets.set(changeId, changes);
             // Links of an earlier epoch can never be asked for again (the tracker refuses their IDs).
             const epoch = `${tracker.epoch}/`;
             const chain = [...(d.chain ?? []), { changeId, previousChangeId: d.lastChangeId }];
             for (const old of chain.filter((l) => !l.changeId.startsWith(epoch))) dropped.push(old.changeId);
             const current = chain.filter((l) => l.changeId.startsWith(epoch));
             for (const old of current.splice(0, Math.max(0, current.length - CHAIN_LENGTH))) dropped.push(old.changeId);
-            d.chain = current;
+            nextChain = current;
           }
         }
         overlay = await Overlay.create(files.data, files.map, s.live.size, GRAIN);
-        d.snapshots.push(record);
+        const before = { snapshots: d.snapshots, lastChangeId: d.lastChangeId, chain: d.chain };
+        d.snapshots = [...d.snapshots, record];
         d.lastChangeId = changeId;
+        if (nextChain) d.chain = nextChain;
         try {
           await this.#saveState();
         } catch (err) {
-          d.snapshots = d.snapshots.filter((x) => x !== record);
+          // Not recorded, it never was: the next snapshot's changes must start at the last recorded one.
+          Object.assign(d, before);
           throw err;
         }
+        if (changes) s.sets.set(changeId, changes);
         s.live.switchTo(overlay);
       } catch (err) {
         await overlay?.close().catch(() => {});

@@ -296,4 +296,26 @@ describe('DiskHost', () => {
     const page = await host.changes('disk.img', { since: ids[0]!, upTo: ids[2]! });
     expect(page.areas).toEqual([{ start: G, length: 2 * G }]);
   });
+
+  it("a snapshot that failed to be recorded leaves no trace: the next one's bitmap starts at the last snapshot taken", async () => {
+    const { host, live } = await start();
+    const s1 = await host.createSnapshot('disk.img');
+    await host.deleteSnapshot('disk.img', s1.id);
+    await live.write(G, new Uint8Array(G).fill(1));
+    const blocker = join(dir, '.vd-host', `.state.json.${process.pid}.tmp`);
+    await mkdir(blocker);
+    await expect(host.createSnapshot('disk.img')).rejects.toThrow();
+    await rm(blocker, { recursive: true });
+    await live.write(3 * G, new Uint8Array(G).fill(2));
+    const s2 = await host.createSnapshot('disk.img');
+    const frozen = await openDisk(s2.uri!, { transports: [nbd(CONTEXTS)] });
+    const expected = [
+      { start: G, length: G },
+      { start: 3 * G, length: G },
+    ];
+    expect((await changedAreasFromBitmap(frozen, 'vd-cbt')).areas).toEqual(expected);
+    expect((await host.changes('disk.img', { since: s1.changeId, upTo: s2.changeId })).areas).toEqual(expected);
+    await frozen.close();
+    await live.close();
+  });
 });
