@@ -113,3 +113,34 @@ describe('sparse extent whose last grain was cut short', () => {
     await again.close();
   });
 });
+
+describe('the first write after open, when its metadata write fails', () => {
+  // The first write rewrites the descriptor (a new CID) and the header (the unclean flag) before
+  // any data; a failure there must fail that write only, not every write until the disk is reopened.
+  it.each([
+    { what: 'the descriptor (CID)', position: 512 },
+    { what: 'the header (unclean flag)', position: 0 },
+  ])('a later write succeeds when writing $what failed once', async ({ position }) => {
+    const r = new MemResolver();
+    await createVmdk(r, 'd.vmdk', { size: SIZE });
+    const store = r.files.get('d.vmdk')!;
+    const write = store.write.bind(store);
+    let failed = false;
+    store.write = async (at, data) => {
+      if (!failed && at === position) {
+        failed = true;
+        throw new VdError('ERR_VD_IO', 'write failed');
+      }
+      return write(at, data);
+    };
+    const disk = new Disk(await openVmdk(r, 'd.vmdk'));
+    const data = pattern(4096, 9);
+    await expect(disk.write(0, data)).rejects.toMatchObject({ code: 'ERR_VD_IO' });
+    expect(failed).toBe(true);
+    await disk.write(0, data);
+    await disk.close();
+    const again = new Disk(await openVmdk(r, 'd.vmdk', { readOnly: true }));
+    expect(Buffer.compare(await again.read(0, data.length), data)).toBe(0);
+    await again.close();
+  });
+});

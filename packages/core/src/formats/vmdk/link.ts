@@ -240,7 +240,10 @@ export class VmdkSource implements BlockSource, ParentLink {
     return out;
   }
 
-  /** A new CID on the first change after open, as VMware does: children made earlier stop matching. */
+  /**
+   * A new CID on the first change after open, as VMware does: children made earlier stop matching.
+   * A failed descriptor write is not remembered, so the next change tries again.
+   */
   #bumpCid(): Promise<void> {
     this.#cidBumped ??= (async () => {
       if (this.#home.kind === 'none') return;
@@ -250,7 +253,10 @@ export class VmdkSource implements BlockSource, ParentLink {
         this.descriptor.ddb.set('ddb.longContentID', randomBytes(12).toString('hex') + formatCid(this.descriptor.cid));
       }
       await this.writeDescriptor();
-    })();
+    })().catch((err: unknown) => {
+      this.#cidBumped = undefined;
+      throw err;
+    });
     return this.#cidBumped;
   }
 

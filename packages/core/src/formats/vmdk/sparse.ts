@@ -517,12 +517,16 @@ export class SparseExtent implements VmdkExtent {
     this.#dirtyGts.add(t);
   }
 
+  /** Once per open; a failure is not remembered, so the next write tries again. */
   #markDirty(): Promise<void> {
     this.#dirty ??= (async () => {
       this.header.uncleanShutdown = true;
       await this.#store.write(0, encodeSparseHeader(this.header));
       await this.#store.flush();
-    })();
+    })().catch((err: unknown) => {
+      this.#dirty = undefined;
+      throw err;
+    });
     return this.#dirty;
   }
 
