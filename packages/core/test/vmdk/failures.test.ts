@@ -3,7 +3,7 @@ import { Disk } from '../../src/disk.js';
 import { VdError } from '../../src/errors.js';
 import { COWD_GTES, CowdExtent } from '../../src/formats/vmdk/cowd.js';
 import type { Fallback } from '../../src/formats/vmdk/extent.js';
-import { createVmdk, openVmdk, parseSparseHeader } from '../../src/formats/vmdk/index.js';
+import { createVmdk, openVmdk, parseSparseHeader, readVmdkMetadata, writeVmdkMetadata } from '../../src/formats/vmdk/index.js';
 import { SeSparseExtent } from '../../src/formats/vmdk/sesparse.js';
 import { buildCowd, buildSeSparse } from './builders.js';
 import { MemResolver, MemStore, pattern } from './helpers.js';
@@ -142,5 +142,19 @@ describe('the first write after open, when its metadata write fails', () => {
     const again = new Disk(await openVmdk(r, 'd.vmdk', { readOnly: true }));
     expect(Buffer.compare(await again.read(0, data.length), data)).toBe(0);
     await again.close();
+  });
+});
+
+describe('rewriting a descriptor file', () => {
+  it('leaves a readable descriptor when it stops between writing the shorter text and truncating', async () => {
+    const r = new MemResolver();
+    await createVmdk(r, 'd.vmdk', { size: SIZE, subformat: 'monolithicFlat', metadata: { 'ddb.comment': 'x'.repeat(300) } });
+    const store = r.files.get('d.vmdk')!;
+    // The truncate never happens, as after a crash right before it.
+    store.truncate = async () => {
+      throw new VdError('ERR_VD_IO', 'crashed');
+    };
+    await expect(writeVmdkMetadata(r, 'd.vmdk', { 'ddb.comment': undefined })).rejects.toMatchObject({ code: 'ERR_VD_IO' });
+    expect(await readVmdkMetadata(r, 'd.vmdk')).not.toHaveProperty('ddb.comment');
   });
 });

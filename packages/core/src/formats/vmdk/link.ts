@@ -276,16 +276,13 @@ export class VmdkSource implements BlockSource, ParentLink {
       slot.set(text);
       await home.store.write(home.offset, slot);
     } else {
+      // A shorter text is padded with newlines (parsers skip them) over the whole old one, then
+      // cut: stopping between the two leaves blank lines, not the old text's tail read as lines.
       const old = await home.store.size();
-      if (home.store.truncate) {
-        await home.store.write(0, text);
-        if (old > text.length) await home.store.truncate(text.length);
-      } else {
-        // Without truncate, a shorter text is padded with newlines, which parsers skip.
-        const out = new Uint8Array(Math.max(old, text.length)).fill(0x0a);
-        out.set(text);
-        await home.store.write(0, out);
-      }
+      const out = old > text.length ? new Uint8Array(old).fill(0x0a) : text;
+      if (out !== text) out.set(text);
+      await home.store.write(0, out);
+      if (old > text.length && home.store.truncate) await home.store.truncate(text.length);
     }
     await home.store.flush();
   }
