@@ -258,9 +258,14 @@ class TrackedSource implements BlockSource {
     return this.#inner._extents!(offset, length, context, opts);
   }
 
-  /** Changes since the last mark. */
+  /**
+   * Changes since the last mark. Before the first mark of an epoch (a new sidecar, or a reset)
+   * nothing is known about what came before, so all of it counts as changed: a bitmap, unlike a
+   * change ID, cannot say "reset".
+   */
   #bitmapExtents(offset: number, length: number): Extent[] {
     const point = this.tracker.point;
+    if (point === 1) return [{ offset, length, type: 'changed' }];
     return bitmapExtents(this.tracker, offset, length, point - 1);
   }
 

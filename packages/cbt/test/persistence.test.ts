@@ -6,7 +6,7 @@ import { type BlockSource, type ByteStore, Disk, MemorySource } from '@vd/core';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { currentBootId } from '../src/boot-id.js';
-import { fileFingerprint, mark, queryChangedAreas, track, trackerOf } from '../src/index.js';
+import { changedAreasFromBitmap, fileFingerprint, mark, queryChangedAreas, track, trackerOf } from '../src/index.js';
 import { openSidecarFile } from '../src/sidecar-file.js';
 import { decodeHeader, ENTRIES_PER_PAGE, encodeHeader, HEADER_SIZE, PAGE_SIZE, pageOffset } from '../src/sidecar-format.js';
 import { fileDisk, tempDir } from './helpers.js';
@@ -100,6 +100,21 @@ describe('resets to a new epoch, failing old change IDs with ERR_VD_CBT_RESET', 
     await plain.write(50 * G, new Uint8Array(1).fill(7));
     await plain.close();
     await expectReset(await s.open(), [s.id1, s.id2], 'changed-outside');
+  });
+
+  it('when the disk was written without the tracker: its dirty bitmap says everything may have changed until the first mark', async () => {
+    const s = await scenario();
+    await s.disk.close();
+    const plain = await fileDisk(s.img);
+    await plain.write(50 * G, new Uint8Array(1).fill(7));
+    await plain.close();
+    const disk = await s.open();
+    expect(trackerOf(disk).reset?.reason).toBe('changed-outside');
+    expect((await changedAreasFromBitmap(disk, 'vd-cbt')).areas).toEqual([{ start: 0, length: SIZE }]);
+    await mark(disk);
+    await disk.write(G, new Uint8Array(1));
+    expect((await changedAreasFromBitmap(disk, 'vd-cbt')).areas).toEqual([{ start: G, length: G }]);
+    await disk.close();
   });
 
   it('when the disk was resized', async () => {
