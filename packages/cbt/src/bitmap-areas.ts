@@ -1,6 +1,7 @@
 import { type Disk, type ExtentType, VdError } from '@vd/core';
+import { areasOfExtents } from './extent-areas.js';
 import { DIRTY_BITMAP_PREFIX } from './track.js';
-import { type ChangedArea, type ChangedAreas, DEFAULT_MAX_AREAS } from './tracker.js';
+import { type ChangedAreas, DEFAULT_MAX_AREAS } from './tracker.js';
 
 export interface BitmapAreasOptions {
   startOffset?: number;
@@ -26,18 +27,5 @@ export async function changedAreasFromBitmap(disk: Disk, bitmap: string, opts: B
     throw new VdError('ERR_VD_INVALID_ARGUMENT', `startOffset ${startOffset} is not within the disk (0…${disk.size})`);
   }
   if (!Number.isSafeInteger(maxAreas) || maxAreas < 1) throw new VdError('ERR_VD_INVALID_ARGUMENT', `maxAreas ${maxAreas} < 1`);
-  const length = disk.size - startOffset;
-  const areas: ChangedArea[] = [];
-  if (length === 0) return { startOffset, length, areas };
-  for await (const e of disk.extents({ offset: startOffset, length, context, signal: opts.signal })) {
-    if (!isChanged(e.type)) continue;
-    const last = areas[areas.length - 1];
-    if (last && last.start + last.length === e.offset) {
-      last.length += e.length;
-      continue;
-    }
-    if (areas.length >= maxAreas) return { startOffset, length: e.offset - startOffset, areas };
-    areas.push({ start: e.offset, length: e.length });
-  }
-  return { startOffset, length, areas };
+  return areasOfExtents(disk, context, isChanged, startOffset, maxAreas, opts.signal);
 }

@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { channel } from 'node:diagnostics_channel';
 import { debuglog } from 'node:util';
-import { type ByteStore, type Disk, VdError } from '@vd/core';
+import { BASE_ALLOCATION, type ByteStore, type Disk, VdError } from '@vd/core';
 import { BlockMap } from './block-map.js';
 import { currentBootId } from './boot-id.js';
 import { ALL_AREAS, formatChangeId, parseChangeId, uuidOf } from './change-id.js';
+import { areasOfExtents } from './extent-areas.js';
 import { openSidecarFile } from './sidecar-file.js';
 import {
   decodeHeader,
@@ -279,7 +280,7 @@ export class Tracker {
     if (!Number.isSafeInteger(maxAreas) || maxAreas < 1) throw new VdError('ERR_VD_INVALID_ARGUMENT', `maxAreas ${maxAreas} < 1`);
     if (changeId === ALL_AREAS) {
       if (!disk) throw new VdError('ERR_VD_INVALID_ARGUMENT', 'a "*" query needs the disk');
-      return allocatedAreas(disk, startOffset, maxAreas);
+      return areasOfExtents(disk, BASE_ALLOCATION, (type) => type !== 'hole', startOffset, maxAreas);
     }
     const after = this.pointOf(changeId);
     if (opts.upTo !== undefined && this.pointOf(opts.upTo) < after) {
@@ -716,22 +717,4 @@ async function readAll(store: ByteStore, position: number, into: Uint8Array): Pr
     done += n;
   }
   return done;
-}
-
-/** Allocated (not hole) areas from the disk's `base:allocation`, paged. */
-async function allocatedAreas(disk: Disk, startOffset: number, maxAreas: number): Promise<ChangedAreas> {
-  const areas: ChangedArea[] = [];
-  const length = disk.size - startOffset;
-  if (length === 0) return { startOffset, length: 0, areas };
-  for await (const e of disk.extents({ offset: startOffset, length })) {
-    if (e.type === 'hole') continue;
-    const last = areas[areas.length - 1];
-    if (last && last.start + last.length === e.offset) {
-      last.length += e.length;
-      continue;
-    }
-    if (areas.length >= maxAreas) return { startOffset, length: e.offset - startOffset, areas };
-    areas.push({ start: e.offset, length: e.length });
-  }
-  return { startOffset, length, areas };
 }
