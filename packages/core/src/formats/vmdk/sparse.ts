@@ -1,5 +1,6 @@
 import { promisify } from 'node:util';
 import { inflate } from 'node:zlib';
+import { zeroBuffer } from '../../copy/zeroes.js';
 import { VdError } from '../../errors.js';
 import type { ByteStore } from '../../spec.js';
 import { readFully } from '../raw.js';
@@ -535,7 +536,7 @@ export class SparseExtent implements VmdkExtent {
     const gb = this.grainBytes;
     const end = offset + length;
     let pos = offset;
-    const zeroes = new Uint8Array(Math.min(gb, length));
+    const zeroes = zeroBuffer(Math.min(gb, length));
     while (pos < end) {
       const g = Math.floor(pos / gb);
       const grainEnd = Math.min((g + 1) * gb, this.#capBytes);
