@@ -238,6 +238,22 @@ describe.skipIf(!sparse && !requirePeers)('FileStore with @vd/sparse', () => {
     await store.close();
   });
 
+  it('close() waits for a hole punch in flight: the punch runs on the thread pool with the raw fd, which must stay open', async () => {
+    // Closing first would let the punch hit a closed descriptor, or another file that reuses its number.
+    for (let i = 0; i < 20; i++) {
+      const path = tempPath();
+      await writeFile(path, pattern(4 * MiB, 20 + i));
+      const store = await FileStore.open(path);
+      let settled = false;
+      const punched = store.punchHole!(0, 4 * MiB).finally(() => {
+        settled = true;
+      });
+      await store.close();
+      expect(settled).toBe(true);
+      expect(await punched).toBe(true);
+    }
+  });
+
   it('property: allocation covers any range exactly, every written byte is data, holes read as zeroes', async () => {
     const size = 2 * MiB;
     const write = fc.record({ offset: fc.integer({ min: 0, max: size - 1 }), length: fc.integer({ min: 1, max: 20_000 }) });

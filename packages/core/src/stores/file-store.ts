@@ -37,6 +37,8 @@ export class FileStore implements ByteStore {
   readonly #fh: FileHandle;
   readonly #blockSize: number | undefined;
   #closing: Promise<void> | undefined;
+  /** Hole punches on the thread pool, which use the fd outside the FileHandle's own tracking. */
+  readonly #punching = new Set<Promise<boolean>>();
 
   private constructor(
     fh: FileHandle,
@@ -161,9 +163,15 @@ export class FileStore implements ByteStore {
     }
   }
 
-  /** Idempotent; later calls resolve when the first one has. */
+  /**
+   * Idempotent; later calls resolve when the first one has. Waits for hole punches in flight: they
+   * run on the thread pool with the raw fd, which closing first would leave to a file that reuses it.
+   */
   close(): Promise<void> {
-    this.#closing ??= this.#fh.close().catch((err: unknown) => {
+    this.#closing ??= (async () => {
+      await Promise.allSettled(this.#punching);
+      await this.#fh.close();
+    })().catch((err: unknown) => {
       throw fromSystemError(err, `close ${this.name}`);
     });
     return this.#closing;
@@ -202,10 +210,15 @@ export class FileStore implements ByteStore {
     this.#checkWritable('punchHole');
     checkRange('punchHole', position, length);
     if (length === 0) return true;
+    let punching: Promise<boolean> | undefined;
     try {
-      return await sparse.punchHole(this.#fh.fd, position, length);
+      punching = sparse.punchHole(this.#fh.fd, position, length);
+      this.#punching.add(punching);
+      return await punching;
     } catch (err) {
       throw fromSystemError(err, `punch hole in ${this.name} at ${position}+${length}`);
+    } finally {
+      if (punching) this.#punching.delete(punching);
     }
   }
 
