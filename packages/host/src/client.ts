@@ -16,6 +16,10 @@ export interface HostClientOptions {
   timeout?: number;
 }
 
+export interface CallOptions {
+  signal?: AbortSignal | undefined;
+}
+
 export interface ChangesOptions {
   upTo?: string | undefined;
   startOffset?: number | undefined;
@@ -52,24 +56,25 @@ export class HostClient {
     this.#timeout = opts.timeout ?? 300_000;
   }
 
-  async disks(): Promise<DiskSummary[]> {
-    return (await this.#call<{ disks: DiskSummary[] }>('GET', ['v1', 'disks'])).disks;
+  async disks(opts: CallOptions = {}): Promise<DiskSummary[]> {
+    return (await this.#call<{ disks: DiskSummary[] }>('GET', ['v1', 'disks'], undefined, opts.signal)).disks;
   }
 
-  disk(name: string): Promise<DiskSummary> {
-    return this.#call('GET', ['v1', 'disks', name]);
+  disk(name: string, opts: CallOptions = {}): Promise<DiskSummary> {
+    return this.#call('GET', ['v1', 'disks', name], undefined, opts.signal);
   }
 
-  async snapshots(disk: string): Promise<SnapshotInfo[]> {
-    return (await this.#call<{ snapshots: SnapshotInfo[] }>('GET', ['v1', 'disks', disk, 'snapshots'])).snapshots;
+  async snapshots(disk: string, opts: CallOptions = {}): Promise<SnapshotInfo[]> {
+    return (await this.#call<{ snapshots: SnapshotInfo[] }>('GET', ['v1', 'disks', disk, 'snapshots'], undefined, opts.signal)).snapshots;
   }
 
-  createSnapshot(disk: string): Promise<SnapshotInfo> {
-    return this.#call('POST', ['v1', 'disks', disk, 'snapshots']);
+  /** An abort after the request left may still see the snapshot taken: list them to find out. */
+  createSnapshot(disk: string, opts: CallOptions = {}): Promise<SnapshotInfo> {
+    return this.#call('POST', ['v1', 'disks', disk, 'snapshots'], undefined, opts.signal);
   }
 
-  async deleteSnapshot(disk: string, id: string): Promise<void> {
-    await this.#call('DELETE', ['v1', 'disks', disk, 'snapshots', id]);
+  async deleteSnapshot(disk: string, id: string, opts: CallOptions = {}): Promise<void> {
+    await this.#call('DELETE', ['v1', 'disks', disk, 'snapshots', id], undefined, opts.signal);
   }
 
   /** One page of changed areas since `since` (a change ID, or `*`). */
@@ -83,7 +88,7 @@ export class HostClient {
 
   /** Every changed area since `since`, paging through the disk. */
   async *allChanges(disk: string, since: string, opts: Omit<ChangesOptions, 'startOffset'> = {}): AsyncGenerator<ChangedArea> {
-    const { size } = await this.disk(disk);
+    const { size } = await this.disk(disk, { signal: opts.signal });
     let at = 0;
     while (at < size) {
       const page = await this.changes(disk, since, { ...opts, startOffset: at });
@@ -140,6 +145,7 @@ export class HostClient {
       req.on('timeout', () => req.destroy(new VdError('ERR_VD_TIMEOUT', `the API did not answer within ${this.#timeout} ms`)));
       req.on('error', (err) => {
         if (err instanceof VdError) reject(err);
+        else if (signal?.aborted) reject(new VdError('ERR_VD_ABORTED', `${method} ${path}: aborted`, { cause: signal.reason }));
         else {
           const code = (err as NodeJS.ErrnoException).code;
           reject(

@@ -1,5 +1,12 @@
 export { type ApiAddress, ApiServer, type ApiServerOptions } from './api.js';
-export { type BitmapChangesOptions, bitmapChanges, type ChangesOptions, HostClient, type HostClientOptions } from './client.js';
+export {
+  type BitmapChangesOptions,
+  bitmapChanges,
+  type CallOptions,
+  type ChangesOptions,
+  HostClient,
+  type HostClientOptions,
+} from './client.js';
 export { checkDiskName, Datastore, HOST_DIR } from './datastore.js';
 export {
   type ChangesQuery,

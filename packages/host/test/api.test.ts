@@ -134,4 +134,12 @@ describe('control API', () => {
     await expect(client.deleteSnapshot('disk.img', s2.id)).rejects.toMatchObject({ code: 'ERR_VD_NOT_FOUND' });
     await live.close();
   });
+
+  it('gives up on an aborted signal with ERR_VD_ABORTED, for every call', async () => {
+    const client = new HostClient({ url, token: TOKEN });
+    const signal = AbortSignal.abort();
+    await expect(client.changes('disk.img', '*', { signal })).rejects.toMatchObject({ code: 'ERR_VD_ABORTED' });
+    await expect(client.disks({ signal })).rejects.toMatchObject({ code: 'ERR_VD_ABORTED' });
+    await expect(client.createSnapshot('disk.img', { signal })).rejects.toMatchObject({ code: 'ERR_VD_ABORTED' });
+  });
 });

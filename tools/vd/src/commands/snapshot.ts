@@ -30,7 +30,7 @@ Examples:
     .addOption(caOption())
     .addOption(jsonOption())
     .action(async (url: string, disk: string, opts: Opts) => {
-      const s = await (await hostClient(ctx, url, opts)).createSnapshot(disk);
+      const s = await (await hostClient(ctx, url, opts)).createSnapshot(disk, { signal: ctx.signal });
       if (opts.json) printJson(ctx, { id: s.id, changeId: s.changeId, uri: s.uri ?? null });
       else printLines(ctx, `id: ${s.id}`, `changeId: ${s.changeId}`, `uri: ${s.uri ?? '(the host has no NBD listener)'}`);
     });
@@ -44,7 +44,7 @@ Examples:
     .addOption(caOption())
     .addOption(jsonOption())
     .action(async (url: string, disk: string, opts: Opts) => {
-      const list = await (await hostClient(ctx, url, opts)).snapshots(disk);
+      const list = await (await hostClient(ctx, url, opts)).snapshots(disk, { signal: ctx.signal });
       if (opts.json) printJson(ctx, list);
       else if (list.length === 0) printLines(ctx, `${disk} has no snapshots`);
       else
@@ -67,7 +67,7 @@ Examples:
     .addOption(caOption())
     .addOption(jsonOption())
     .action(async (url: string, disk: string, id: string, opts: Opts) => {
-      await (await hostClient(ctx, url, opts)).deleteSnapshot(disk, id);
+      await (await hostClient(ctx, url, opts)).deleteSnapshot(disk, id, { signal: ctx.signal });
       if (opts.json) printJson(ctx, { id, deleted: true });
       else printLines(ctx, `deleted ${id}`);
     });
