@@ -28,9 +28,15 @@ export interface Daemon {
   stop(): Promise<void>;
 }
 
-/** Starts a server in the foreground and waits until its Unix socket exists. */
-export async function daemon(cmd: string, args: string[], socketPath: string): Promise<Daemon> {
-  const child = spawn(cmd, args, { env: peerEnv, stdio: ['ignore', 'ignore', 'pipe'] });
+/**
+ * Starts nbdkit or qemu-nbd in the foreground and waits until it writes its pid file, which both
+ * do only once they accept connections: the socket file alone appears at bind(), before listen(),
+ * and a connect in between is refused.
+ */
+export async function daemon(cmd: 'nbdkit' | 'qemu-nbd', args: string[], socketPath: string): Promise<Daemon> {
+  const pidFile = `${socketPath}.pid`;
+  const pidArgs = cmd === 'nbdkit' ? ['-P', pidFile] : [`--pid-file=${pidFile}`];
+  const child = spawn(cmd, [...pidArgs, ...args], { env: peerEnv, stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (d) => {
     stderr += d;
@@ -44,6 +50,7 @@ export async function daemon(cmd: string, args: string[], socketPath: string): P
   for (let i = 0; i < 200; i++) {
     if (child.exitCode !== null) throw new Error(`${cmd} exited with ${child.exitCode}: ${stderr}`);
     try {
+      await access(pidFile);
       await access(socketPath);
       return { child, stop };
     } catch {
@@ -51,5 +58,5 @@ export async function daemon(cmd: string, args: string[], socketPath: string): P
     }
   }
   await stop();
-  throw new Error(`${cmd} did not create ${socketPath} in 10 s: ${stderr}`);
+  throw new Error(`${cmd} did not listen on ${socketPath} in 10 s: ${stderr}`);
 }
