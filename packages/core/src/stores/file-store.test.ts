@@ -254,6 +254,21 @@ describe.skipIf(!sparse && !requirePeers)('FileStore with @vd/sparse', () => {
     }
   });
 
+  it('an allocation query that yields (a fragmented file) and meets close() stops with ERR_VD_CLOSED', async () => {
+    const path = tempPath();
+    const store = await FileStore.open(path, { create: true });
+    // 600 data extents: more than one turn of the event loop's worth.
+    for (let i = 0; i < 600; i++) await store.write(i * 128 * KiB, pattern(4 * KiB, i + 1));
+    await store.flush();
+    const query = store.allocation!(0, 600 * 128 * KiB).then(
+      (extents) => extents.length,
+      (err: unknown) => (isVdError(err) ? err.code : String(err)),
+    );
+    await store.close();
+    // It stops at its next turn, before seeking on a descriptor that is closed (or reused) by then.
+    expect(await query).toBe('ERR_VD_CLOSED');
+  });
+
   it('property: allocation covers any range exactly, every written byte is data, holes read as zeroes', async () => {
     const size = 2 * MiB;
     const write = fc.record({ offset: fc.integer({ min: 0, max: size - 1 }), length: fc.integer({ min: 1, max: 20_000 }) });

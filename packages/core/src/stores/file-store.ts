@@ -198,7 +198,11 @@ export class FileStore implements ByteStore {
         const hole = Math.min(Math.max(sparse.seekHole(fd, data), data + 1), end);
         out.push({ offset: data, length: hole - data, type: 'data' });
         cursor = hole;
-        if (++turns % EXTENTS_PER_TURN === 0) await new Promise(setImmediate);
+        if (++turns % EXTENTS_PER_TURN === 0) {
+          await new Promise(setImmediate);
+          // The fd is raw: once close() has begun it may be closed, or another file's, by now.
+          this.#checkOpen('allocation');
+        }
       }
     } catch (err) {
       throw fromSystemError(err, `allocation of ${this.name} at ${cursor}`);
