@@ -50,9 +50,13 @@ describe.skipIf(skipWithoutPeers('qemu-img', 'qemu-io', 'qemu-nbd', 'nbdinfo'))(
     await exec('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x55 1M 64k', '-c', 'write -P 0x66 5M 4k', '-c', 'write -z 9M 200k', img], {
       env,
     });
-    const child = spawn('qemu-nbd', ['-f', 'qcow2', '-r', '-t', '-B', 'b0', '-k', sock, img], { env, stdio: 'ignore' });
+    // qemu-nbd writes its pid file once it listens; the socket file alone exists from bind() on.
+    const child = spawn('qemu-nbd', ['-f', 'qcow2', '-r', '-t', '-B', 'b0', `--pid-file=${sock}.pid`, '-k', sock, img], {
+      env,
+      stdio: 'ignore',
+    });
     children.push(child);
-    await waitFor(sock, child);
+    await waitFor(`${sock}.pid`, child);
     const uri = `nbd+unix:///?socket=${sock}`;
     const want = await nbdinfoDirty(uri, 'qemu:dirty-bitmap:b0');
     // qemu's bitmap granularity is 64 KiB: the 4 KiB write shows as a 64 KiB area.

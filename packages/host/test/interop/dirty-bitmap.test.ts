@@ -85,10 +85,14 @@ describe.skipIf(withoutPeer('qemu-img', 'qemu-io', 'qemu-nbd'))('changed areas o
     await run('qemu-img', ['bitmap', '--add', '--granularity', String(G), img, 'b0'], { env });
     const regions = randomRegions(SIZE, 12, 150_000);
     await run('qemu-io', ['-f', 'qcow2', ...regions.flatMap(([o, l]) => ['-c', `write -P 7 ${o} ${l}`]), img], { env });
-    server = spawn('qemu-nbd', ['-r', '-B', 'b0', '-f', 'qcow2', '-k', sock, '--persistent', img], { env, stdio: 'ignore' });
+    // qemu-nbd writes its pid file once it listens; the socket file alone exists from bind() on.
+    server = spawn('qemu-nbd', ['-r', '-B', 'b0', '-f', 'qcow2', '-k', sock, `--pid-file=${sock}.pid`, '--persistent', img], {
+      env,
+      stdio: 'ignore',
+    });
     for (let i = 0; i < 100; i++) {
       try {
-        await access(sock);
+        await access(`${sock}.pid`);
         break;
       } catch {
         await new Promise((r) => setTimeout(r, 50));
