@@ -15,6 +15,8 @@ export interface ClientTlsOptions extends PeerVerification {
   /** Give up on a handshake that has not finished after this many ms; default 30 s. */
   handshakeTimeout?: number | undefined;
   signal?: AbortSignal | undefined;
+  /** Where decrypted bytes go instead of 'data' events, as node:net's `onread` (see `readInto`). */
+  onread?: ReadInto | undefined;
 }
 
 export interface ClientTlsResult {
@@ -78,6 +80,7 @@ export function startTlsClient(socket: Socket, host: string, opts: ClientTlsOpti
       reject(tlsError('configuration', `the TLS client settings are unusable: ${(err as Error).message}`, {}, err));
       return;
     }
+    if (opts.onread) readInto(tls, opts.onread);
     let settled = false;
     const finish = (err: Error | undefined, result?: ClientTlsResult) => {
       if (settled) return;
@@ -114,4 +117,36 @@ export function startTlsClient(socket: Socket, host: string, opts: ClientTlsOpti
     tls.once('close', onClose);
     opts.signal?.addEventListener('abort', onAbort, { once: true });
   });
+}
+
+/** node:net's `onread` with a buffer function: the buffer for the next read, and the callback told what landed. */
+export interface ReadInto {
+  buffer: () => Uint8Array;
+  callback: (n: number, buf: Uint8Array) => boolean;
+}
+
+/**
+ * Makes `tls` decrypt into the buffers `onread` gives, as `tls.connect({ onread })` would, but
+ * node:tls ignores that option when it wraps an existing socket, which STARTTLS must. Without
+ * it every 16 KiB record becomes a new Buffer pushed through the stream as 'data': a receive then
+ * costs more CPU (allocation, GC, stream bookkeeping) than the decryption itself. This sets the
+ * same internal fields node:net's constructor sets for `onread` (Node 18–22); where they are
+ * not found it changes nothing and 'data' events carry the bytes as before. Returns whether it
+ * took effect.
+ */
+export function readInto(tls: TLSSocket, onread: ReadInto): boolean {
+  const handle = (tls as unknown as { _handle?: { useUserBuffer?: (b: Uint8Array) => void } })._handle;
+  const field = (name: string) => Object.getOwnPropertySymbols(tls).find((s) => s.description === name);
+  const kBuffer = field('kBuffer');
+  const kBufferGen = field('kBufferGen');
+  const kBufferCb = field('kBufferCb');
+  if (!kBuffer || !kBufferGen || !kBufferCb || typeof handle?.useUserBuffer !== 'function') return false;
+  const own = tls as unknown as Record<symbol, unknown>;
+  if (own[kBuffer] !== null && own[kBuffer] !== undefined) return false;
+  const first = onread.buffer();
+  own[kBufferGen] = onread.buffer;
+  own[kBufferCb] = onread.callback;
+  own[kBuffer] = first;
+  handle.useUserBuffer(first);
+  return true;
 }

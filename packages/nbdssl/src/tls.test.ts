@@ -110,6 +110,52 @@ async function refused(p: Promise<unknown>): Promise<VdError> {
   return err as VdError;
 }
 
+describe('decrypting into given buffers', () => {
+  it('hands every byte to onread, in order, through buffers smaller than a TLS record, and emits no data', async () => {
+    // 200 KiB of patterned bytes, written in 64 KiB pieces: records of 16 KiB split across 5000-byte buffers.
+    const payload = Buffer.alloc(200 * 1024);
+    for (let i = 0; i < payload.length; i++) payload[i] = (i * 7 + (i >> 10)) & 0xff;
+    const srv = createServer((sock) => {
+      new ServerTls({ mode: 'require', cert: server.cert, key: server.key }).upgrade(sock).then(
+        ({ socket }) => {
+          socket.on('error', () => {});
+          for (let at = 0; at < payload.length; at += 65536) socket.write(payload.subarray(at, at + 65536));
+          socket.end();
+        },
+        () => sock.destroy(),
+      );
+    });
+    servers.push(srv);
+    srv.listen(0, '127.0.0.1');
+    await once(srv, 'listening');
+    const received = Buffer.alloc(payload.length + 1);
+    let got = 0;
+    let reads = 0;
+    let data = 0;
+    const buffers = [new Uint8Array(5000), new Uint8Array(5000)];
+    const onread = {
+      // Alternate buffers, as the NBD client does between a scratch buffer and a caller's.
+      buffer: () => buffers[reads % 2]!,
+      callback: (n: number, buf: Uint8Array) => {
+        expect(buf).toBe(buffers[reads % 2]);
+        expect(n).toBeLessThanOrEqual(buf.length);
+        received.set(buf.subarray(0, n), got);
+        got += n;
+        reads++;
+        return true;
+      },
+    };
+    const { socket } = await dial((srv.address() as { port: number }).port, 'localhost', { ca: ca.cert, onread });
+    socket.on('data', () => data++);
+    await once(socket, 'end');
+    expect(data).toBe(0);
+    expect(got).toBe(payload.length);
+    expect(reads).toBeGreaterThanOrEqual(Math.ceil(payload.length / 5000));
+    expect(received.subarray(0, got).equals(payload)).toBe(true);
+    socket.destroy();
+  });
+});
+
 describe('client verification', () => {
   it('trusts a server whose certificate chains to the given CA and names the host', async () => {
     const { port } = await listen({});

@@ -3,7 +3,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { type BlockSource, type OpenOptions, type ProbeResult, type Transport, VdError } from '@vd/core';
 import { type NbdClientTls, type NbdTarget, type NbdTransportOptions, nbd, parseNbdUri } from '@vd/nbd';
-import { type ClientTlsOptions, startTlsClient } from './client-tls.js';
+import { type ClientTlsOptions, type ReadInto, startTlsClient } from './client-tls.js';
 import { loadPki } from './pki.js';
 import { loadPskFile, type PskKey, pickPsk } from './psk.js';
 import { defaultPkiDir } from './server.js';
@@ -107,9 +107,9 @@ export async function clientTlsFor(location: URL, options: NbdsslOptions): Promi
 /** The STARTTLS hook `@vd/nbd` calls on each connection it opens (first, multi-conn, reconnects). */
 export function clientUpgrade(tls: ClientTlsOptions, onPeer?: NbdsslOptions['onPeer']): NbdClientTls {
   return {
-    async upgrade(socket: Duplex, target: NbdTarget): Promise<Duplex> {
+    async upgrade(socket: Duplex, target: NbdTarget, onread?: ReadInto): Promise<Duplex> {
       const host = target.kind === 'tcp' ? target.host : 'localhost';
-      const r = await startTlsClient(socket as Socket, host, tls);
+      const r = await startTlsClient(socket as Socket, host, onread ? { ...tls, onread } : tls);
       onPeer?.(r.peer, target);
       return r.socket;
     },
