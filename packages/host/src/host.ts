@@ -31,6 +31,7 @@ import { ChangeSet } from './change-set.js';
 import { checkDiskName, Datastore } from './datastore.js';
 import { GateSource } from './gate.js';
 import { FrozenSource, LiveSource } from './live-source.js';
+import { lockDatastore } from './lock.js';
 import { Overlay } from './overlay.js';
 import { type ChainLink, type DiskRecord, type HostState, readState, type SnapshotRecord, STATE_FILE, writeState } from './state.js';
 
@@ -138,6 +139,7 @@ export class DiskHost {
   readonly #tls: boolean;
   #stateWrite: Promise<void> = Promise.resolve();
   #closing: Promise<void> | undefined;
+  #unlock: () => Promise<void> = async () => {};
 
   private constructor(datastore: Datastore, state: HostState, served: Served[], opts: DiskHostOptions) {
     this.datastore = datastore;
@@ -163,10 +165,12 @@ export class DiskHost {
   static async open(opts: DiskHostOptions): Promise<DiskHost> {
     const datastore = await Datastore.open(opts.datastore);
     await datastore.makeHostDir();
-    const state = await readState(join(datastore.hostDir, STATE_FILE));
+    const unlock = await lockDatastore(datastore.hostDir);
     const served: Served[] = [];
     const skipped: SkippedDisk[] = [];
+    let state: HostState;
     try {
+      state = await readState(join(datastore.hostDir, STATE_FILE));
       for (const name of await datastore.list()) {
         try {
           served.push(await openServed(datastore, name, state.disks[name], opts));
@@ -180,10 +184,12 @@ export class DiskHost {
       await removeOrphans(datastore, state);
     } catch (err) {
       await Promise.allSettled(served.map((s) => closeServed(s)));
+      await unlock();
       throw err;
     }
     const host = new DiskHost(datastore, state, served, opts);
     host.skipped = skipped;
+    host.#unlock = unlock;
     for (const s of served) {
       const deleting = s.snapshots.find((x) => x.record.status === 'deleting');
       if (deleting) host.#startConsolidation(s, deleting);
@@ -385,6 +391,7 @@ export class DiskHost {
       await Promise.allSettled(served.map((s) => s.consolidation));
       const results = await Promise.allSettled(served.map((s) => closeServed(s)));
       await this.#stateWrite;
+      await this.#unlock();
       for (const r of results) if (r.status === 'rejected') throw r.reason;
     })();
     return this.#closing;
