@@ -126,11 +126,12 @@ export interface ReadInto {
 }
 
 /**
- * Makes `tls` decrypt into the buffers `onread` gives, as `tls.connect({ onread })` would, but
+ * Makes `tls` copy decrypted records into the buffers `onread` gives (split across them when a
+ * buffer is smaller than a record), as `tls.connect({ onread })` would, but
  * node:tls ignores that option when it wraps an existing socket, which STARTTLS must. Without
  * it every 16 KiB record becomes a new Buffer pushed through the stream as 'data': a receive then
  * costs more CPU (allocation, GC, stream bookkeeping) than the decryption itself. This sets the
- * same internal fields node:net's constructor sets for `onread` (Node 18–22); where they are
+ * same internal fields node:net's constructor sets for `onread` (checked on Node 20); where they are
  * not found it changes nothing and 'data' events carry the bytes as before. Returns whether it
  * took effect.
  */

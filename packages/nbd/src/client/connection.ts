@@ -43,9 +43,10 @@ export interface NbdReadInto {
 /** TLS upgrade hook for the client (implemented by `@vd/nbdssl`): wraps the socket after STARTTLS. */
 export interface NbdClientTls {
   /**
-   * `onread`, when given, should be passed to `tls.connect`: node:tls then decrypts each record
-   * straight into the buffer it names (the caller's, when read data is due) instead of allocating
-   * a Buffer per 16 KiB record and emitting it as 'data', which costs more CPU than decrypting.
+   * `onread`, when given, is where the TLS socket should put decrypted bytes: node:tls then copies
+   * each record into the buffer it names (the caller's, when read data is due) instead of
+   * allocating a Buffer per 16 KiB record and emitting it as 'data', which costs more CPU than
+   * the decryption.
    */
   upgrade(socket: Duplex, target: NbdTarget, onread?: NbdReadInto): Promise<Duplex>;
 }
@@ -498,7 +499,8 @@ class Handshake {
 
   /**
    * Reads into one reused buffer, or straight into the caller's when a data chunk is due: the
-   * kernel (plain) or OpenSSL (TLS) writes read data where it belongs, no copy and no allocation.
+   * kernel (plain) or node:tls (one copy of each decrypted record) puts read data where it
+   * belongs, with no allocation per read.
    */
   #readInto(): NbdReadInto {
     const scratch = Buffer.allocUnsafe(READ_BUFFER);
