@@ -231,7 +231,7 @@ export class SparseExtent implements VmdkExtent {
     };
     let done = 0;
     let failure: unknown;
-    // Compressed grains of this request, read in file-adjacent batches and inflated in parallel.
+    // Compressed grains of this request, read in file-adjacent batches (all batches in flight at once), each inflated as it arrives.
     const compressed: { g: number; gte: number; dst: number; within: number; n: number }[] = [];
     try {
       while (done < into.length) {
