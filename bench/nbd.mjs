@@ -8,14 +8,15 @@
 //  4. Peak RSS of this process (which runs our client and server).
 // Size: BENCH_NBD_MIB (default 2048). Rounds: BENCH_NBD_ROUNDS (default 3, alternating order, after a
 // warm-up of each; medians reported).
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { access, mkdtemp, open, rm } from 'node:fs/promises';
+import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
+import { exec, peer, readAll } from './_nbd-peers.mjs';
 
 // The server reads files on libuv's pool; `vd serve` widens it the same way before any I/O.
 if (!process.env.UV_THREADPOOL_SIZE) {
@@ -36,39 +37,11 @@ const { NbdServer, nbd } = await import(nbdDist);
 const MiB = 1024 * 1024;
 const SIZE = Number(process.env.BENCH_NBD_MIB ?? 2048) * MiB;
 const ROUNDS = Number(process.env.BENCH_NBD_ROUNDS ?? 3);
-const env = { ...process.env, PATH: `/usr/bin:${process.env.PATH}` };
 
 let peakRss = 0;
 const rssTimer = setInterval(() => {
   peakRss = Math.max(peakRss, process.memoryUsage().rss);
 }, 50);
-
-function exec(cmd, args) {
-  return new Promise((resolve, reject) => {
-    const c = spawn(cmd, args, { env, stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    c.stderr.on('data', (d) => {
-      err += d;
-    });
-    c.on('error', reject);
-    c.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${err}`))));
-  });
-}
-
-async function peer(cmd, args, sock, pid) {
-  const c = spawn(cmd, args, { env, stdio: 'ignore' });
-  for (let i = 0; i < 400; i++) {
-    try {
-      await access(pid);
-      await access(sock);
-      return { uri: `nbd+unix:///?socket=${sock}`, stop: () => c.kill('SIGTERM') };
-    } catch {
-      await new Promise((r) => setTimeout(r, 25));
-    }
-  }
-  c.kill('SIGKILL');
-  throw new Error(`${cmd} did not start`);
-}
 
 async function once(f) {
   const s = performance.now();
@@ -105,21 +78,6 @@ function report(what, oursName, ours, peerName, theirs, bytes = SIZE) {
   console.log(`  ${oursName.padEnd(34)} ${ours.toFixed(2)} s  ${rate(bytes, ours)}`);
   console.log(`  ${peerName.padEnd(34)} ${theirs.toFixed(2)} s  ${rate(bytes, theirs)}`);
   console.log(`  ratio (ours/peer throughput)      ${(theirs / ours).toFixed(2)}x`);
-}
-
-/** Reads the whole disk through our client, `inFlight` requests of `chunk` bytes into reused buffers. */
-async function readAll(disk, chunk = 2 * MiB, inFlight = 16) {
-  let next = 0;
-  const worker = async () => {
-    const buf = new Uint8Array(chunk);
-    while (next < disk.size) {
-      const at = next;
-      next += chunk;
-      const n = Math.min(chunk, disk.size - at);
-      await disk.readInto(at, n === chunk ? buf : buf.subarray(0, n));
-    }
-  };
-  await Promise.all(Array.from({ length: inFlight }, worker));
 }
 
 const dir = await mkdtemp(join(tmpdir(), 'vd-bench-nbd-'));

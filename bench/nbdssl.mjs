@@ -10,14 +10,15 @@
 // of the per-round ratios. Our client's CPU time per GiB is printed too: under load the wall-clock
 // figures swing, the CPU cost of each path does not (and V8's --cpu-prof books native TLS
 // decryption as "(idle)", so a profile alone makes the TLS client look latency-bound).
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { access, mkdtemp, open, rm } from 'node:fs/promises';
+import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
+import { exec, peer, readAll } from './_nbd-peers.mjs';
 
 // The server reads files on libuv's pool; `vd serve` widens it the same way before any I/O.
 if (!process.env.UV_THREADPOOL_SIZE) {
@@ -38,34 +39,6 @@ const { createPki, nbdServerTls, nbdssl } = await import(dist('nbdssl'));
 const MiB = 1024 * 1024;
 const SIZE = Number(process.env.BENCH_NBDSSL_MIB ?? 1024) * MiB;
 const ROUNDS = Number(process.env.BENCH_NBDSSL_ROUNDS ?? 3);
-const env = { ...process.env, PATH: `/usr/bin:${process.env.PATH}` };
-
-function exec(cmd, args) {
-  return new Promise((resolve, reject) => {
-    const c = spawn(cmd, args, { env, stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    c.stderr.on('data', (d) => {
-      err += d;
-    });
-    c.on('error', reject);
-    c.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${err}`))));
-  });
-}
-
-async function peer(cmd, args, sock, pid) {
-  const c = spawn(cmd, args, { env, stdio: 'ignore' });
-  for (let i = 0; i < 400; i++) {
-    try {
-      await access(pid);
-      await access(sock);
-      return { stop: () => c.kill('SIGTERM') };
-    } catch {
-      await new Promise((r) => setTimeout(r, 25));
-    }
-  }
-  c.kill('SIGKILL');
-  throw new Error(`${cmd} did not start`);
-}
 
 /** Runs each of `runs` once per round, alternating; per run the wall times and our CPU times (s). */
 async function rounds(runs) {
@@ -98,21 +71,6 @@ function report(what, oursName, ours, peerName, theirs, target, cpu) {
   console.log(
     `  ratio (first/second throughput)          ${median(ratios).toFixed(2)}x${target ? ` (target >= ${target}x)` : ''}  rounds: ${ratios.map((r) => r.toFixed(2)).join(' ')}`,
   );
-}
-
-/** Reads the whole disk through our client, `inFlight` requests of `chunk` bytes into reused buffers. */
-async function readAll(disk, chunk = 2 * MiB, inFlight = 16) {
-  let next = 0;
-  const worker = async () => {
-    const buf = new Uint8Array(chunk);
-    while (next < disk.size) {
-      const at = next;
-      next += chunk;
-      const n = Math.min(chunk, disk.size - at);
-      await disk.readInto(at, n === chunk ? buf : buf.subarray(0, n));
-    }
-  };
-  await Promise.all(Array.from({ length: inFlight }, worker));
 }
 
 const dir = await mkdtemp(join(tmpdir(), 'vd-bench-nbdssl-'));

@@ -1,0 +1,53 @@
+// Shared by bench/nbd.mjs and bench/nbdssl.mjs: starting peers and reading a whole disk the same way
+// on both sides of a comparison. (The `_` keeps `pnpm bench` from running it as a benchmark.)
+import { spawn } from 'node:child_process';
+import { access } from 'node:fs/promises';
+
+const MiB = 1024 * 1024;
+
+/** Peers' environment: /usr/bin first, so libnbd tools find Debian's python and libraries. */
+export const env = { ...process.env, PATH: `/usr/bin:${process.env.PATH}` };
+
+/** Runs a command to completion; rejects with its stderr when it fails. */
+export function exec(cmd, args) {
+  return new Promise((resolve, reject) => {
+    const c = spawn(cmd, args, { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    c.stderr.on('data', (d) => {
+      err += d;
+    });
+    c.on('error', reject);
+    c.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${err}`))));
+  });
+}
+
+/** Starts an NBD server on unix socket `sock`; ready once it wrote `pid` (it listens by then). */
+export async function peer(cmd, args, sock, pid) {
+  const c = spawn(cmd, args, { env, stdio: 'ignore' });
+  for (let i = 0; i < 400; i++) {
+    try {
+      await access(pid);
+      await access(sock);
+      return { uri: `nbd+unix:///?socket=${sock}`, stop: () => c.kill('SIGTERM') };
+    } catch {
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  }
+  c.kill('SIGKILL');
+  throw new Error(`${cmd} did not start`);
+}
+
+/** Reads the whole disk through our client, `inFlight` requests of `chunk` bytes into reused buffers. */
+export async function readAll(disk, chunk = 2 * MiB, inFlight = 16) {
+  let next = 0;
+  const worker = async () => {
+    const buf = new Uint8Array(chunk);
+    while (next < disk.size) {
+      const at = next;
+      next += chunk;
+      const n = Math.min(chunk, disk.size - at);
+      await disk.readInto(at, n === chunk ? buf : buf.subarray(0, n));
+    }
+  };
+  await Promise.all(Array.from({ length: inFlight }, worker));
+}
