@@ -67,15 +67,18 @@ export async function openDisk(disk: string | URL, opts: OpenDiskOptions): Promi
         continue;
       }
       const source = await t.open(location, openOpts);
-      tried.push({ transport: t.name, outcome: 'selected', reason: 'opened' });
-      debug('opened %s with %s', location.href, t.name);
-      if (channels.select.hasSubscribers) channels.select.publish({ location: location.href, tried, selected: t.name });
+      const selection = [...tried, { transport: t.name, outcome: 'selected', reason: 'opened' } as const];
+      let disk: Disk;
       try {
-        return new Disk(source, { transport: t.name, location: location.href, readOnly: opts.readOnly, selection: tried });
+        // A source whose capabilities cannot be honoured fails here, and counts as a failed transport.
+        disk = new Disk(source, { transport: t.name, location: location.href, readOnly: opts.readOnly, selection });
       } catch (err) {
         await source._close().catch(() => {});
         throw err;
       }
+      debug('opened %s with %s', location.href, t.name);
+      if (channels.select.hasSubscribers) channels.select.publish({ location: location.href, tried: selection, selected: t.name });
+      return disk;
     } catch (err) {
       if (isVdError(err, 'ERR_VD_ABORTED')) throw err;
       const e = isVdError(err) ? err : new VdError('ERR_VD_IO', String((err as Error)?.message ?? err), { cause: err });
