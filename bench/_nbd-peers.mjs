@@ -2,8 +2,41 @@
 // on both sides of a comparison. (The `_` keeps `pnpm bench` from running it as a benchmark.)
 import { spawn } from 'node:child_process';
 import { access } from 'node:fs/promises';
+import { performance } from 'node:perf_hooks';
 
 const MiB = 1024 * 1024;
+
+/** The median of `xs`. */
+export const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+/**
+ * Runs each of `runs` once per round (after one untimed warm-up of each, for the page cache),
+ * rotating which goes first so a load spike or a warm cache favours none; per run the wall times
+ * and this process's CPU times (s). Compare per-round ratios: the load on a shared machine drifts
+ * between rounds, much less within one.
+ */
+export async function rounds(runs, n) {
+  for (const f of runs) await f();
+  const out = runs.map(() => ({ wall: [], cpu: [] }));
+  for (let i = 0; i < n; i++) {
+    for (let k = 0; k < runs.length; k++) {
+      const j = (i + k) % runs.length;
+      const c = process.cpuUsage();
+      const s = performance.now();
+      await runs[j]();
+      out[j].wall.push((performance.now() - s) / 1000);
+      const d = process.cpuUsage(c);
+      out[j].cpu.push((d.user + d.system) / 1e6);
+    }
+  }
+  return out;
+}
+
+/** Throughput ratio of `a` over `b` per round (b's time over a's); the median and every round. */
+export function ratios(a, b) {
+  const r = a.wall.map((t, i) => b.wall[i] / t);
+  return { median: median(r), rounds: r };
+}
 
 /** Peers' environment: /usr/bin first, so libnbd tools find Debian's python and libraries. */
 export const env = { ...process.env, PATH: `/usr/bin:${process.env.PATH}` };

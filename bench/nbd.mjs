@@ -6,17 +6,17 @@
 //     and vd's NbdServer vs qemu-nbd serving the same monolithicSparse VMDK.
 //  3. Sparse: a 10%-allocated raw copied by nbdcopy from vd's server, as a share of the full copy.
 //  4. Peak RSS of this process (which runs our client and server).
-// Size: BENCH_NBD_MIB (default 2048). Rounds: BENCH_NBD_ROUNDS (default 3, alternating order, after a
-// warm-up of each; medians reported).
+// Size: BENCH_NBD_MIB (default 2048). Rounds: BENCH_NBD_ROUNDS (default 5; the runs compared rotate
+// within each round after a warm-up of each; the ratio is the median of the per-round ratios, and
+// our CPU per GiB is printed since, on a shared machine, it swings far less than wall time).
 import { spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { exec, peer, readAll } from './_nbd-peers.mjs';
+import { exec, median, peer, ratios, readAll, rounds } from './_nbd-peers.mjs';
 
 // The server reads files on libuv's pool; `vd serve` widens it the same way before any I/O.
 if (!process.env.UV_THREADPOOL_SIZE) {
@@ -36,48 +36,26 @@ const { NbdServer, nbd } = await import(nbdDist);
 
 const MiB = 1024 * 1024;
 const SIZE = Number(process.env.BENCH_NBD_MIB ?? 2048) * MiB;
-const ROUNDS = Number(process.env.BENCH_NBD_ROUNDS ?? 3);
+const ROUNDS = Number(process.env.BENCH_NBD_ROUNDS ?? 5);
 
 let peakRss = 0;
 const rssTimer = setInterval(() => {
   peakRss = Math.max(peakRss, process.memoryUsage().rss);
 }, 50);
 
-async function once(f) {
-  const s = performance.now();
-  await f();
-  return (performance.now() - s) / 1000;
-}
-
-const median = (t) => [...t].sort((a, b) => a - b)[Math.floor(t.length / 2)];
-
-/**
- * Ours and the peer on the same input: one untimed warm-up each (page cache), then rounds that
- * alternate which goes first, so neither profits from the other's cache or the machine's mood.
- */
-async function compare(ours, peer) {
-  await ours();
-  await peer();
-  const a = [];
-  const b = [];
-  for (let i = 0; i < ROUNDS; i++) {
-    if (i % 2 === 0) {
-      a.push(await once(ours));
-      b.push(await once(peer));
-    } else {
-      b.push(await once(peer));
-      a.push(await once(ours));
-    }
-  }
-  return [median(a), median(b)];
-}
-
 const rate = (bytes, s) => `${(bytes / MiB / s).toFixed(0)} MiB/s`;
-function report(what, oursName, ours, peerName, theirs, bytes = SIZE) {
+const GiB = 1024 * MiB;
+/** Our side and the peer's: median wall time, throughput, our CPU per GiB, per-round ratio. */
+function report(what, oursName, ours, peerName, theirs, target) {
+  const r = ratios(ours, theirs);
   console.log(`${what}`);
-  console.log(`  ${oursName.padEnd(34)} ${ours.toFixed(2)} s  ${rate(bytes, ours)}`);
-  console.log(`  ${peerName.padEnd(34)} ${theirs.toFixed(2)} s  ${rate(bytes, theirs)}`);
-  console.log(`  ratio (ours/peer throughput)      ${(theirs / ours).toFixed(2)}x`);
+  console.log(
+    `  ${oursName.padEnd(34)} ${median(ours.wall).toFixed(2)} s  ${rate(SIZE, median(ours.wall))}  vd CPU ${((median(ours.cpu) * GiB) / SIZE).toFixed(2)} s/GiB`,
+  );
+  console.log(`  ${peerName.padEnd(34)} ${median(theirs.wall).toFixed(2)} s  ${rate(SIZE, median(theirs.wall))}`);
+  console.log(
+    `  ratio (ours/peer throughput)      ${r.median.toFixed(2)}x (target >= ${target}x)  rounds: ${r.rounds.map((x) => x.toFixed(2)).join(' ')}`,
+  );
 }
 
 const dir = await mkdtemp(join(tmpdir(), 'vd-bench-nbd-'));
@@ -114,15 +92,18 @@ try {
   // 1. Client.
   const kit = await peer('nbdkit', ['-f', '-U', sock('kit'), '-P', pid('kit'), 'file', raw], sock('kit'), pid('kit'));
   stops.push(kit.stop);
-  const [ours1, theirs1] = await compare(
-    async () => {
-      const disk = await core.openDisk(kit.uri, { transports: [nbd()], readOnly: true });
-      await readAll(disk);
-      await disk.close();
-    },
-    () => exec('nbdcopy', [kit.uri, 'null:']),
+  const [ours1, theirs1] = await rounds(
+    [
+      async () => {
+        const disk = await core.openDisk(kit.uri, { transports: [nbd()], readOnly: true });
+        await readAll(disk);
+        await disk.close();
+      },
+      () => exec('nbdcopy', [kit.uri, 'null:']),
+    ],
+    ROUNDS,
   );
-  report('client: full read from nbdkit file', 'vd nbd() client', ours1, 'nbdcopy ... null:', theirs1);
+  report('client: full read from nbdkit file', 'vd nbd() client', ours1, 'nbdcopy ... null:', theirs1, 1);
 
   // 2. Server, raw and VMDK.
   const fileT = core.file({ formats: [core.vmdkFormat, core.rawFormat] });
@@ -138,28 +119,26 @@ try {
   });
   await server.listen({ path: sock('vd') });
   const vdUri = (name) => `nbd+unix:///${name}?socket=${sock('vd')}`;
-  const [ours2, theirs2] = await compare(
-    () => exec('nbdcopy', [vdUri('raw'), 'null:']),
-    () => exec('nbdcopy', [kit.uri, 'null:']),
+  const [ours2, theirs2, sparse2] = await rounds(
+    [
+      () => exec('nbdcopy', [vdUri('raw'), 'null:']),
+      () => exec('nbdcopy', [kit.uri, 'null:']),
+      () => exec('nbdcopy', [vdUri('sparse'), 'null:']),
+    ],
+    ROUNDS,
   );
-  report('server: nbdcopy reading the raw', 'vd NbdServer', ours2, 'nbdkit file', theirs2);
+  report('server: nbdcopy reading the raw', 'vd NbdServer', ours2, 'nbdkit file', theirs2, 1);
 
   const q = await peer('qemu-nbd', ['-k', sock('q'), `--pid-file=${pid('q')}`, '-r', '-t', '-f', 'vmdk', vmdk], sock('q'), pid('q'));
   stops.push(q.stop);
-  const [ours3, theirs3] = await compare(
-    () => exec('nbdcopy', [vdUri('vmdk'), 'null:']),
-    () => exec('nbdcopy', [q.uri, 'null:']),
-  );
-  report('server: nbdcopy reading the monolithicSparse VMDK', 'vd NbdServer', ours3, 'qemu-nbd', theirs3);
+  const [ours3, theirs3] = await rounds([() => exec('nbdcopy', [vdUri('vmdk'), 'null:']), () => exec('nbdcopy', [q.uri, 'null:'])], ROUNDS);
+  report('server: nbdcopy reading the monolithicSparse VMDK', 'vd NbdServer', ours3, 'qemu-nbd', theirs3, 1);
 
-  // 3. Sparse.
-  const [sparseT] = await compare(
-    () => exec('nbdcopy', [vdUri('sparse'), 'null:']),
-    async () => {},
-  );
+  // 3. Sparse: timed in the same rounds as the full raw read above.
+  const shares = sparse2.wall.map((t, i) => (100 * t) / ours2.wall[i]);
   console.log('sparse: nbdcopy of a 10%-allocated raw from vd NbdServer');
   console.log(
-    `  10% allocated ${sparseT.toFixed(2)} s vs full ${ours2.toFixed(2)} s = ${((100 * sparseT) / ours2).toFixed(1)}% of the full time (target <= 15%)`,
+    `  10% allocated ${median(sparse2.wall).toFixed(2)} s vs full ${median(ours2.wall).toFixed(2)} s = ${median(shares).toFixed(1)}% of the full time (target <= 15%)  rounds: ${shares.map((x) => x.toFixed(1)).join(' ')}`,
   );
 
   await server.close();

@@ -6,7 +6,7 @@
 //  2. Client against the peer: the same TLS read vs `nbdcopy nbds+unix://... null:` (target >= 1.0x).
 //  3. Server: `nbdcopy nbds+unix://... null:` reading vd's NbdServer --tls=require vs nbdkit --tls=require.
 // Size: BENCH_NBDSSL_MIB (default 1024). Rounds: BENCH_NBDSSL_ROUNDS (default 3). The runs compared
-// alternate within each round, so a load spike hits both sides; the ratio reported is the median
+// rotate within each round, so a load spike hits both sides; the ratio reported is the median
 // of the per-round ratios. Our client's CPU time per GiB is printed too: under load the wall-clock
 // figures swing, the CPU cost of each path does not (and V8's --cpu-prof books native TLS
 // decryption as "(idle)", so a profile alone makes the TLS client look latency-bound).
@@ -16,9 +16,8 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { exec, peer, readAll } from './_nbd-peers.mjs';
+import { exec, median, peer, ratios, readAll, rounds } from './_nbd-peers.mjs';
 
 // The server reads files on libuv's pool; `vd serve` widens it the same way before any I/O.
 if (!process.env.UV_THREADPOOL_SIZE) {
@@ -40,28 +39,10 @@ const MiB = 1024 * 1024;
 const SIZE = Number(process.env.BENCH_NBDSSL_MIB ?? 1024) * MiB;
 const ROUNDS = Number(process.env.BENCH_NBDSSL_ROUNDS ?? 3);
 
-/** Runs each of `runs` once per round, alternating; per run the wall times and our CPU times (s). */
-async function rounds(runs) {
-  const out = runs.map(() => ({ wall: [], cpu: [] }));
-  for (let i = 0; i < ROUNDS; i++) {
-    for (const [j, f] of runs.entries()) {
-      const c = process.cpuUsage();
-      const s = performance.now();
-      await f();
-      out[j].wall.push((performance.now() - s) / 1000);
-      const d = process.cpuUsage(c);
-      out[j].cpu.push((d.user + d.system) / 1e6);
-    }
-  }
-  return out;
-}
-
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const rate = (bytes, s) => `${(bytes / MiB / s).toFixed(0)} MiB/s`;
 const GiB = 1024 * MiB;
 function report(what, oursName, ours, peerName, theirs, target, cpu) {
-  // Throughput ratio of one round: their time over ours.
-  const ratios = ours.wall.map((t, i) => theirs.wall[i] / t);
+  const r = ratios(ours, theirs);
   console.log(`${what}`);
   const line = (name, r) =>
     `  ${name.padEnd(40)} ${median(r.wall).toFixed(2)} s  ${rate(SIZE, median(r.wall))}` +
@@ -69,7 +50,7 @@ function report(what, oursName, ours, peerName, theirs, target, cpu) {
   console.log(line(oursName, ours));
   console.log(line(peerName, theirs));
   console.log(
-    `  ratio (first/second throughput)          ${median(ratios).toFixed(2)}x${target ? ` (target >= ${target}x)` : ''}  rounds: ${ratios.map((r) => r.toFixed(2)).join(' ')}`,
+    `  ratio (first/second throughput)          ${r.median.toFixed(2)}x${target ? ` (target >= ${target}x)` : ''}  rounds: ${r.rounds.map((x) => x.toFixed(2)).join(' ')}`,
   );
 }
 
@@ -109,11 +90,10 @@ try {
     await readAll(disk);
     await disk.close();
   };
-  const [tls, plain, nbdcopyTls] = await rounds([
-    ourRead(tlsUri, [nbdssl()]),
-    ourRead(plainUri, [nbd()]),
-    () => exec('nbdcopy', [tlsUri, 'null:']),
-  ]);
+  const [tls, plain, nbdcopyTls] = await rounds(
+    [ourRead(tlsUri, [nbdssl()]), ourRead(plainUri, [nbd()]), () => exec('nbdcopy', [tlsUri, 'null:'])],
+    ROUNDS,
+  );
   report(
     'client: full read from nbdkit file, TLS vs clear',
     'vd nbdssl() from nbdkit --tls=require',
@@ -137,7 +117,7 @@ try {
   const server = new NbdServer({ exports: [{ name: '', disk }], tls: await nbdServerTls({ mode: 'require', certificates: pki.dir }) });
   await server.listen({ path: sock('vd') });
   const vdUri = `nbds+unix:///?socket=${sock('vd')}&tls-certificates=${pki.dir}`;
-  const [ours, theirs] = await rounds([() => exec('nbdcopy', [vdUri, 'null:']), () => exec('nbdcopy', [tlsUri, 'null:'])]);
+  const [ours, theirs] = await rounds([() => exec('nbdcopy', [vdUri, 'null:']), () => exec('nbdcopy', [tlsUri, 'null:'])], ROUNDS);
   report('server: nbdcopy reading over TLS', 'vd NbdServer --tls=require', ours, 'nbdkit --tls=require', theirs);
   await server.close();
   await disk.close();
