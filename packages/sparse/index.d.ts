@@ -7,3 +7,34 @@ export declare function seekHole(fd: number, position: number): number;
  * Resolves false where the file system cannot punch holes (EOPNOTSUPP).
  */
 export declare function punchHole(fd: number, position: number, length: number): Promise<boolean>;
+
+export interface SendFileOptions {
+  /** Bytes sent first, before the file range (at most 64; a protocol's reply header). */
+  header?: Uint8Array | null;
+  /**
+   * Milliseconds the send may make no progress (the peer reads nothing) before it fails with
+   * ETIMEDOUT (default 30 000), so a stalled peer holds a pool thread for a bounded time.
+   */
+  stallTimeout?: number;
+  /** Aborting stops the send within about 100 ms (ECANCELED); what was sent stays sent. */
+  signal?: AbortSignal;
+}
+
+/**
+ * Writes `header`, then `length` bytes of `fileFd` from `position`, to the socket `sockFd`, on
+ * libuv's thread pool with sendfile(2): page cache to socket, no copy through user space. Loops
+ * over partial writes; where the socket's buffer is full (a non-blocking socket answers EAGAIN)
+ * it waits for room in 100 ms slices. Bytes past the end of a file that shrank are sent as
+ * zeroes. Resolves when everything was handed to the kernel; rejects with a system error (`code`,
+ * `errno`, `syscall`): ETIMEDOUT after `stallTimeout`, ECANCELED on abort, EPIPE/ECONNRESET when
+ * the peer left. A failed send may have sent part of the bytes: the stream is then unusable.
+ *
+ * The caller keeps both descriptors open until the promise settles, and nothing else may write to
+ * the socket meanwhile.
+ */
+export declare function sendFile(sockFd: number, fileFd: number, position: number, length: number, opts?: SendFileOptions): Promise<void>;
+
+/** A new descriptor (close-on-exec) for the same open file as `fd`, which stays valid after `fd` is closed. */
+export declare function dup(fd: number): number;
+/** Closes a descriptor (one from `dup`). */
+export declare function close(fd: number): void;

@@ -10,6 +10,7 @@ import {
   type Capabilities,
   type DiskInfo,
   type Extent,
+  type FileSpan,
   type IoOptions,
   type WriteOptions,
   type ZeroOptions,
@@ -258,6 +259,35 @@ export class Disk implements AsyncDisposable {
       }
     }
     if (held) yield held;
+  }
+
+  /**
+   * Zero-copy access for consumers that move bytes without reading them (an NBD server's
+   * sendfile): runs `fn` with the local-file spans that hold `offset..offset+length`, in order.
+   * The range is checked like a read's. Resolves undefined, without calling `fn`, where the
+   * disk's source cannot map the range (VMDK, chains, remote and in-memory disks): read instead.
+   *
+   * `fn` runs as a request in flight: `close()` waits for it, and the descriptors stay open (not
+   * closed, so their numbers are not reused) until it settles, even after `destroy()`. It is not
+   * counted against the source's concurrency limit. Writes racing it behave as a concurrent read
+   * would: either bytes may be seen. Use the spans only inside `fn`, and keep `fn` bounded in
+   * time: a stalled `fn` holds up `close()`.
+   */
+  async withFileSpans<T>(
+    offset: number,
+    length: number,
+    fn: (spans: readonly FileSpan[]) => Promise<T>,
+    opts: IoOptions = {},
+  ): Promise<T | undefined> {
+    this.#checkRange('withFileSpans', offset, length);
+    throwIfAborted(opts.signal, 'withFileSpans');
+    const source = this.#source;
+    if (typeof source._withFileSpans !== 'function') return undefined;
+    const task = source._withFileSpans(offset, length, fn, { signal: opts.signal });
+    this.#inflight.add(task);
+    const untrack = () => this.#inflight.delete(task);
+    task.then(untrack, untrack);
+    return task;
   }
 
   /** Graceful and idempotent: waits for every accepted request, then closes the source. */

@@ -123,6 +123,18 @@ export interface BlockSource {
   _close(): Promise<void>;
   /** Abortive: drop connections, fail what is in flight. Defaults to `_close`. */
   _destroy?(err?: Error): Promise<void>;
+  /**
+   * Where the bytes of a range sit in local files, for zero-copy consumers (sendfile): runs `fn`
+   * with spans covering the range in order, keeping their descriptors open until it settles.
+   * Resolves undefined, without calling `fn`, when the range does not lie in local files as is
+   * (compressed, chained, remote, in memory).
+   */
+  _withFileSpans?<T>(
+    offset: number,
+    length: number,
+    fn: (spans: readonly FileSpan[]) => Promise<T>,
+    opts: IoOptions,
+  ): Promise<T | undefined>;
 }
 
 /** The answer of `Transport.probe`: can this transport reach the disk, and if not, why. */
@@ -171,6 +183,11 @@ export interface ByteStore {
   close(): Promise<void>;
   /** Bytes the storage occupies (a file's blocks), where cheaply known; for `DiskInfo.allocatedBytes`. */
   allocatedBytes?(): number | undefined;
+  /**
+   * Runs `fn` with the store's open descriptor, which stays open (close() waits) until `fn`
+   * settles; ERR_VD_CLOSED once close() has begun. Only a store over a local file or device.
+   */
+  withDescriptor?<T>(fn: (fd: number) => Promise<T>): Promise<T>;
 }
 
 /**
@@ -204,4 +221,15 @@ export interface FormatCreateContext extends IoOptions {
   formatOptions?: Record<string, unknown> | undefined;
   /** Creates and opens sibling files (VMDK extents) next to the new disk. */
   resolver: StoreResolver;
+}
+
+/**
+ * `length` bytes of a disk that are bytes `position..position+length` of the local file open as
+ * `fd`. Valid only inside the callback that received it: the descriptor may be closed (and its
+ * number reused) afterwards. Bytes past the file's end read as zeroes.
+ */
+export interface FileSpan {
+  fd: number;
+  position: number;
+  length: number;
 }

@@ -1,19 +1,25 @@
 /*
- * The three sparse-file calls Node has no API for: lseek(SEEK_DATA), lseek(SEEK_HOLE) and
- * fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE). Seeks are answered synchronously (an
- * in-memory extent lookup); punching frees blocks and may take a while, so it runs on libuv's
- * thread pool and returns a promise.
+ * File-system and zero-copy calls Node has no API for: lseek(SEEK_DATA), lseek(SEEK_HOLE),
+ * fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE), and sendfile(2) of a file range to a
+ * socket behind a small header. Seeks are answered synchronously (an in-memory extent lookup);
+ * punching and sending may take a while, so they run on libuv's thread pool and return promises.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <node_api.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
+#ifdef __linux__
+#include <sys/sendfile.h>
+#endif
 
 #define MAX_SAFE_INTEGER 9007199254740991LL
 
@@ -168,11 +174,230 @@ static napi_value punch_hole(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+/* ---- sendFile: header + file range to a socket, zero-copy */
+
+#define HEADER_MAX 64
+/* How long one poll() waits for room before looking at the cancel flag again. */
+#define POLL_SLICE_MS 100
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref cancel_ref; /* keeps the cancel flag's SharedArrayBuffer alive */
+  volatile int32_t *cancel;
+  int sock, file;
+  int64_t position, length, stall_ms;
+  size_t header_len;
+  unsigned char header[HEADER_MAX];
+  int err;
+  const char *syscall;
+} send_req;
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Bytes past the end of a file that shrank under us are sent as zeroes, as a read would give. */
+static const unsigned char zeroes[65536];
+
+/*
+ * Runs on the pool. The socket is non-blocking (node's), so a full send buffer answers EAGAIN:
+ * then poll for room in short slices, so a cancel is seen within one slice and a peer that stops
+ * reading costs the thread at most `stall_ms` (ETIMEDOUT) instead of forever.
+ */
+static void send_execute(napi_env env, void *data) {
+  (void)env;
+  send_req *r = data;
+  size_t hdone = 0;
+  int64_t done = 0;
+  off_t off = (off_t)r->position;
+  int eof = 0;
+  int64_t last = now_ms();
+  r->err = 0;
+  while (hdone < r->header_len || done < r->length) {
+    if (r->cancel && __atomic_load_n(r->cancel, __ATOMIC_ACQUIRE) != 0) {
+      r->err = ECANCELED;
+      r->syscall = "sendfile";
+      return;
+    }
+    ssize_t n;
+    int more = done < r->length ? MSG_MORE : 0;
+    if (hdone < r->header_len) {
+      r->syscall = "send";
+      n = send(r->sock, r->header + hdone, r->header_len - hdone, MSG_NOSIGNAL | more);
+      if (n > 0) hdone += (size_t)n;
+    } else if (!eof) {
+      r->syscall = "sendfile";
+#ifdef __linux__
+      int64_t left = r->length - done;
+      n = sendfile(r->sock, r->file, &off, (size_t)(left > (1 << 30) ? (1 << 30) : left));
+#else
+      errno = ENOSYS;
+      n = -1;
+#endif
+      if (n == 0) {
+        eof = 1;
+        continue;
+      }
+      if (n > 0) done += n;
+    } else {
+      r->syscall = "send";
+      int64_t left = r->length - done;
+      n = send(r->sock, zeroes, (size_t)(left > (int64_t)sizeof zeroes ? (int64_t)sizeof zeroes : left), MSG_NOSIGNAL | more);
+      if (n > 0) done += n;
+    }
+    if (n > 0) {
+      last = now_ms();
+      continue;
+    }
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      r->err = errno;
+      return;
+    }
+    int64_t wait = r->stall_ms - (now_ms() - last);
+    if (wait <= 0) {
+      r->err = ETIMEDOUT;
+      return;
+    }
+    struct pollfd p = {.fd = r->sock, .events = POLLOUT, .revents = 0};
+    if (poll(&p, 1, (int)(wait < POLL_SLICE_MS ? wait : POLL_SLICE_MS)) < 0 && errno != EINTR) {
+      r->err = errno;
+      r->syscall = "poll";
+      return;
+    }
+  }
+}
+
+static void send_complete(napi_env env, napi_status status, void *data) {
+  send_req *r = data;
+  int err = status != napi_ok ? ECANCELED : r->err;
+  if (err == 0) {
+    napi_value undef;
+    napi_get_undefined(env, &undef);
+    napi_resolve_deferred(env, r->deferred, undef);
+  } else {
+    napi_reject_deferred(env, r->deferred, errno_error(env, err, r->syscall ? r->syscall : "sendfile"));
+  }
+  if (r->cancel_ref) napi_delete_reference(env, r->cancel_ref);
+  napi_delete_async_work(env, r->work);
+  free(r);
+}
+
+/*
+ * sendFile(sockFd, header | null, fileFd, position, length, stallMs, cancel | undefined)
+ *   -> Promise<void>. `cancel` is an Int32Array over a SharedArrayBuffer; non-zero element 0 stops
+ * the send (ECANCELED) within one poll slice.
+ */
+static napi_value send_file(napi_env env, napi_callback_info info) {
+  static const char *names[] = {"sockFd", NULL, "fileFd", "position", "length", "stallMs"};
+  napi_value argv[7], promise, name;
+  size_t argc = 7;
+  int64_t v[6] = {0};
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 6) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "missing arguments");
+    return NULL;
+  }
+  for (int i = 0; i < 6; i++) {
+    if (names[i] && !get_offset(env, argv[i], names[i], &v[i])) return NULL;
+  }
+  if (v[0] > INT32_MAX || v[2] > INT32_MAX) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "fd is out of range");
+    return NULL;
+  }
+  if (v[3] + v[4] > MAX_SAFE_INTEGER || v[5] > INT32_MAX) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "position + length or stallMs is out of range");
+    return NULL;
+  }
+  send_req *r = calloc(1, sizeof *r);
+  if (r == NULL) {
+    throw_errno(env, ENOMEM, "calloc");
+    return NULL;
+  }
+  napi_valuetype t;
+  napi_typeof(env, argv[1], &t);
+  if (t != napi_null && t != napi_undefined) {
+    bool is_ta = false;
+    napi_typedarray_type tt;
+    size_t len = 0;
+    void *p = NULL;
+    napi_is_typedarray(env, argv[1], &is_ta);
+    if (is_ta) napi_get_typedarray_info(env, argv[1], &tt, &len, &p, NULL, NULL);
+    if (!is_ta || tt != napi_uint8_array || len > HEADER_MAX) {
+      free(r);
+      napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "header must be a Uint8Array of at most 64 bytes, or null");
+      return NULL;
+    }
+    memcpy(r->header, p, len);
+    r->header_len = len;
+  }
+  if (argc >= 7) {
+    napi_typeof(env, argv[6], &t);
+    if (t != napi_undefined && t != napi_null) {
+      bool is_ta = false;
+      napi_typedarray_type tt;
+      size_t len = 0;
+      void *p = NULL;
+      napi_is_typedarray(env, argv[6], &is_ta);
+      /* Asking for the data moves a small on-heap array's bytes off the heap, where they stay put. */
+      if (is_ta) napi_get_typedarray_info(env, argv[6], &tt, &len, &p, NULL, NULL);
+      if (!is_ta || tt != napi_int32_array || len < 1) {
+        free(r);
+        napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "cancel must be an Int32Array");
+        return NULL;
+      }
+      r->cancel = (volatile int32_t *)p;
+      napi_create_reference(env, argv[6], 1, &r->cancel_ref);
+    }
+  }
+  r->sock = (int)v[0];
+  r->file = (int)v[2];
+  r->position = v[3];
+  r->length = v[4];
+  r->stall_ms = v[5];
+  napi_create_promise(env, &r->deferred, &promise);
+  napi_create_string_utf8(env, "vd:sendFile", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, send_execute, send_complete, r, &r->work);
+  napi_queue_async_work(env, r->work);
+  return promise;
+}
+
+/* dup(fd) with close-on-exec: a descriptor of the same open file that outlives the original. */
+static napi_value dup_fd(napi_env env, napi_callback_info info) {
+  int64_t a[1];
+  napi_value result;
+  if (!get_args(env, info, 1, a)) return NULL;
+  int fd = fcntl((int)a[0], F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) {
+    throw_errno(env, errno, "dup");
+    return NULL;
+  }
+  napi_create_int32(env, fd, &result);
+  return result;
+}
+
+static napi_value close_fd(napi_env env, napi_callback_info info) {
+  int64_t a[1];
+  if (!get_args(env, info, 1, a)) return NULL;
+  /* Linux closes the descriptor even when close() reports EINTR: never retry. */
+  if (close((int)a[0]) < 0 && errno != EINTR) {
+    throw_errno(env, errno, "close");
+    return NULL;
+  }
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
       {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
       {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"sendFile", NULL, send_file, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"dup", NULL, dup_fd, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"close", NULL, close_fd, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

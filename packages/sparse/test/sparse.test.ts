@@ -1,4 +1,6 @@
-import { closeSync, fstatSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { once } from 'node:events';
+import { closeSync, fstatSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -58,5 +60,136 @@ describe.skipIf(!loaded && !required)('@vd/sparse', () => {
     }
     expect(err).toMatchObject({ code: 'EBADF', syscall: 'lseek(SEEK_DATA)' });
     await expect(punchHole(fd, 0, 4096)).rejects.toMatchObject({ code: 'EBADF', syscall: 'fallocate' });
+  });
+});
+
+/** A connected unix-socket pair: `server` is node's side whose descriptor the addon writes to. */
+async function socketPair(name: string): Promise<{ server: Socket; client: Socket; listener: Server }> {
+  const path = join(dir, `${name}.sock`);
+  const listener = createServer();
+  listener.listen(path);
+  await once(listener, 'listening');
+  const accepted = once(listener, 'connection');
+  const client = connect(path);
+  await once(client, 'connect');
+  const [server] = (await accepted) as [Socket];
+  return { server, client, listener };
+}
+
+function fdOf(s: Socket): number {
+  return (s as unknown as { _handle: { fd: number } })._handle.fd;
+}
+
+/** Collects what the client receives until `n` bytes have arrived. */
+function receive(client: Socket, n: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let got = 0;
+  return new Promise((resolve, reject) => {
+    client.on('error', reject);
+    client.on('data', (c: Buffer) => {
+      chunks.push(c);
+      got += c.length;
+      if (got >= n) resolve(Buffer.concat(chunks));
+    });
+  });
+}
+
+describe.skipIf(!loaded && !required)('@vd/sparse sendFile', () => {
+  const { sendFile, dup, close } = mod as typeof import('@vd/sparse');
+  const size = 3 << 20;
+  const content = Buffer.alloc(size);
+  for (let i = 0; i < size; i++) content[i] = (i * 13 + (i >> 10)) & 255;
+  const filePath = join(dir, 'payload.bin');
+  writeFileSync(filePath, content);
+
+  it('sends the header, then exactly the file range, through a dup of the socket', async () => {
+    const { server, client, listener } = await socketPair('a');
+    const file = openSync(filePath, 'r');
+    const sock = dup(fdOf(server));
+    try {
+      expect(sock).not.toBe(fdOf(server));
+      const header = Buffer.from('HEADER-0123456789');
+      const arriving = receive(client, header.length + (2 << 20) + 100 + 4096);
+      await sendFile(sock, file, 12345, 2 << 20, { header });
+      await sendFile(sock, file, 7, 100);
+      // Past the end of the file: the missing bytes arrive as zeroes.
+      await sendFile(sock, file, size - 1000, 4096, { header: null });
+      const got = await arriving;
+      expect(got.length).toBe(header.length + (2 << 20) + 100 + 4096);
+      let at = 0;
+      expect(got.subarray(at, (at += header.length)).equals(header)).toBe(true);
+      expect(got.subarray(at, (at += 2 << 20)).equals(content.subarray(12345, 12345 + (2 << 20)))).toBe(true);
+      expect(got.subarray(at, (at += 100)).equals(content.subarray(7, 107))).toBe(true);
+      expect(got.subarray(at, (at += 1000)).equals(content.subarray(size - 1000))).toBe(true);
+      expect(got.subarray(at).every((b) => b === 0)).toBe(true);
+    } finally {
+      close(sock);
+      closeSync(file);
+      server.destroy();
+      client.destroy();
+      listener.close();
+    }
+  });
+
+  it('gives up on a peer that stops reading: ETIMEDOUT after the stall limit, ECANCELED on abort', async () => {
+    const { server, client, listener } = await socketPair('b');
+    client.pause();
+    const big = join(dir, 'big.bin');
+    const bfd = openSync(big, 'w+');
+    writeSync(bfd, new Uint8Array(1), 0, 1, (64 << 20) - 1);
+    const sock = dup(fdOf(server));
+    try {
+      await expect(sendFile(sock, bfd, 0, 64 << 20, { stallTimeout: 300 })).rejects.toMatchObject({ code: 'ETIMEDOUT' });
+      const ac = new AbortController();
+      const sending = sendFile(sock, bfd, 0, 64 << 20, { stallTimeout: 60_000, signal: ac.signal });
+      setTimeout(() => ac.abort(), 200);
+      await expect(sending).rejects.toMatchObject({ code: 'ECANCELED', syscall: 'sendfile' });
+      // An already aborted signal never starts.
+      await expect(sendFile(sock, bfd, 0, 1, { signal: ac.signal })).rejects.toBeDefined();
+    } finally {
+      close(sock);
+      closeSync(bfd);
+      server.destroy();
+      client.destroy();
+      listener.close();
+    }
+  });
+
+  it('reports a peer that left as EPIPE or ECONNRESET, without a signal killing the process', async () => {
+    const { server, client, listener } = await socketPair('c');
+    const file = openSync(filePath, 'r');
+    const sock = dup(fdOf(server));
+    try {
+      client.destroy();
+      await once(client, 'close');
+      const err = await sendFile(sock, file, 0, size, { header: Buffer.from('x') }).catch((e: NodeJS.ErrnoException) => e);
+      expect(['EPIPE', 'ECONNRESET']).toContain((err as NodeJS.ErrnoException).code);
+    } finally {
+      close(sock);
+      closeSync(file);
+      server.destroy();
+      listener.close();
+    }
+  });
+
+  it('checks its arguments and reports bad descriptors as coded system errors', async () => {
+    const file = openSync(filePath, 'r');
+    const gone = openSync(join(dir, 'gone.bin'), 'w+');
+    closeSync(gone);
+    try {
+      expect(() => sendFile(-1, file, 0, 1)).toThrow(TypeError);
+      expect(() => sendFile(3, file, 0.5, 1)).toThrow(TypeError);
+      expect(() => sendFile(3, file, 2 ** 52, 2 ** 52)).toThrow(RangeError);
+      expect(() => sendFile(3, file, 0, 1, { header: new Uint8Array(65) })).toThrow(TypeError);
+      expect(() => sendFile(3, file, 0, 1, { header: 'abc' as unknown as Uint8Array })).toThrow(TypeError);
+      await expect(sendFile(gone, file, 0, 10)).rejects.toMatchObject({ code: 'EBADF', syscall: 'sendfile' });
+      await expect(sendFile(gone, file, 0, 10, { header: new Uint8Array(4) })).rejects.toMatchObject({ code: 'EBADF', syscall: 'send' });
+      // A regular file is no socket: the header cannot be sent to it.
+      await expect(sendFile(file, file, 0, 10, { header: new Uint8Array(4) })).rejects.toMatchObject({ code: 'ENOTSOCK' });
+      expect(() => dup(gone)).toThrow(expect.objectContaining({ code: 'EBADF', syscall: 'dup' }));
+      expect(() => close(gone)).toThrow(expect.objectContaining({ code: 'EBADF', syscall: 'close' }));
+    } finally {
+      closeSync(file);
+    }
   });
 });

@@ -6,6 +6,7 @@ import type {
   Capabilities,
   DiskInfo,
   Extent,
+  FileSpan,
   FormatCreateContext,
   FormatDriver,
   FormatOpenContext,
@@ -81,6 +82,12 @@ export class RawSource implements BlockSource {
   async _extents(offset: number, length: number): Promise<Extent[]> {
     const got = await this.store.allocation!(offset, length);
     return got ?? [{ offset, length, type: 'data' }];
+  }
+
+  /** Disk byte N is file byte N: one span, when the store lends its descriptor (a local file). */
+  async _withFileSpans<T>(offset: number, length: number, fn: (spans: readonly FileSpan[]) => Promise<T>): Promise<T | undefined> {
+    if (typeof this.store.withDescriptor !== 'function') return undefined;
+    return this.store.withDescriptor((fd) => fn([{ fd, position: offset, length }]));
   }
 
   _info(): DiskInfo {

@@ -37,8 +37,11 @@ export class FileStore implements ByteStore {
   readonly #fh: FileHandle;
   readonly #blockSize: number | undefined;
   #closing: Promise<void> | undefined;
-  /** Hole punches on the thread pool, which use the fd outside the FileHandle's own tracking. */
-  readonly #punching = new Set<Promise<boolean>>();
+  /**
+   * Hole punches on the thread pool and `withDescriptor` callers: both use the raw fd outside the
+   * FileHandle's own tracking, so close() waits for them.
+   */
+  readonly #punching = new Set<Promise<unknown>>();
 
   private constructor(
     fh: FileHandle,
@@ -175,6 +178,21 @@ export class FileStore implements ByteStore {
       throw fromSystemError(err, `close ${this.name}`);
     });
     return this.#closing;
+  }
+
+  /**
+   * Lends the raw descriptor to `fn` (zero-copy sends); close() waits until `fn` settles, so the
+   * number is never closed, or reused by another file, while `fn` may still use it.
+   */
+  async withDescriptor<T>(fn: (fd: number) => Promise<T>): Promise<T> {
+    this.#checkOpen('withDescriptor');
+    const using = (async () => fn(this.#fh.fd))();
+    this.#punching.add(using);
+    try {
+      return await using;
+    } finally {
+      this.#punching.delete(using);
+    }
   }
 
   async #allocation(sparse: SparseOps, position: number, length: number): Promise<Extent[]> {
