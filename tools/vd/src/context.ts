@@ -15,5 +15,19 @@ export interface Context {
   jsonPrinted: boolean;
 }
 
-/** One command: a function that adds itself (name, arguments, options, help, action) to the program. */
-export type RegisterCommand = (program: Command, ctx: Context) => void;
+/** Completes a command the program has named: its options, help text and action. */
+export type DefineCommand = (cmd: Command, ctx: Context) => void;
+
+/**
+ * One command as `vd --help` lists it, and the module that defines the rest. Only the module of
+ * the command that runs is imported (see `commands/index.ts`).
+ */
+export interface CommandEntry {
+  readonly name: string;
+  readonly description: string;
+  /** `[name, description]`: `<required>`, `[optional]`, `<many...>`. */
+  readonly arguments?: readonly (readonly [string, string])[];
+  /** It has subcommands (`vd cert init`) rather than options of its own. */
+  readonly subcommands?: boolean;
+  readonly load: () => Promise<{ define: DefineCommand }>;
+}

@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { VdError } from '@vd/core';
-import { HostClient } from '@vd/host';
+import type { HostClient } from '@vd/host';
 import { Option } from 'commander';
 import type { Context } from './context.js';
 
@@ -34,5 +34,6 @@ export async function readToken(ctx: Context, tokenFile: string | undefined): Pr
 export async function hostClient(ctx: Context, url: string, opts: HostClientOptions): Promise<HostClient> {
   const token = await readToken(ctx, opts.tokenFile);
   const ca = opts.ca === undefined ? undefined : await readFile(opts.ca, 'utf8');
+  const { HostClient } = await import('@vd/host');
   return new HostClient({ url, token, ca });
 }

@@ -1,4 +1,4 @@
-import { Command, CommanderError } from 'commander';
+import { Command, CommanderError, Help } from 'commander';
 import { commands } from './commands/index.js';
 import type { Context } from './context.js';
 import { EXIT_OK, exitCodeFor, formatError, toVdError } from './errors.js';
@@ -6,8 +6,13 @@ import { type CliIo, processIo } from './io.js';
 import { printJson } from './output.js';
 import { VERSION } from './version.js';
 
-/** Builds the `vd` program with every command in `commands/index.ts` registered on it. */
-export function createProgram(ctx: Context): Command {
+/**
+ * Builds the `vd` program: every command of `commands/index.ts` with its name, summary and
+ * arguments (all `vd --help` shows), and the one `argv` names (`vd NAME …`, `vd help NAME`)
+ * complete with options, help and action, its module imported now. The other commands' modules,
+ * and what they import, are never loaded.
+ */
+export async function createProgram(ctx: Context, argv: readonly string[] = []): Promise<Command> {
   const program = new Command('vd')
     .description('vd: inspect, create, copy and compare virtual disks')
     .version(VERSION, '-V, --version')
@@ -27,8 +32,30 @@ suffix: 4096, 0x1000, 512K, 64M, 4G, 1.5T (1K = 1024). Exit status: 0 ok, 1 fail
 Set VD_DEBUG=1 for stack traces.`,
     );
   // Subcommands created by `program.command()` inherit exitOverride and configureOutput.
-  for (const register of commands) register(program, ctx);
+  const optionsLater = new WeakSet<Command>();
+  for (const entry of commands) {
+    const cmd = program.command(entry.name).description(entry.description);
+    for (const [name, description] of entry.arguments ?? []) cmd.argument(name, description);
+    if (!entry.subcommands) optionsLater.add(cmd);
+  }
+  // A command whose module is not loaded has no options yet; list it as `info [options] <disk>` all the same.
+  const term = Help.prototype.subcommandTerm;
+  program.configureHelp({
+    subcommandTerm(cmd) {
+      const text = term.call(this, cmd);
+      return optionsLater.has(cmd) && cmd.options.length === 0 ? text.replace(cmd.name(), `${cmd.name()} [options]`) : text;
+    },
+  });
+  const named = namedCommand(argv);
+  const entry = commands.find((c) => c.name === named);
+  if (entry) (await entry.load()).define(program.commands.find((c) => c.name() === entry.name)!, ctx);
   return program;
+}
+
+/** The command of a command line: the first word that is not an option (`vd` has none taking a value), or the one after `help`. */
+function namedCommand(argv: readonly string[]): string | undefined {
+  const i = argv.findIndex((a) => !a.startsWith('-'));
+  return argv[i] === 'help' ? argv[i + 1] : argv[i];
 }
 
 /**
@@ -39,7 +66,7 @@ Set VD_DEBUG=1 for stack traces.`,
 export async function main(argv: readonly string[], io: CliIo = processIo()): Promise<number> {
   const ctx: Context = { io, signal: io.signal, exitCode: EXIT_OK, jsonPrinted: false };
   try {
-    const program = createProgram(ctx);
+    const program = await createProgram(ctx, argv);
     // `vd` alone is `vd --help`.
     if (argv.length === 0) {
       program.outputHelp();

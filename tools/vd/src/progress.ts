@@ -1,4 +1,4 @@
-import { Presets, SingleBar } from 'cli-progress';
+import { createRequire } from 'node:module';
 import type { Context } from './context.js';
 import { formatBytes, formatRate } from './units.js';
 
@@ -22,6 +22,8 @@ export function createProgress(ctx: Context, opts: { enabled: boolean; total: nu
   if (!opts.enabled) return NONE;
   const started = Date.now();
   if (ctx.io.stderrIsTTY) {
+    // Loaded here, on a terminal only: most runs (scripts, CI, --json) never draw a bar.
+    const { Presets, SingleBar } = createRequire(import.meta.url)('cli-progress') as typeof import('cli-progress');
     const bar = new SingleBar(
       {
         stream: ctx.io.stderr as NodeJS.WritableStream,

@@ -1,6 +1,4 @@
 import { defaultFormats, type FormatDriver, file, type Transport, vmdkFormat } from '@vd/core';
-import { nbd } from '@vd/nbd';
-import { nbdssl } from '@vd/nbdssl';
 
 /**
  * The formats the CLI reads, detected in this order (raw accepts anything, so it stays last).
@@ -14,11 +12,40 @@ export const formats: readonly FormatDriver[] = [vmdkFormat, ...defaultFormats].
 export const creatableFormats: readonly string[] = formats.filter((f) => typeof f.create === 'function').map((f) => f.name);
 
 /**
+ * A transport whose package is imported on its first probe or open, so a command on a local file
+ * never loads the NBD and TLS code. Name and schemes are stated here (openDisk reads them before
+ * probing); `test/lazy-load.test.ts` checks them against the real transports, and a mismatch at
+ * load is an error rather than a silent difference.
+ */
+export function lazyTransport(name: string, schemes: readonly string[], load: () => Promise<Transport>): Transport {
+  let loaded: Promise<Transport> | undefined;
+  const real = () =>
+    (loaded ??= load().then((t) => {
+      if (t.name !== name || t.schemes.join() !== schemes.join())
+        throw new Error(
+          `internal: transport ${t.name} (${t.schemes.join(', ')}) loaded where ${name} (${schemes.join(', ')}) was declared`,
+        );
+      return t;
+    }));
+  return {
+    specificationVersion: 'v1',
+    name,
+    schemes,
+    probe: async (location, opts) => (await real()).probe(location, opts),
+    open: async (location, opts) => (await real()).open(location, opts),
+  };
+}
+
+/**
  * The transports `vd` tries, in order, for every disk argument: the one list in the CLI. To add
- * a transport, import its factory and append it here (e.g. `nbd()` for `nbd://` URIs); every
- * command then accepts its URIs, and `vd info` shows which one was selected and why others were
- * skipped.
+ * a transport, append it here (imported lazily, e.g. `lazyTransport('nbd', [...], ...)` for
+ * `nbd://` URIs); every command then accepts its URIs, and `vd info` shows which one was selected
+ * and why others were skipped.
  */
 export function transports(): Transport[] {
-  return [file({ formats }), nbdssl(), nbd()];
+  return [
+    file({ formats }),
+    lazyTransport('nbdssl', ['nbds', 'nbds+unix'], async () => (await import('@vd/nbdssl')).nbdssl()),
+    lazyTransport('nbd', ['nbd', 'nbd+unix'], async () => (await import('@vd/nbd')).nbd()),
+  ];
 }

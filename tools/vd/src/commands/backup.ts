@@ -142,12 +142,8 @@ export function backupSummary(r: BackupResult) {
   };
 }
 
-export function registerBackup(program: Command, ctx: Context): void {
-  program
-    .command('backup')
-    .description('take a restore point of a disk into a repository: full the first time, incremental after')
-    .argument('<disk-uri>', 'the disk: a path, nbd://, nbds:// URI, or a vd host http(s)://api/<disk> (snapshot + change tracking)')
-    .argument('<repo-dir>', 'the repository directory (created when missing)')
+export function define(cmd: Command, ctx: Context): void {
+  cmd
     .addOption(transportsOption())
     .option('--dirty-bitmap <name>', 'a qemu dirty bitmap the NBD export offers (qemu-nbd -B NAME): changes since the last point')
     .option('--full', 'take a full backup even when an incremental is possible')

@@ -49,13 +49,10 @@ async function show(ctx: Context, json: boolean | undefined, dir: string, writte
   printLines(ctx, ...lines);
 }
 
-export function registerCert(program: Command, ctx: Context): void {
-  const cert = program
-    .command('cert')
-    .description('make and inspect TLS certificates for NBD over TLS (CA, server, client)')
-    .addHelpText(
-      'after',
-      `
+export function define(cmd: Command, ctx: Context): void {
+  const cert = cmd.addHelpText(
+    'after',
+    `
 The directory layout is the one nbdkit, qemu-nbd and libnbd read: ca-cert.pem, server-cert.pem,
 server-key.pem, client-cert.pem, client-key.pem (keys are written mode 0600). ca-key.pem lets
 vd cert issue more certificates later; keep it off hosts that only serve.
@@ -65,7 +62,7 @@ Examples:
   vd serve disk.img --tls=require --tls-certificates=./pki
   nbdinfo 'nbds://disk.example/?tls-certificates=./pki'
   vd cert thumbprint ./pki`,
-    );
+  );
 
   cert
     .command('init')

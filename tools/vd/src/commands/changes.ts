@@ -7,12 +7,8 @@ import { formatTable, printJson, printLines } from '../output.js';
 
 type Opts = HostClientOptions & { since: string; upTo?: string; json?: boolean };
 
-export function registerChanges(program: Command, ctx: Context): void {
-  program
-    .command('changes')
-    .description("areas of a vd host's disk changed since a change ID (for an incremental backup)")
-    .argument('<api-url>', "the host's control API, http(s)://host:port")
-    .argument('<disk>', 'the disk (its file name in the datastore)')
+export function define(cmd: Command, ctx: Context): void {
+  cmd
     .requiredOption('--since <changeId>', 'a change ID from vd snapshot create, or * for every allocated area')
     .option('--up-to <changeId>', "only changes up to this change ID (the snapshot's you back up)")
     .addOption(tokenFileOption())

@@ -5,11 +5,8 @@ import { jsonOption } from '../options.js';
 import { printJson, printLines } from '../output.js';
 import { vmdkArg } from '../vmdk-files.js';
 
-export function registerCheck(program: Command, ctx: Context): void {
-  program
-    .command('check')
-    .description('check a VMDK link for damage; with --repair, fix what can be fixed without guessing data')
-    .argument('<disk>', 'path of the VMDK')
+export function define(cmd: Command, ctx: Context): void {
+  cmd
     .option('--repair', 'fix repairable problems (unclean flag, bad pointers, redundant directory, short flat files)')
     .addOption(jsonOption())
     .addHelpText(

@@ -7,12 +7,8 @@ import { jsonOption } from '../options.js';
 import { printJson, printLines } from '../output.js';
 import { formatBytes, formatHex, formatRate } from '../units.js';
 
-export function registerCmp(program: Command, ctx: Context): void {
-  program
-    .command('cmp')
-    .description('compare two disks byte for byte; exit 0 when identical, 1 at the first difference')
-    .argument('<a>', 'path or URI of the first disk')
-    .argument('<b>', 'path or URI of the second disk')
+export function define(cmd: Command, ctx: Context): void {
+  cmd
     .addOption(jsonOption())
     .addHelpText(
       'after',

@@ -17,12 +17,8 @@ interface ConvertCliOptions {
   json?: boolean;
 }
 
-export function registerConvert(program: Command, ctx: Context): void {
-  program
-    .command('convert')
-    .description('copy a disk into a new disk file, keeping it sparse')
-    .argument('<src>', 'path or URI of the source disk')
-    .argument('<dst>', 'path of the new disk (must not exist)')
+export function define(cmd: Command, ctx: Context): void {
+  cmd
     .addOption(new Option('--format <format>', 'format of the new disk (default raw; vmdk when --type is given)').choices(creatableFormats))
     .addOption(new Option('--type <subformat>', 'VMDK layout of the new disk (default monolithicSparse)').choices(VMDK_SUBFORMATS))
     .addOption(new Option('--adapter <adapter>', 'VMDK adapter type of the new disk').choices(VMDK_ADAPTERS))

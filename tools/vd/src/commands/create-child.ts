@@ -5,12 +5,8 @@ import { jsonOption } from '../options.js';
 import { printJson, printLines } from '../output.js';
 import { relativeTo, vmdkArg } from '../vmdk-files.js';
 
-export function registerCreateChild(program: Command, ctx: Context): void {
-  program
-    .command('create-child')
-    .description('create a VMDK redo log (child) of a VMDK: reads fall through to the parent, writes stay in the child')
-    .argument('<parent>', 'path of the parent VMDK (any subformat)')
-    .argument('<child>', 'path of the new child (must not exist)')
+export function define(cmd: Command, ctx: Context): void {
+  cmd
     .addOption(
       new Option('--type <subformat>', 'layout of the child')
         .choices(['monolithicSparse', 'twoGbMaxExtentSparse'])

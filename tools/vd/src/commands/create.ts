@@ -7,11 +7,8 @@ import { printJson, printLines } from '../output.js';
 import { creatableFormats, formats } from '../transports.js';
 import { formatBytes } from '../units.js';
 
-export function registerCreate(program: Command, ctx: Context): void {
-  program
-    .command('create')
-    .description('create a new, empty (all-zero, sparse) disk')
-    .argument('<path>', 'path of the new disk (must not exist)')
+export function define(cmd: Command, ctx: Context): void {
+  cmd
     .addOption(sizeOption('virtual size, e.g. 4G, 512M, 1T or bytes').makeOptionMandatory())
     .addOption(new Option('--format <format>', 'disk format (default raw; vmdk when --type is given)').choices(creatableFormats))
     .addOption(new Option('--type <subformat>', 'VMDK layout (default monolithicSparse)').choices(VMDK_SUBFORMATS))

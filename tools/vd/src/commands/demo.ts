@@ -98,12 +98,8 @@ async function vmWrites(disk: Disk, bytes: number, seed: number): Promise<number
   return count;
 }
 
-export function registerDemo(program: Command, ctx: Context): void {
-  program
-    .command('demo')
-    .description(
-      'a self-contained tour: an embedded host, a disk written like a VM, full and incremental backups over NBDSSL, restore, proof',
-    )
+export function define(cmd: Command, ctx: Context): void {
+  cmd
     // 1 GiB: large enough that an incremental's fixed cost (snapshot, TLS handshake, fsyncs) does
     // not dominate its time, small enough to run in well under a minute.
     .addOption(sizeOption('size of the demo disk').default(1024 * MiB, '1G'))

@@ -12,11 +12,8 @@ export const MAX_HEX_LENGTH = 16 * 2 ** 20;
 const CHUNK = 2 ** 20;
 const DEFAULT_LENGTH = 512;
 
-export function registerDump(program: Command, ctx: Context): void {
-  program
-    .command('dump')
-    .description('print a range of a disk as a hex dump (like xxd) or as raw bytes')
-    .argument('<disk>', 'path or URI of the disk')
+export function define(cmd: Command, ctx: Context): void {
+  cmd
     .addOption(offsetOption())
     .addOption(lengthOption(`length of the range (default ${DEFAULT_LENGTH}, or less at the end of the disk)`))
     .addOption(new Option('--format <format>', 'output format').choices(['hex', 'raw']).default('hex'))

@@ -6,11 +6,8 @@ import { jsonOption } from '../options.js';
 import { formatFields, printJson, printLines } from '../output.js';
 import { formatBytes } from '../units.js';
 
-export function registerInfo(program: Command, ctx: Context): void {
-  program
-    .command('info')
-    .description('show size, format, transport, capabilities and allocation of a disk')
-    .argument('<disk>', 'path or URI of the disk')
+export function define(cmd: Command, ctx: Context): void {
+  cmd
     .addOption(jsonOption())
     .addHelpText(
       'after',

@@ -13,11 +13,8 @@ interface MapOptions {
   length?: number;
 }
 
-export function registerMap(program: Command, ctx: Context): void {
-  program
-    .command('map')
-    .description('list the extents of a disk: which ranges hold data, read as zero, or are holes')
-    .argument('<disk>', 'path or URI of the disk')
+export function define(cmd: Command, ctx: Context): void {
+  cmd
     .addOption(jsonOption())
     .option('--context <name>', 'extent context, e.g. base:allocation or a change-tracking context', BASE_ALLOCATION)
     .addOption(offsetOption())

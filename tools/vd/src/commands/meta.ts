@@ -10,19 +10,16 @@ function ddbKey(key: string): string {
   return key.startsWith('ddb.') ? key : `ddb.${key}`;
 }
 
-export function registerMeta(program: Command, ctx: Context): void {
-  const meta = program
-    .command('meta')
-    .description("list, read and write a VMDK descriptor's ddb.* metadata (adapter, geometry, uuid, your own keys)")
-    .addHelpText(
-      'after',
-      `
+export function define(cmd: Command, ctx: Context): void {
+  const meta = cmd.addHelpText(
+    'after',
+    `
 Examples:
   vd meta list disk.vmdk
   vd meta get disk.vmdk adapterType
   vd meta set disk.vmdk ddb.backup.id 2024-06-01T00:00Z
   vd meta set disk.vmdk backup.id --delete`,
-    );
+  );
   meta
     .command('list')
     .description('every ddb.* key and value')

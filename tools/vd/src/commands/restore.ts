@@ -34,12 +34,8 @@ async function exists(path: string): Promise<boolean> {
   );
 }
 
-export function registerRestore(program: Command, ctx: Context): void {
-  program
-    .command('restore')
-    .description('write a restore point onto a disk: a new file (raw or VMDK of any layout), an existing disk, or an NBD export')
-    .argument('<repo>', 'the repository, optionally @<point> (default: the latest point)')
-    .argument('<target-uri>', 'a new file, an existing disk file, or an nbd:// / nbds:// URI')
+export function define(cmd: Command, ctx: Context): void {
+  cmd
     .addOption(new Option('--format <format>', 'format of a new target file (default raw; vmdk with --type)').choices(creatableFormats))
     .addOption(new Option('--type <subformat>', 'VMDK layout of a new target file').choices(VMDK_SUBFORMATS))
     .option('--verify', "check the repository's checksums first, then read the target back and compare")

@@ -24,10 +24,8 @@ interface ServeOptions extends TlsCliOptions {
   tokenFile?: string;
 }
 
-export function registerServe(program: Command, ctx: Context): void {
-  addTlsOptions(program.command('serve'))
-    .description('export disks over NBD (TCP, a unix socket, or systemd socket activation) until interrupted')
-    .argument('[disk...]', 'paths or URIs of the disks to export')
+export function define(cmd: Command, ctx: Context): void {
+  addTlsOptions(cmd)
     .option('--listen <host:port>', 'TCP address to listen on (default 127.0.0.1:10809; port 0 picks a free one)')
     .option('--socket <path>', 'unix socket to listen on instead of TCP')
     .option('--read-only', 'refuse writes')

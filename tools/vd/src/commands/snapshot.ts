@@ -6,20 +6,17 @@ import { formatTable, printJson, printLines } from '../output.js';
 
 type Opts = HostClientOptions & { json?: boolean };
 
-export function registerSnapshot(program: Command, ctx: Context): void {
-  const snapshot = program
-    .command('snapshot')
-    .description("take, list and delete snapshots of a vd host's disk (vd serve --datastore … --api …)")
-    .addHelpText(
-      'after',
-      `
+export function define(cmd: Command, ctx: Context): void {
+  const snapshot = cmd.addHelpText(
+    'after',
+    `
 The token comes from --token-file or VD_TOKEN.
 
 Examples:
   vd snapshot create http://127.0.0.1:8080 disk.img --token-file ./token
   vd snapshot list http://127.0.0.1:8080 disk.img
   vd snapshot delete http://127.0.0.1:8080 disk.img 3f2a9c01d4e5`,
-    );
+  );
 
   snapshot
     .command('create')

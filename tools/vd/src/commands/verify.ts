@@ -8,11 +8,8 @@ import { createProgress, type Progress } from '../progress.js';
 import { formatBytes } from '../units.js';
 import { parseRepoArg } from './backup.js';
 
-export function registerVerify(program: Command, ctx: Context): void {
-  program
-    .command('verify')
-    .description("check a restore point and the chain below it: manifests, VMDK links and every extent's SHA-256")
-    .argument('<repo>', 'the repository, optionally @<point> (default: the latest point)')
+export function define(cmd: Command, ctx: Context): void {
+  cmd
     .option('--no-progress', 'no progress bar (one is shown on a terminal)')
     .addOption(jsonOption())
     .addHelpText(
