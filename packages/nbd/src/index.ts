@@ -1,5 +1,5 @@
 export { type ExportInfo, type HandshakeOptions, listExports, type NbdClientTls, NbdConnection } from './client/connection.js';
-export { type NbdClientOptions, NbdClientSource } from './client/source.js';
+export { type NbdClientConnection, type NbdClientOptions, NbdClientSource } from './client/source.js';
 export { type NbdTransportOptions, nbd } from './client/transport.js';
 export { formatNbdUri, NBD_PORT, type NbdTarget, parseNbdUri } from './client/uri.js';
 export { extentFlags, extentType } from './contexts.js';

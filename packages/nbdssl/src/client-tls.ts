@@ -1,6 +1,8 @@
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { DEFAULT_CIPHERS, type TLSSocket, connect as tlsConnect } from 'node:tls';
 import { abortError } from '@vd/core';
+import type { NbdClientTls, NbdTarget } from '@vd/nbd';
 import type { PskKey } from './psk.js';
 import { handshakeError, tlsError } from './tls-error.js';
 import { type PeerIdentity, type PeerVerification, sniName, verifyServer } from './verify.js';
@@ -150,4 +152,16 @@ export function readInto(tls: TLSSocket, onread: ReadInto): boolean {
   own[kBuffer] = first;
   handle.useUserBuffer(first);
   return true;
+}
+
+/** The STARTTLS hook `@vd/nbd` calls on each connection it opens (first, multi-conn, reconnects). */
+export function clientUpgrade(tls: ClientTlsOptions, onPeer?: (peer: PeerIdentity, target: NbdTarget) => void): NbdClientTls {
+  return {
+    async upgrade(socket: Duplex, target: NbdTarget, onread?: ReadInto): Promise<Duplex> {
+      const host = target.kind === 'tcp' ? target.host : 'localhost';
+      const r = await startTlsClient(socket as Socket, host, onread ? { ...tls, onread } : tls);
+      onPeer?.(r.peer, target);
+      return r.socket;
+    },
+  };
 }

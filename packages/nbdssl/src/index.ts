@@ -9,7 +9,7 @@ export {
   generateServerCertificate,
   type ServerCertificateOptions,
 } from './certs.js';
-export { type ClientTlsOptions, type ClientTlsResult, startTlsClient } from './client-tls.js';
+export { type ClientTlsOptions, type ClientTlsResult, clientUpgrade, startTlsClient } from './client-tls.js';
 export { type CreatePkiOptions, caPair, createPki, loadPki, type Pki, pkiFiles, type WritePkiOptions, writePki } from './pki.js';
 export { loadPskFile, type PskKey, type PskTable, parsePskFile, pickPsk } from './psk.js';
 export {
@@ -32,5 +32,6 @@ export {
   thumbprintOf,
 } from './thumbprint.js';
 export { handshakeError, type TlsFailure, tlsError } from './tls-error.js';
-export { clientTlsFor, clientUpgrade, type NbdsslOptions, nbdssl } from './transport.js';
+export { clientTlsFor, type NbdsslOptions, nbdssl } from './transport.js';
 export { checkThumbprintOption, type PeerIdentity, type PeerVerification, verifyServer } from './verify.js';
+export { WorkerConnection, workerConnector, workersAvailable } from './worker-connection.js';

@@ -1,15 +1,14 @@
 import { stat } from 'node:fs/promises';
-import type { Socket } from 'node:net';
-import type { Duplex } from 'node:stream';
 import { type BlockSource, type OpenOptions, type ProbeResult, type Transport, VdError } from '@vd/core';
-import { type NbdClientTls, type NbdTarget, type NbdTransportOptions, nbd, parseNbdUri } from '@vd/nbd';
-import { type ClientTlsOptions, type ReadInto, startTlsClient } from './client-tls.js';
+import { type NbdTarget, type NbdTransportOptions, nbd, parseNbdUri } from '@vd/nbd';
+import { type ClientTlsOptions, clientUpgrade } from './client-tls.js';
 import { loadPki } from './pki.js';
 import { loadPskFile, type PskKey, pickPsk } from './psk.js';
 import { defaultPkiDir } from './server.js';
 import type { Thumbprint } from './thumbprint.js';
 import { tlsError } from './tls-error.js';
 import { checkThumbprintOption, type PeerIdentity } from './verify.js';
+import { workerConnector, workersAvailable } from './worker-connection.js';
 
 /** Settings of the nbdssl transport; the URI's query parameters override them per disk. */
 export interface NbdsslOptions extends Omit<NbdTransportOptions, 'tls'> {
@@ -34,13 +33,47 @@ export interface NbdsslOptions extends Omit<NbdTransportOptions, 'tls'> {
   tlsHandshakeTimeout?: number;
   /** Called once per connection with what was learnt about the server. */
   onPeer?: (peer: PeerIdentity, target: NbdTarget) => void;
+  /**
+   * Run each connection (socket, TLS session, reply parsing) in its own worker thread, so that
+   * with several connections decryption runs on several cores (default true). `false` or `0`
+   * keeps every connection in the calling thread; so do `workers=false` in the URI and
+   * `VD_NBDSSL_WORKERS=0` in the environment.
+   */
+  workers?: boolean | number;
 }
 
 const schemes = ['nbds', 'nbds+unix'] as const;
 
+const off = /^(0|false|no|off)$/i;
+
+/** Whether this disk's connections run in worker threads: on unless the option, the URI or the environment says not. */
+function useWorkers(location: URL, options: NbdsslOptions): boolean {
+  if (options.workers === false || options.workers === 0) return false;
+  const q = location.searchParams.get('workers');
+  if (q !== null && off.test(q)) return false;
+  const env = process.env.VD_NBDSSL_WORKERS;
+  if (env !== undefined && off.test(env)) return false;
+  return workersAvailable();
+}
+
 /** What `nbd()` takes of our options: everything but the TLS settings. */
 function nbdOptions(o: NbdsslOptions): Omit<NbdTransportOptions, 'tls'> {
-  const { certificates, ca, cert, key, thumbprint, verifyPeer, hostname, pskFile, psk, username, tlsHandshakeTimeout, onPeer, ...rest } = o;
+  const {
+    certificates,
+    ca,
+    cert,
+    key,
+    thumbprint,
+    verifyPeer,
+    hostname,
+    pskFile,
+    psk,
+    username,
+    tlsHandshakeTimeout,
+    onPeer,
+    workers,
+    ...rest
+  } = o;
   return rest;
 }
 
@@ -104,18 +137,6 @@ export async function clientTlsFor(location: URL, options: NbdsslOptions): Promi
   return tls;
 }
 
-/** The STARTTLS hook `@vd/nbd` calls on each connection it opens (first, multi-conn, reconnects). */
-export function clientUpgrade(tls: ClientTlsOptions, onPeer?: NbdsslOptions['onPeer']): NbdClientTls {
-  return {
-    async upgrade(socket: Duplex, target: NbdTarget, onread?: ReadInto): Promise<Duplex> {
-      const host = target.kind === 'tcp' ? target.host : 'localhost';
-      const r = await startTlsClient(socket as Socket, host, onread ? { ...tls, onread } : tls);
-      onPeer?.(r.peer, target);
-      return r.socket;
-    },
-  };
-}
-
 /**
  * NBD over TLS: `nbds://host[:port]/export` and `nbds+unix:///export?socket=PATH`. The server is
  * verified by a CA (`tls-certificates=DIR`, `certificates`, `ca`) or a pinned thumbprint
@@ -149,7 +170,12 @@ export function nbdssl(options: NbdsslOptions = {}): Transport {
         throw new VdError('ERR_VD_INVALID_ARGUMENT', `nbdssl opens ${schemes.join(', ')} URIs, not ${location.href}`);
       }
       const tls = await clientTlsFor(location, { ...options, signal: opts.signal ?? options.signal });
-      const transport = nbd({ ...nbdOptions(options), tls: clientUpgrade(tls, options.onPeer) });
+      const { signal, ...portable } = tls;
+      const transport = nbd({
+        ...nbdOptions(options),
+        tls: clientUpgrade(tls, options.onPeer),
+        ...(useWorkers(location, options) ? { connect: workerConnector(portable, options.onPeer) } : {}),
+      });
       // @vd/nbd reports a refused STARTTLS and plaintext behind its ACK as ERR_VD_TLS with a reason.
       return transport.open(location, opts);
     },

@@ -15,8 +15,30 @@ import {
 } from '@vd/core';
 import { extentType } from '../contexts.js';
 import { CmdFlag, protocolError, TxFlag } from '../protocol.js';
-import { type HandshakeOptions, NbdConnection } from './connection.js';
+import { type ExportInfo, type HandshakeOptions, NbdConnection } from './connection.js';
 import { formatNbdUri, type NbdTarget } from './uri.js';
+
+/**
+ * One NBD connection in the transmission phase, as the client source uses it: `NbdConnection`
+ * (in this thread), or one that runs elsewhere (`@vd/nbdssl` runs each TLS connection in a worker
+ * thread, where decryption does not compete with the caller's thread).
+ */
+export interface NbdClientConnection {
+  readonly info: ExportInfo;
+  readonly closed: boolean;
+  readonly inFlight: number;
+  /** True when the connection runs in a worker thread. */
+  readonly worker?: boolean;
+  read(offset: number, into: Uint8Array, flags?: number): Promise<void>;
+  write(offset: number, data: Uint8Array, flags?: number): Promise<void>;
+  flush(): Promise<void>;
+  trim(offset: number, length: number, flags?: number): Promise<void>;
+  zero(offset: number, length: number, flags?: number): Promise<void>;
+  cache(offset: number, length: number): Promise<void>;
+  blockStatus(offset: number, length: number, flags?: number): Promise<Map<string, { length: number; flags: number }[]>>;
+  disconnect(): Promise<void>;
+  destroy(err?: Error): void;
+}
 
 export interface NbdClientOptions extends HandshakeOptions {
   /** Connections to open when the server advertises multi-conn (default 4); otherwise one. */
@@ -25,6 +47,11 @@ export interface NbdClientOptions extends HandshakeOptions {
   retries?: number;
   /** Milliseconds before the first reconnect; doubles each attempt (default 100). */
   retryDelay?: number;
+  /**
+   * Opens one connection (the first, the multi-conn ones, reconnects); default `NbdConnection.open`
+   * in this thread. `@vd/nbdssl` passes one that runs each connection in a worker thread.
+   */
+  connect?: (target: NbdTarget, opts: HandshakeOptions) => Promise<NbdClientConnection>;
 }
 
 const MiB = 1 << 20;
@@ -41,11 +68,11 @@ export class NbdClientSource implements BlockSource {
   readonly capabilities: Capabilities;
   readonly target: NbdTarget;
   readonly #opts: NbdClientOptions;
-  #conns: NbdConnection[];
+  #conns: NbdClientConnection[];
   #reconnecting: Promise<void> | undefined;
   #closed = false;
 
-  private constructor(target: NbdTarget, conns: NbdConnection[], opts: NbdClientOptions, readOnly: boolean) {
+  private constructor(target: NbdTarget, conns: NbdClientConnection[], opts: NbdClientOptions, readOnly: boolean) {
     this.target = target;
     this.#conns = conns;
     this.#opts = opts;
@@ -74,13 +101,14 @@ export class NbdClientSource implements BlockSource {
 
   static async open(target: NbdTarget, opts: NbdClientOptions = {}, readOnly = false): Promise<NbdClientSource> {
     const hs = { ...opts, metaContexts: contextsToAsk(opts.metaContexts) };
-    const first = await NbdConnection.open(target, hs);
+    const connect = opts.connect ?? ((t: NbdTarget, o: HandshakeOptions) => NbdConnection.open(t, o));
+    const first = await connect(target, hs);
     const conns = [first];
     const want = Math.max(1, Math.floor(opts.connections ?? 4));
     // A second connection to a server without multi-conn may never be greeted (qemu-nbd -e 1), and
     // would not see our writes consistently anyway: open more only when the server promises it.
     if (want > 1 && first.info.flags & TxFlag.CAN_MULTI_CONN) {
-      const more = await Promise.allSettled(Array.from({ length: want - 1 }, () => NbdConnection.open(target, hs)));
+      const more = await Promise.allSettled(Array.from({ length: want - 1 }, () => connect(target, hs)));
       for (const r of more) {
         if (r.status === 'fulfilled') conns.push(r.value);
         else debug('nbd client: extra connection to %s failed: %s', formatNbdUri(target), (r.reason as Error).message);
@@ -91,6 +119,11 @@ export class NbdClientSource implements BlockSource {
 
   get connections(): number {
     return this.#conns.length;
+  }
+
+  /** How many of the connections run in worker threads. */
+  get workers(): number {
+    return this.#conns.filter((c) => c.worker === true).length;
   }
 
   _info(): DiskInfo {
@@ -104,6 +137,7 @@ export class NbdClientSource implements BlockSource {
       structuredReplies: info.structured,
       extendedHeaders: info.extended,
       connections: this.#conns.length,
+      workerConnections: this.workers,
     };
   }
 
@@ -169,13 +203,13 @@ export class NbdClientSource implements BlockSource {
   }
 
   /** The connection with the fewest requests in flight. */
-  #pick(): NbdConnection {
+  #pick(): NbdClientConnection {
     let best = this.#conns[0]!;
     for (const c of this.#conns) if (!c.closed && (best.closed || c.inFlight < best.inFlight)) best = c;
     return best;
   }
 
-  #once<T>(opts: IoOptions, call: (c: NbdConnection) => Promise<T>): Promise<T> {
+  #once<T>(opts: IoOptions, call: (c: NbdClientConnection) => Promise<T>): Promise<T> {
     throwIfAborted(opts.signal);
     if (this.#closed) return Promise.reject(new VdError('ERR_VD_CLOSED', `NBD disk ${formatNbdUri(this.target)} is closed`));
     return call(this.#pick());
@@ -187,7 +221,7 @@ export class NbdClientSource implements BlockSource {
     await Promise.all(this.#conns.map((c) => c.flush()));
   }
 
-  async #retrying<T>(op: string, opts: IoOptions, call: (c: NbdConnection) => Promise<T>): Promise<T> {
+  async #retrying<T>(op: string, opts: IoOptions, call: (c: NbdClientConnection) => Promise<T>): Promise<T> {
     const retries = this.#opts.retries ?? 3;
     for (let attempt = 0; ; attempt++) {
       try {
@@ -207,13 +241,13 @@ export class NbdClientSource implements BlockSource {
     this.#reconnecting ??= (async () => {
       try {
         const hs = { ...this.#opts, metaContexts: this.#opts.metaContexts };
-        const next: NbdConnection[] = [];
+        const next: NbdClientConnection[] = [];
         for (const c of this.#conns) {
           if (!c.closed) {
             next.push(c);
             continue;
           }
-          const fresh = await NbdConnection.open(this.target, hs);
+          const fresh = await (this.#opts.connect ?? ((t, o) => NbdConnection.open(t, o)))(this.target, hs);
           if (fresh.info.size !== this.size) {
             fresh.destroy();
             throw new VdError('ERR_VD_PROTOCOL', `NBD export ${formatNbdUri(this.target)} changed size across a reconnect`);

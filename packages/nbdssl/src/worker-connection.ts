@@ -1,0 +1,254 @@
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { debug, VdError } from '@vd/core';
+import { formatNbdUri, type HandshakeOptions, type NbdClientConnection, type NbdTarget } from '@vd/nbd';
+import type { ClientTlsOptions } from './client-tls.js';
+import type { PeerIdentity } from './verify.js';
+import { deserializeError, type FromWorker, type ToWorker, type WorkerSetup } from './worker-protocol.js';
+
+/**
+ * An NBD connection run in a worker thread (connection-worker.ts): the socket, the TLS session
+ * and the NBD reply parsing live there, so with several connections (multi-conn) decryption runs
+ * on several cores instead of all on the caller's thread. Read data comes back in transferred
+ * buffers and is copied into the caller's here (a memcpy costs a fraction of the decryption).
+ */
+export class WorkerConnection implements NbdClientConnection {
+  readonly worker = true;
+  readonly info: NbdClientConnection['info'];
+  readonly uri: string;
+  readonly #thread: Worker;
+  readonly #pending = new Map<number, Pending>();
+  #id = 0;
+  #dead: VdError | undefined;
+
+  private constructor(thread: Worker, info: NbdClientConnection['info'], uri: string) {
+    this.#thread = thread;
+    this.info = info;
+    this.uri = uri;
+    thread.on('message', (m: FromWorker) => this.#onMessage(m));
+    thread.on('error', (err) => this.#die(lost(uri, 'its worker thread failed', err)));
+    thread.on('exit', () => this.#die(lost(uri, 'its worker thread ended')));
+  }
+
+  /**
+   * Starts a worker that connects, upgrades to TLS when `tls` is given, and negotiates. Rejects
+   * with the worker's error (its code and details kept: ERR_VD_TLS with the thumbprints, …).
+   */
+  static open(
+    target: NbdTarget,
+    hs: HandshakeOptions,
+    tls: WorkerSetup['tls'],
+    onPeer?: (peer: PeerIdentity, target: NbdTarget) => void,
+  ): Promise<WorkerConnection> {
+    const uri = formatNbdUri(target);
+    const entry = workerEntry();
+    if (!entry) return Promise.reject(new VdError('ERR_VD_NOT_SUPPORTED', 'the NBD connection worker is not built (pnpm build)'));
+    const signal = hs.signal;
+    if (signal?.aborted) return Promise.reject(new VdError('ERR_VD_ABORTED', `NBD connect to ${uri} aborted`, { cause: signal.reason }));
+    const setup: WorkerSetup = {
+      target,
+      handshake: {
+        handshakeTimeout: hs.handshakeTimeout,
+        structuredReplies: hs.structuredReplies,
+        extendedHeaders: hs.extendedHeaders,
+        metaContexts: hs.metaContexts,
+        maxInFlight: hs.maxInFlight,
+      },
+      tls,
+    };
+    const thread = new Worker(entry, { workerData: setup, execArgv: builtConditions(process.execArgv) });
+    return new Promise<WorkerConnection>((resolve, reject) => {
+      const fail = (err: VdError) => {
+        done();
+        void thread.terminate();
+        reject(err);
+      };
+      const onMessage = (m: FromWorker) => {
+        if (m.t === 'peer') onPeer?.(m.peer, target);
+        else if (m.t === 'fail') fail(deserializeError(m.error));
+        else if (m.t === 'open') {
+          done();
+          resolve(new WorkerConnection(thread, m.info, uri));
+        }
+      };
+      const onError = (err: Error) =>
+        fail(new VdError('ERR_VD_IO', `NBD connect to ${uri} failed in its worker thread: ${err.message}`, { cause: err }));
+      const onExit = () => fail(new VdError('ERR_VD_IO', `NBD connect to ${uri}: the worker thread ended before the handshake finished`));
+      const onAbort = () => fail(new VdError('ERR_VD_ABORTED', `NBD connect to ${uri} aborted`, { cause: signal?.reason }));
+      const done = () => {
+        thread.off('message', onMessage);
+        thread.off('error', onError);
+        thread.off('exit', onExit);
+        signal?.removeEventListener('abort', onAbort);
+      };
+      thread.on('message', onMessage);
+      thread.on('error', onError);
+      thread.on('exit', onExit);
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  get closed(): boolean {
+    return this.#dead !== undefined;
+  }
+
+  get inFlight(): number {
+    return this.#pending.size;
+  }
+
+  read(offset: number, into: Uint8Array, flags = 0): Promise<void> {
+    return this.#call({ t: 'read', id: 0, offset, length: into.length, flags }, undefined, into) as Promise<void>;
+  }
+
+  write(offset: number, data: Uint8Array, flags = 0): Promise<void> {
+    // A copy in a buffer of its own, transferred to the worker: the caller keeps `data` (a Buffer's
+    // slice() is a view, maybe of a shared pool, so it is copied by hand).
+    const copy = new Uint8Array(data.length);
+    copy.set(data);
+    return this.#call({ t: 'write', id: 0, offset, data: copy.buffer, flags }, [copy.buffer]) as Promise<void>;
+  }
+
+  flush(): Promise<void> {
+    return this.#call({ t: 'flush', id: 0 }) as Promise<void>;
+  }
+
+  trim(offset: number, length: number, flags = 0): Promise<void> {
+    return this.#call({ t: 'trim', id: 0, offset, length, flags }) as Promise<void>;
+  }
+
+  zero(offset: number, length: number, flags = 0): Promise<void> {
+    return this.#call({ t: 'zero', id: 0, offset, length, flags }) as Promise<void>;
+  }
+
+  cache(offset: number, length: number): Promise<void> {
+    return this.#call({ t: 'cache', id: 0, offset, length }) as Promise<void>;
+  }
+
+  blockStatus(offset: number, length: number, flags = 0): Promise<Map<string, { length: number; flags: number }[]>> {
+    return this.#call({ t: 'blockStatus', id: 0, offset, length, flags }) as Promise<Map<string, { length: number; flags: number }[]>>;
+  }
+
+  /** Soft disconnect: waits for requests in flight, then the worker sends DISC, closes and ends. */
+  async disconnect(): Promise<void> {
+    while (this.#pending.size > 0 && !this.#dead) await Promise.allSettled([...this.#pending.values()].map((p) => p.settled));
+    if (this.#dead) return;
+    this.#dead = new VdError('ERR_VD_CLOSED', `NBD connection to ${this.uri} is closed`);
+    const thread = this.#thread;
+    const exited = new Promise<void>((resolve) => thread.once('exit', () => resolve()));
+    thread.postMessage({ t: 'disconnect' } satisfies ToWorker);
+    const timer = setTimeout(() => void thread.terminate(), 3000);
+    await exited;
+    clearTimeout(timer);
+  }
+
+  destroy(err?: Error): void {
+    this.#die(err instanceof VdError ? err : new VdError('ERR_VD_CLOSED', `NBD connection to ${this.uri} was destroyed`, { cause: err }));
+  }
+
+  #call(m: ToWorker & { id: number }, transfer?: ArrayBuffer[], into?: Uint8Array): Promise<unknown> {
+    if (this.#dead) return Promise.reject(this.#dead);
+    const id = ++this.#id;
+    m.id = id;
+    let resolve!: (v: unknown) => void;
+    let reject!: (e: unknown) => void;
+    const promise = new Promise<unknown>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    const settled = promise.then(
+      () => {},
+      () => {},
+    );
+    this.#pending.set(id, { resolve, reject, into, settled });
+    this.#thread.postMessage(m, transfer ?? []);
+    return promise;
+  }
+
+  #onMessage(m: FromWorker): void {
+    if (m.t === 'done') {
+      const p = this.#pending.get(m.id);
+      if (m.buf) {
+        if (p?.into) p.into.set(new Uint8Array(m.buf, 0, p.into.length));
+        // Back to the worker's pool, so the next read does not fault in fresh pages.
+        if (!this.#dead) this.#thread.postMessage({ t: 'recycle', buf: m.buf } satisfies ToWorker, [m.buf]);
+      }
+      if (!p) return;
+      this.#pending.delete(m.id);
+      p.resolve(m.value);
+    } else if (m.t === 'err') {
+      const p = this.#pending.get(m.id);
+      if (!p) return;
+      this.#pending.delete(m.id);
+      p.reject(deserializeError(m.error));
+    } else if (m.t === 'dead') this.#die(deserializeError(m.error));
+  }
+
+  #die(err: VdError): void {
+    if (this.#dead && this.#pending.size === 0) return;
+    const first = this.#dead === undefined;
+    this.#dead ??= err;
+    if (first) debug('nbd client: worker connection to %s closed: %s', this.uri, err.message);
+    for (const p of this.#pending.values()) p.reject(err);
+    this.#pending.clear();
+    void this.#thread.terminate();
+  }
+}
+
+interface Pending {
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+  into: Uint8Array | undefined;
+  settled: Promise<void>;
+}
+
+/** Like @vd/nbd's connectionLost: reads may be retried on a new connection. */
+function lost(uri: string, why: string, cause?: unknown): VdError {
+  return new VdError('ERR_VD_IO', `NBD connection to ${uri} was lost (${why})`, { cause, details: { connectionLost: true } });
+}
+
+let entry: URL | null | undefined;
+
+/**
+ * The built worker script. Run from TypeScript sources (tests), this module's sibling is a .ts
+ * file a worker thread cannot load, so the package's built copy is used when there is one.
+ */
+export function workerEntry(): URL | undefined {
+  if (entry === undefined) {
+    const here = import.meta.url;
+    const url = here.endsWith('.ts') ? new URL('../dist/connection-worker.js', here) : new URL('./connection-worker.js', here);
+    entry = existsSync(fileURLToPath(url)) ? url : null;
+    if (!entry) debug('nbdssl: %s is missing; connections run in this thread', fileURLToPath(url));
+  }
+  return entry ?? undefined;
+}
+
+/**
+ * The worker runs built JavaScript: a `@vd/source` export condition inherited from a test runner
+ * would point its imports at TypeScript files it cannot load.
+ */
+function builtConditions(argv: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if ((a === '--conditions' || a === '-C') && argv[i + 1] === '@vd/source') i++;
+    else if (a !== '--conditions=@vd/source' && a !== '-C=@vd/source') out.push(a);
+  }
+  return out;
+}
+
+/** Whether connections can run in worker threads (the worker script is present). */
+export function workersAvailable(): boolean {
+  return workerEntry() !== undefined;
+}
+
+/**
+ * `NbdClientOptions.connect` that runs each connection in its own worker thread, over TLS when
+ * `tls` is given (functions and the signal stay in this thread: `onPeer` is called from here).
+ */
+export function workerConnector(
+  tls: Omit<ClientTlsOptions, 'signal' | 'onread'> | undefined,
+  onPeer?: (peer: PeerIdentity, target: NbdTarget) => void,
+): (target: NbdTarget, hs: HandshakeOptions) => Promise<NbdClientConnection> {
+  return (target, hs) => WorkerConnection.open(target, hs, tls, onPeer);
+}

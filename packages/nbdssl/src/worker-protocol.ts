@@ -1,0 +1,64 @@
+import { isVdError, VdError, type VdErrorCode } from '@vd/core';
+import type { ExportInfo, HandshakeOptions, NbdTarget } from '@vd/nbd';
+import type { ClientTlsOptions } from './client-tls.js';
+import type { PeerIdentity } from './verify.js';
+
+/** The messages between a `WorkerConnection` and its thread (connection-worker.ts). */
+
+/** What a worker is started with: everything structured-clonable, no functions, no signal. */
+export interface WorkerSetup {
+  target: NbdTarget;
+  handshake: Omit<HandshakeOptions, 'tls' | 'signal'>;
+  /** TLS settings, or none for a plaintext connection. */
+  tls: Omit<ClientTlsOptions, 'signal' | 'onread'> | undefined;
+}
+
+export type ToWorker =
+  | { t: 'read'; id: number; offset: number; length: number; flags: number }
+  | { t: 'recycle'; buf: ArrayBuffer }
+  | { t: 'write'; id: number; offset: number; data: ArrayBuffer; flags: number }
+  | { t: 'flush'; id: number }
+  | { t: 'trim' | 'zero' | 'blockStatus'; id: number; offset: number; length: number; flags: number }
+  | { t: 'cache'; id: number; offset: number; length: number }
+  | { t: 'disconnect' };
+
+export type FromWorker =
+  | { t: 'open'; info: ExportInfo }
+  | { t: 'fail'; error: SerializedError }
+  | { t: 'peer'; peer: PeerIdentity }
+  | { t: 'done'; id: number; value?: unknown; buf?: ArrayBuffer }
+  | { t: 'err'; id: number; error: SerializedError }
+  | { t: 'dead'; error: SerializedError };
+
+/** An error as it crosses threads; a VdError comes back with its code and details. */
+export interface SerializedError {
+  code: string | undefined;
+  message: string;
+  details: Record<string, unknown> | undefined;
+  cause: { message: string; code: string | undefined } | undefined;
+}
+
+export function serializeError(err: unknown): SerializedError {
+  const e = err instanceof Error ? err : new Error(String(err));
+  const cause = e.cause instanceof Error ? e.cause : undefined;
+  let details: Record<string, unknown> | undefined;
+  if (isVdError(e)) {
+    try {
+      details = structuredClone(e.details);
+    } catch {
+      details = Object.fromEntries(Object.entries(e.details).filter(([, v]) => typeof v !== 'object' || v === null));
+    }
+  }
+  return {
+    code: isVdError(e) ? e.code : undefined,
+    message: e.message,
+    details,
+    cause: cause ? { message: cause.message, code: (cause as NodeJS.ErrnoException).code } : undefined,
+  };
+}
+
+export function deserializeError(s: SerializedError): VdError {
+  const cause = s.cause ? Object.assign(new Error(s.cause.message), s.cause.code ? { code: s.cause.code } : {}) : undefined;
+  const code = (s.code ?? 'ERR_VD_IO') as VdErrorCode;
+  return new VdError(code, s.message, { cause, details: s.details ?? {} });
+}
