@@ -389,7 +389,7 @@ describe('copyDisk', () => {
     await expect(copyDisk(source, memoryDisk(2 * MiB, { readOnly: true }))).rejects.toMatchObject({ code: 'ERR_VD_READ_ONLY' });
   });
 
-  it('stops on abort, drains what is in flight and leaves nothing pending', async () => {
+  it('stops on abort, and what was still in flight settles by close', async () => {
     const size = 16 * MiB;
     const controller = new AbortController();
     const tap = new Tap(new MemorySource(size, { data: pattern(size, 13) }), {
@@ -402,10 +402,63 @@ describe('copyDisk', () => {
     const target = memoryDisk(size);
     const err = await copyDisk(source, target, { signal: controller.signal, chunkSize: 256 * KiB, inFlight: 4 }).catch((e) => e);
     expect(err).toMatchObject({ code: 'ERR_VD_ABORTED' });
+    await Promise.all([source.close(), target.close()]);
     expect(source.pending).toBe(0);
     expect(target.pending).toBe(0);
     expect(tap.active).toBe(0);
     expect(tap.calls.read).toBeLessThan(size / (256 * KiB));
+  });
+
+  it('an abort does not wait for reads stuck at the source, and reports the partial copy', async () => {
+    const size = 8 * MiB;
+    const chunk = 512 * KiB;
+    const controller = new AbortController();
+    let release = () => {};
+    const stuck = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    // The first 2 MiB read at once; every later read waits until released, as on a stalled server.
+    // The fourth of those (every worker waiting) aborts the copy.
+    let waiting = 0;
+    const tap = new Tap(new MemorySource(size, { data: pattern(size, 41) }), {
+      read: async (offset) => {
+        if (offset < 2 * MiB) return;
+        if (++waiting === 4) controller.abort(new Error('stop now'));
+        await stuck;
+      },
+    });
+    const source = new Disk(tap);
+    const target = memoryDisk(size);
+    try {
+      const copy = copyDisk(source, target, { signal: controller.signal, chunkSize: chunk, inFlight: 4, targetIsZero: true });
+      // A copy that waited for its reads would never settle while they are held: fail instead of hanging.
+      let hang: ReturnType<typeof setTimeout> | undefined;
+      const stalled = new Promise<string>((resolve) => {
+        hang = setTimeout(() => resolve('the copy waited for the stuck reads'), 20_000);
+      });
+      const outcome = await Promise.race([
+        copy.then(
+          () => 'resolved',
+          (e: unknown) => e,
+        ),
+        stalled,
+      ]);
+      clearTimeout(hang);
+      expect(outcome).toMatchObject({ code: 'ERR_VD_ABORTED' });
+      const err = outcome as VdError;
+      expect((err.cause as Error).message).toBe('stop now');
+      // The reads are still at the source: the copy did not wait for them.
+      expect(tap.active).toBe(4);
+      // Every chunk below 2 MiB finished before a worker took a stuck one.
+      expect(err.details).toMatchObject({ partial: true, bytesDone: 2 * MiB, bytesWritten: 2 * MiB, bytesTotal: size, unsettled: [] });
+      expect(err.message).toMatch(/partial copy/);
+      expectBytes(await target.read(0, 2 * MiB), await source.read(0, 2 * MiB));
+      expectBytes(await target.read(2 * MiB, size - 2 * MiB), new Uint8Array(size - 2 * MiB));
+    } finally {
+      release();
+    }
+    await source.close();
+    expect(tap.active).toBe(0);
   });
 
   it('rejects at once when the signal is already aborted', async () => {

@@ -29,9 +29,12 @@ const MERGE_GAP = 64 * 1024;
  * all-zero chunks are never written as data. `options.extents` restricts the copy to given ranges,
  * which makes an incremental copy the same operation.
  *
- * Requests are issued `inFlight` at a time with pooled buffers. On an error or an abort the copy
- * stops issuing, waits for what is in flight, and rejects with the first error (its
- * `details.offset` names the failing chunk) or ERR_VD_ABORTED.
+ * Requests are issued `inFlight` at a time with pooled buffers. On an error the copy stops
+ * issuing, waits for what is in flight, and rejects with the first error (its `details.offset`
+ * names the failing chunk). The signal goes with every request, so an abort rejects at once with
+ * ERR_VD_ABORTED (`cause`: the signal's reason), without waiting for requests already at a slow
+ * source; its details report the partial copy (see `abortedCopy`). Requests that were still
+ * running finish in the background, each disk's `close()` waits for them.
  */
 export async function copyDisk(source: Disk, target: Disk, options: CopyOptions = {}): Promise<CopyResult> {
   const started = performance.now();
@@ -60,7 +63,7 @@ export async function copyDisk(source: Disk, target: Disk, options: CopyOptions 
   if (!(interval >= 0))
     throw new VdError('ERR_VD_INVALID_ARGUMENT', `copy: progressInterval ${interval} must be a non-negative number of milliseconds`);
   throwIfAborted(signal, 'copy');
-  const targetIsZero = options.targetIsZero ?? (await readsAllZero(target, source.size));
+  const targetIsZero = options.targetIsZero ?? (await readsAllZero(target, source.size, signal));
   const noHole = options.sparse === false;
   const wantDigests = options.verify === true || options.checksums === true;
 
@@ -81,15 +84,33 @@ export async function copyDisk(source: Disk, target: Disk, options: CopyOptions 
   const zeroMode = target.capabilities.zero;
   let fastZero = target.capabilities.fastZero;
 
+  /** Target requests not known to have finished: after an abort they may still land. */
+  const unsettled = new Set<TargetRequest>();
+  const atTarget = async (request: TargetRequest, call: Promise<void>): Promise<void> => {
+    unsettled.add(request);
+    try {
+      await call;
+    } catch (err) {
+      // Given up on by the abort, it may still be running; any other failure has settled.
+      if (!signal?.aborted) unsettled.delete(request);
+      throw err;
+    }
+    unsettled.delete(request);
+  };
+  const writeTarget = (offset: number, data: Uint8Array) =>
+    atTarget({ op: 'write', offset, length: data.length }, target.write(offset, data, { signal }));
+
   /** Makes a range zero on the target: a native zero (fast when offered), else written zeroes. */
   const zeroTarget = async (offset: number, length: number): Promise<void> => {
     if (zeroMode === 'none') {
-      await target.write(offset, zeroBuffer(length));
+      await writeTarget(offset, zeroBuffer(length));
       return;
     }
+    const zero = (fast: boolean) =>
+      atTarget({ op: 'zero', offset, length }, target.zero(offset, length, fast ? { fast, noHole, signal } : { noHole, signal }));
     if (fastZero) {
       try {
-        await target.zero(offset, length, { fast: true, noHole });
+        await zero(true);
         return;
       } catch (err) {
         // The target cannot zero this quickly after all: zero the slow way from now on.
@@ -97,7 +118,7 @@ export async function copyDisk(source: Disk, target: Disk, options: CopyOptions 
         fastZero = false;
       }
     }
-    await target.zero(offset, length, { noHole });
+    await zero(false);
   };
 
   const step = async (item: WorkItem, buffer: () => Uint8Array): Promise<void> => {
@@ -114,7 +135,7 @@ export async function copyDisk(source: Disk, target: Disk, options: CopyOptions 
       } else {
         const view = buffer().subarray(0, length);
         op = 'read';
-        await source.readInto(offset, view);
+        await source.readInto(offset, view, { signal });
         progress.bytesRead += length;
         const zero = isAllZero(view);
         const digest = wantDigests ? sha256(view) : undefined;
@@ -134,13 +155,13 @@ export async function copyDisk(source: Disk, target: Disk, options: CopyOptions 
             if (run.zero) {
               progress.bytesSkipped += n;
             } else {
-              await target.write(offset + run.start, view.subarray(run.start, run.end));
+              await writeTarget(offset + run.start, view.subarray(run.start, run.end));
               progress.bytesWritten += n;
             }
           }
         } else {
           op = 'write';
-          await target.write(offset, view);
+          await writeTarget(offset, view);
           progress.bytesWritten += length;
         }
       }
@@ -165,17 +186,21 @@ export async function copyDisk(source: Disk, target: Disk, options: CopyOptions 
     },
     onRange: total === undefined ? (n) => (progress.bytesTotal += n) : undefined,
   });
-  await runPool(plan, { workers: inFlight, bufferSize: chunkSize, signal, what: 'copy' }, step);
-
   let verified = false;
-  if (options.flush !== false || options.verify) {
-    throwIfAborted(signal, 'copy');
-    await target.flush();
-  }
-  if (options.verify) {
-    throwIfAborted(signal, 'copy');
-    await verifyTarget(target, records, { chunkSize, inFlight, signal });
-    verified = true;
+  try {
+    await runPool(plan, { workers: inFlight, bufferSize: chunkSize, signal, what: 'copy' }, step);
+    if (options.flush !== false || options.verify) {
+      throwIfAborted(signal, 'copy');
+      await target.flush({ signal });
+    }
+    if (options.verify) {
+      throwIfAborted(signal, 'copy');
+      await verifyTarget(target, records, { chunkSize, inFlight, signal });
+      verified = true;
+    }
+  } catch (err) {
+    if (signal?.aborted) throw abortedCopy(signal, progress, unsettled);
+    throw err;
   }
   report(true);
   debug(
@@ -202,12 +227,33 @@ export async function copyDisk(source: Disk, target: Disk, options: CopyOptions 
  * True when the target says (one allocation query) that all of `[0, length)` is a hole or zero,
  * as a freshly created sparse file or image does. A target that cannot tell is not assumed zero.
  */
-async function readsAllZero(target: Disk, length: number): Promise<boolean> {
+async function readsAllZero(target: Disk, length: number, signal: AbortSignal | undefined): Promise<boolean> {
   if (length === 0 || !target.capabilities.extents.includes(BASE_ALLOCATION)) return false;
-  for await (const e of target.extents({ offset: 0, length })) {
+  for await (const e of target.extents({ offset: 0, length, signal })) {
     return (e.type === 'hole' || e.type === 'zero') && e.length >= length;
   }
   return false;
+}
+
+/** A write or zero request sent to the target. */
+interface TargetRequest {
+  op: 'write' | 'zero';
+  offset: number;
+  length: number;
+}
+
+/**
+ * ERR_VD_ABORTED for a copy stopped part way. The target holds a partial copy: every chunk counted
+ * in `bytesDone` is on it (not necessarily a prefix: chunks finish out of order), the rest holds
+ * what it held before, except the `unsettled` requests, given up on by the abort while running,
+ * which may land until the target is closed. Nothing was flushed.
+ */
+function abortedCopy(signal: AbortSignal, progress: CopyProgress, unsettled: Set<TargetRequest>): VdError {
+  const { bytesDone, bytesTotal } = progress;
+  return new VdError('ERR_VD_ABORTED', `copy aborted after ${bytesDone} of ${bytesTotal} bytes; the target holds a partial copy`, {
+    cause: signal.reason,
+    details: { partial: true, ...progress, unsettled: [...unsettled].sort((a, b) => a.offset - b.offset) },
+  });
 }
 
 /** The error of one chunk, with where it happened in `details` (the code is kept). */

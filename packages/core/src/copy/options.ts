@@ -35,7 +35,10 @@ export interface CopyChecksum {
 }
 
 export interface CopyOptions {
-  /** Aborts the copy: it stops issuing requests, waits for those in flight, and rejects with ERR_VD_ABORTED. */
+  /**
+   * Aborts the copy: it goes with every request, so the copy rejects at once with ERR_VD_ABORTED
+   * (whose details report the partial copy) without waiting for requests already in flight.
+   */
   signal?: AbortSignal | undefined;
   /** Chunks being read or written at once (default 16). Memory used is at most `inFlight × chunkSize`. */
   inFlight?: number | undefined;

@@ -128,7 +128,7 @@ export interface PlanOptions {
   mergeGap: number;
   /** Called with each range's length as it is taken from `ranges`, for `bytesTotal`. */
   onRange?: ((length: number) => void) | undefined;
-  /** Checked between extents queries, so a planner that has work left stops at once. */
+  /** Goes with every extents query, and is checked between them, so a planner that has work left stops at once. */
   signal?: AbortSignal | undefined;
   onAbort: () => never;
 }
@@ -163,7 +163,7 @@ export async function* planCopy(
     /** The data item being gathered; it always ends at `cursor`. */
     let held: WorkItem | undefined;
     if (opts.signal?.aborted) opts.onAbort();
-    for await (const e of source.extents({ offset: range.offset, length: range.length })) {
+    for await (const e of source.extents({ offset: range.offset, length: range.length, signal: opts.signal })) {
       if (e.type === 'hole' || e.type === 'zero') continue;
       const start = Math.max(cursor, Math.floor(e.offset / align) * align);
       const end = Math.min(rangeEnd, Math.ceil((e.offset + e.length) / align) * align);

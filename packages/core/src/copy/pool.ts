@@ -7,7 +7,10 @@ import { abortError } from '../errors.js';
  * stays below `workers × bufferSize` and nothing is allocated per request.
  *
  * Fails fast: after the first error (or an abort) no new item is taken, the items in progress are
- * waited for, and then the first error (or ERR_VD_ABORTED) is thrown. Nothing is left running.
+ * waited for, and then the first error (or ERR_VD_ABORTED) is thrown. `work` that passes the
+ * signal on to its requests ends as soon as it is aborted: a request still running then keeps only
+ * its worker's buffer, which no item is given again (a worker that failed takes no more), and
+ * which is garbage once that request settles.
  */
 export async function runPool<T>(
   items: AsyncGenerator<T, void, undefined>,

@@ -34,13 +34,18 @@ interface Check {
 }
 
 /** Digest ranges as they are; zero ranges reduced to the parts the target stores as data. */
-async function* checks(target: Disk, records: VerifyRecord[], chunkSize: number): AsyncGenerator<Check, void, undefined> {
+async function* checks(
+  target: Disk,
+  records: VerifyRecord[],
+  chunkSize: number,
+  signal: AbortSignal | undefined,
+): AsyncGenerator<Check, void, undefined> {
   for (const r of records) {
     if (r.digest) {
       yield r;
       continue;
     }
-    for await (const e of target.extents({ offset: r.offset, length: r.length })) {
+    for await (const e of target.extents({ offset: r.offset, length: r.length, signal })) {
       if (e.type === 'hole' || e.type === 'zero') continue;
       const end = e.offset + e.length;
       for (let at = e.offset; at < end; at += chunkSize) yield { offset: at, length: Math.min(chunkSize, end - at), digest: undefined };
@@ -60,11 +65,11 @@ export async function verifyTarget(
 ): Promise<void> {
   const list = normalize(records);
   await runPool(
-    checks(target, list, opts.chunkSize),
+    checks(target, list, opts.chunkSize, opts.signal),
     { workers: opts.inFlight, bufferSize: opts.chunkSize, signal: opts.signal, what: 'verify' },
     async (c, buffer) => {
       const view = buffer().subarray(0, c.length);
-      await target.readInto(c.offset, view);
+      await target.readInto(c.offset, view, { signal: opts.signal });
       if (c.digest) {
         if (!sha256(view).equals(c.digest)) {
           throw new VdError('ERR_VD_VERIFY', `verify: the target differs from the source in the ${c.length} bytes at ${c.offset}`, {
