@@ -12,6 +12,8 @@ import { MemResolver, MemStore, pattern } from './helpers.js';
 
 const CORPUS = join(import.meta.dirname, '../fixtures/vmdk/corpus');
 const LIMIT = 1 << 20;
+/** Corpus cases whose primary grain directory is damaged but whose redundant one is sound. */
+const RECOVERED = new Set(['gd-past-end', 'gte-past-end']);
 
 /** Opens, reads a bounded part, walks extents and checks: anything but a coded error is a bug. */
 async function exercise(files: Map<string, Uint8Array>, top: string): Promise<unknown> {
@@ -236,8 +238,16 @@ describe('bad input never crashes, hangs or allocates without bound', () => {
       const names = await readdir(join(CORPUS, c));
       const files = new Map<string, Uint8Array>();
       for (const n of names) files.set(n, new Uint8Array(await readFile(join(CORPUS, c, n))));
-      // Every stored case is damaged: it must be refused with a coded error, not read as data.
-      const err = await exercise(files, names.includes('top.vmdk') ? 'top.vmdk' : names[0]!);
+      const top = names.includes('top.vmdk') ? 'top.vmdk' : names[0]!;
+      const err = await exercise(files, top);
+      if (RECOVERED.has(c)) {
+        // Damage a redundant grain directory makes up for: the disk reads, and check still reports it.
+        expect({ c, err }).toEqual({ c, err: undefined });
+        const r = new MemResolver(new Map([...files].map(([n, b]) => [n, new MemStore(n, b)])));
+        expect({ c, ok: (await checkVmdk(r, top)).ok }).toEqual({ c, ok: false });
+        continue;
+      }
+      // Every other stored case is damaged: it must be refused with a coded error, not read as data.
       expect({ c, coded: isVdError(err) }).toEqual({ c, coded: true });
     }
   });

@@ -2,11 +2,12 @@ import { Buffer } from 'node:buffer';
 import { inflateSync } from 'node:zlib';
 import { zeroBuffer } from '../../copy/zeroes.js';
 import { VdError } from '../../errors.js';
+import { InflateLost, type InflateResult, inflatePool } from '../../inflate-pool.js';
 import type { ByteStore } from '../../spec.js';
 import { readFully } from '../raw.js';
 import { GTE_ZEROED, GTES_PER_GT, MARKER_FOOTER, SECTOR } from './constants.js';
 import type { Fallback, Run, VmdkExtent } from './extent.js';
-import { readOnlyError } from './extent.js';
+import { cachedLoad, readOnlyError } from './extent.js';
 import {
   encodeSparseHeader,
   gdEntries,
@@ -22,6 +23,15 @@ import {
 } from './header.js';
 
 const GT_BYTES = GTES_PER_GT * 4;
+
+/** A compressed grain a read needs: `n` bytes from `within` in the grain go to `dst` of the caller's buffer. */
+interface CompressedPart {
+  g: number;
+  gte: number;
+  dst: number;
+  within: number;
+  n: number;
+}
 const GT_SECTORS = GT_BYTES / SECTOR;
 /** Read-only extents keep at most this many grain tables (8 MiB); writable ones keep all they touched. */
 const GT_CACHE = 4096;
@@ -111,6 +121,13 @@ export class SparseExtent implements VmdkExtent {
   readonly #capBytes: number;
   readonly #gd: Uint32Array;
   readonly #rgd: Uint32Array | undefined;
+  /** Redundant grain tables loaded to stand in for damaged entries of the primary ones (read-only extents). */
+  readonly #rgts = new Map<number, Promise<Uint32Array>>();
+  /**
+   * Some of the directory or tables read came from the redundant copy because the primary is
+   * damaged; such an extent is read-only (`checkVmdk --repair` mends the primary).
+   */
+  recovered = false;
   readonly #compressed: boolean;
   readonly #markers: boolean;
   readonly #zeroed: boolean;
@@ -122,6 +139,8 @@ export class SparseExtent implements VmdkExtent {
   readonly #grainCache = new Map<number, Uint8Array | Promise<Uint8Array>>();
   readonly #mutex = new Mutex();
   #dirty: Promise<void> | undefined;
+  /** The inflate pool was released (compressed extents hold it while open). */
+  #released = false;
 
   private constructor(
     store: ByteStore,
@@ -146,33 +165,68 @@ export class SparseExtent implements VmdkExtent {
     // Compressed grains cannot be rewritten in place, and v3 without compression is a hosted CBT
     // disk whose tracking file we do not keep up to date: both are opened read-only, as qemu does.
     this.writable = opts.writable && !store.readOnly && !this.#compressed && header.version !== 3;
+    if (this.#compressed) inflatePool.acquire();
   }
 
   static async open(store: ByteStore, opts: SparseOpenOptions): Promise<SparseExtent> {
     const fileSize = await store.size();
     const { header } = await readEffectiveHeader(store, opts.name, fileSize);
     const n = gdEntries(header);
-    const gd = await SparseExtent.#readGd(store, opts.name, header.gdOffset, n, fileSize, 'grain directory');
-    const rgd = hasRedundantGd(header)
+    const primary = await SparseExtent.#readGd(store, opts.name, header.gdOffset, n, fileSize, 'grain directory');
+    const redundant = hasRedundantGd(header)
       ? await SparseExtent.#readGd(store, opts.name, header.rgdOffset, n, fileSize, 'redundant grain directory')
       : undefined;
-    return new SparseExtent(store, header, gd, rgd, fileSize, opts);
+    const rgd = redundant && 'gd' in redundant ? redundant : undefined;
+    let gd: Uint32Array;
+    let recovered = false;
+    if ('gd' in primary) {
+      gd = primary.gd;
+      // An entry pointing past the end is taken from the redundant copy when that one is sound.
+      for (const i of primary.bad) {
+        const alt = rgd && !rgd.bad.includes(i) ? rgd.gd[i]! : 0;
+        if (alt === 0) throw corrupt(opts.name, `grain directory entry ${i} points past the end of the file`, { entry: i, sector: gd[i] });
+        gd[i] = alt;
+        recovered = true;
+      }
+    } else if (rgd && rgd.bad.length === 0) {
+      // The primary directory is unreadable or lies outside the file: read through the redundant one.
+      gd = Uint32Array.from(rgd.gd);
+      recovered = true;
+    } else throw primary.error;
+    const extent = new SparseExtent(store, header, gd, rgd?.gd, fileSize, { ...opts, writable: opts.writable && !recovered });
+    extent.recovered = recovered;
+    return extent;
   }
 
-  static async #readGd(store: ByteStore, name: string, sector: number, n: number, fileSize: number, what: string): Promise<Uint32Array> {
-    if (n === 0) return new Uint32Array(0);
+  /**
+   * Reads a directory. One that lies outside the file or cannot be read comes back as `error`, so
+   * the other copy can be tried; entries pointing past the end are listed in `bad`.
+   */
+  static async #readGd(
+    store: ByteStore,
+    name: string,
+    sector: number,
+    n: number,
+    fileSize: number,
+    what: string,
+  ): Promise<{ gd: Uint32Array; bad: number[] } | { error: unknown }> {
+    if (n === 0) return { gd: new Uint32Array(0), bad: [] };
     const at = sector * SECTOR;
     if (sector === 0 || at + n * 4 > fileSize)
-      throw corrupt(name, `${what} at sector ${sector} (${n} entries) lies outside the file`, { sector, entries: n });
+      return { error: corrupt(name, `${what} at sector ${sector} (${n} entries) lies outside the file`, { sector, entries: n }) };
     const bytes = new Uint8Array(n * 4);
-    await readFully(store, at, bytes);
+    try {
+      await readFully(store, at, bytes);
+    } catch (error) {
+      return { error };
+    }
     const gd = readU32Array(bytes, n);
+    const bad: number[] = [];
     for (let i = 0; i < n; i++) {
       const e = gd[i]!;
-      if (e !== 0 && e * SECTOR + GT_BYTES > fileSize)
-        throw corrupt(name, `${what} entry ${i} points past the end of the file`, { entry: i, sector: e });
+      if (e !== 0 && e * SECTOR + GT_BYTES > fileSize) bad.push(i);
     }
-    return gd;
+    return { gd, bad };
   }
 
   get fileSize(): number {
@@ -204,12 +258,50 @@ export class SparseExtent implements VmdkExtent {
     return load;
   }
 
-  /** Grain table entry of grain `g` (0 when no table covers it). */
+  /**
+   * Grain table entry of grain `g` (0 when no table covers it). On a read-only extent with a
+   * redundant directory, an entry that points past the end of the file (or a table that cannot be
+   * read) is taken from the redundant table instead, when that one holds a sound entry.
+   */
   async #gte(g: number): Promise<number> {
-    const t = this.#gt(Math.floor(g / GTES_PER_GT));
+    const i = Math.floor(g / GTES_PER_GT);
+    const t = this.#gt(i);
     if (t === undefined) return 0;
-    const gt = t instanceof Uint32Array ? t : await t;
-    return gt[g % GTES_PER_GT]!;
+    if (this.writable || !this.#rgd) {
+      const gt = t instanceof Uint32Array ? t : await t;
+      return gt[g % GTES_PER_GT]!;
+    }
+    let gte: number | undefined;
+    let failure: unknown;
+    try {
+      gte = (t instanceof Uint32Array ? t : await t)[g % GTES_PER_GT]!;
+      if (this.#grainOk(gte)) return gte;
+    } catch (err) {
+      failure = err;
+    }
+    const alt = await this.#redundantGte(i, g).catch(() => undefined);
+    if (alt !== undefined && this.#grainOk(alt)) {
+      this.recovered = true;
+      return alt;
+    }
+    if (gte === undefined) throw failure;
+    return gte;
+  }
+
+  #grainOk(gte: number): boolean {
+    return gte === 0 || ((gte !== GTE_ZEROED || this.#zeroed) && gte * SECTOR < this.#fileSize);
+  }
+
+  /** Entry `g` of redundant table `i`, or undefined when there is none (or it is the primary's own). */
+  async #redundantGte(i: number, g: number): Promise<number | undefined> {
+    const sector = this.#rgd?.[i];
+    if (!sector || sector === this.#gd[i] || sector * SECTOR + GT_BYTES > this.#fileSize) return undefined;
+    const gt = await cachedLoad(this.#rgts, i, GT_CACHE, async () => {
+      const bytes = new Uint8Array(GT_BYTES);
+      await readFully(this.#store, sector * SECTOR, bytes);
+      return readU32Array(bytes, GTES_PER_GT);
+    });
+    return gt[g % GTES_PER_GT];
   }
 
   #checkGrain(g: number, gte: number): void {
@@ -232,7 +324,7 @@ export class SparseExtent implements VmdkExtent {
     let done = 0;
     let failure: unknown;
     // Compressed grains of this request, read in file-adjacent batches (all batches in flight at once), each inflated as it arrives.
-    const compressed: { g: number; gte: number; dst: number; within: number; n: number }[] = [];
+    const compressed: CompressedPart[] = [];
     try {
       while (done < into.length) {
         const pos = offset + done;
@@ -296,16 +388,22 @@ export class SparseExtent implements VmdkExtent {
     return Math.min(end, this.#fileSize);
   }
 
-  /** Streams store grains back to back: one store read serves a run of them (at most 8 MiB). */
-  #readCompressed(parts: { g: number; gte: number; dst: number; within: number; n: number }[], into: Uint8Array): Promise<void>[] {
+  /**
+   * Streams store grains back to back: one store read serves a run of them (at most 8 MiB). A
+   * request whose grains inflate to enough bytes is inflated on the worker pool, one batch per
+   * store read (so batches are cut smaller), which keeps the event loop free and uses the cores.
+   */
+  #readCompressed(parts: CompressedPart[], into: Uint8Array): Promise<void>[] {
     parts.sort((a, b) => a.gte - b.gte);
+    const pooled = inflatePool.worthIt(parts.length * this.grainBytes);
+    const batchGrains = Math.max(1, Math.floor(inflatePool.maxBatchBytes / this.grainBytes));
     const tasks: Promise<void>[] = [];
     let i = 0;
     while (i < parts.length) {
       const start = parts[i]!.gte * SECTOR;
       let end = this.#recordEnd(parts[i]!.g, parts[i]!.gte);
       let j = i + 1;
-      while (j < parts.length) {
+      while (j < parts.length && !(pooled && j - i >= batchGrains)) {
         const p = parts[j]!;
         const e = this.#recordEnd(p.g, p.gte);
         if (p.gte * SECTOR > end + 8 * SECTOR || e - start > MAX_APPEND * 2) break;
@@ -313,23 +411,74 @@ export class SparseExtent implements VmdkExtent {
         j++;
       }
       const group = parts.slice(i, j);
-      tasks.push(
-        (async () => {
-          // Not zero-filled: the read overwrites it, and readFully zero-fills a short tail itself.
-          const buf = Buffer.allocUnsafeSlow(end - start);
-          await readFully(this.#store, start, buf);
-          await Promise.all(
-            group.map(async (p) => {
-              const grain = await this.#inflateGrain(p.g, p.gte, buf.subarray(p.gte * SECTOR - start));
-              if (p.n < this.grainBytes) this.#remember(p.g, grain);
-              into.set(grain.subarray(p.within, p.within + p.n), p.dst);
-            }),
-          );
-        })(),
-      );
+      tasks.push(pooled ? this.#inflatePooled(group, start, end, into) : this.#inflateRun(group, start, end, into));
       i = j;
     }
     return tasks;
+  }
+
+  /** One store read of a run of grain records, inflated here. */
+  async #inflateRun(group: CompressedPart[], start: number, end: number, into: Uint8Array): Promise<void> {
+    // Not zero-filled: the read overwrites it, and readFully zero-fills a short tail itself.
+    const buf = Buffer.allocUnsafeSlow(end - start);
+    await readFully(this.#store, start, buf);
+    await Promise.all(
+      group.map(async (p) => {
+        const grain = await this.#inflateGrain(p.g, p.gte, buf.subarray(p.gte * SECTOR - start));
+        if (p.n < this.grainBytes) this.#remember(p.g, grain);
+        into.set(grain.subarray(p.within, p.within + p.n), p.dst);
+      }),
+    );
+  }
+
+  /** One store read of a run of grain records, inflated as one batch on the worker pool. */
+  async #inflatePooled(group: CompressedPart[], start: number, end: number, into: Uint8Array): Promise<void> {
+    const gb = this.grainBytes;
+    const buf = inflatePool.sourceBuffer(end - start);
+    await readFully(this.#store, start, buf);
+    // Headers are checked here, as inline; a record longer than the read (damaged) goes inline.
+    const batch: CompressedPart[] = [];
+    const spans: number[] = [];
+    const inline: Promise<void>[] = [];
+    for (const p of group) {
+      const rel = p.gte * SECTOR - start;
+      const span = this.#payloadSpan(p.g, p.gte, buf.subarray(rel));
+      if (span.end <= buf.length - rel) {
+        batch.push(p);
+        spans.push(rel + span.start, span.end - span.start);
+      } else {
+        inline.push(
+          this.#inflateGrain(p.g, p.gte, buf.subarray(rel)).then((grain) => {
+            if (p.n < gb) this.#remember(p.g, grain);
+            into.set(grain.subarray(p.within, p.within + p.n), p.dst);
+          }),
+        );
+      }
+    }
+    await Promise.all(inline);
+    if (batch.length === 0) return;
+    let result: InflateResult;
+    try {
+      result = await inflatePool.inflate({ src: buf, spans: Uint32Array.from(spans), grainBytes: gb });
+    } catch (err) {
+      // The worker died (or the pool was stopped) with our bytes: read them again and inflate here.
+      if (err instanceof InflateLost) return this.#inflateRun(group, start, end, into);
+      throw err;
+    }
+    try {
+      if (result.failed >= 0) throw this.#inflateError(batch[result.failed]!.g, result.error);
+      for (let k = 0; k < batch.length; k++) {
+        const p = batch[k]!;
+        const grain = result.out.subarray(k * gb, (k + 1) * gb);
+        const len = result.lengths[k]!;
+        // The last grain of a disk whose size is not a grain multiple inflates short: the rest reads as zero.
+        if (len < gb) grain.fill(0, len);
+        if (p.n < gb) this.#remember(p.g, grain.slice());
+        into.set(grain.subarray(p.within, p.within + p.n), p.dst);
+      }
+    } finally {
+      result.release();
+    }
   }
 
   #remember(g: number, grain: Uint8Array): void {
@@ -359,17 +508,12 @@ export class SparseExtent implements VmdkExtent {
     return load;
   }
 
-  /** Inflates grain `g`; `first` holds the start of its record when the caller read it already. */
-  async #inflateGrain(g: number, gte: number, first?: Uint8Array): Promise<Uint8Array> {
-    const gb = this.grainBytes;
-    const at = gte * SECTOR;
+  /**
+   * Where grain `g`'s zlib stream lies relative to the start of its record (`first` holds at least
+   * the header), after checking the header: label (streams with markers) and a possible size.
+   */
+  #payloadSpan(g: number, gte: number, first: Uint8Array): { start: number; end: number } {
     const hdr = grainHeaderSize(this.#markers);
-    const limit = gb * 2 + 1024;
-    if (!first) {
-      // The next grain of the same table usually follows this one: its start bounds our length.
-      first = new Uint8Array(this.#recordEnd(g, gte) - at);
-      await readFully(this.#store, at, first);
-    }
     if (first.length < hdr) throw corrupt(this.#name, `compressed grain ${g} is truncated`, { grain: g });
     const view = new DataView(first.buffer, first.byteOffset, hdr);
     const size = view.getUint32(hdr - 4, true);
@@ -379,28 +523,44 @@ export class SparseExtent implements VmdkExtent {
         throw corrupt(this.#name, `compressed grain ${g} is labelled with LBA ${lba}`, { grain: g, lba: Number(lba) });
       }
     }
-    if (size === 0 || size > limit || at + hdr + size > this.#fileSize) {
+    if (size === 0 || size > this.grainBytes * 2 + 1024 || gte * SECTOR + hdr + size > this.#fileSize) {
       throw corrupt(this.#name, `compressed grain ${g} has an impossible size ${size}`, { grain: g, size });
     }
+    return { start: hdr, end: hdr + size };
+  }
+
+  #inflateError(g: number, cause: unknown): VdError {
+    return new VdError('ERR_VD_CORRUPT', `${this.#name}: compressed grain ${g} does not inflate to at most one grain`, {
+      cause,
+      details: { file: this.#name, grain: g },
+    });
+  }
+
+  /** Inflates grain `g`; `first` holds the start of its record when the caller read it already. */
+  async #inflateGrain(g: number, gte: number, first?: Uint8Array): Promise<Uint8Array> {
+    const gb = this.grainBytes;
+    const at = gte * SECTOR;
+    if (!first) {
+      // The next grain of the same table usually follows this one: its start bounds our length.
+      first = new Uint8Array(this.#recordEnd(g, gte) - at);
+      await readFully(this.#store, at, first);
+    }
+    const { start: hdr, end } = this.#payloadSpan(g, gte, first);
     let payload: Uint8Array;
-    if (hdr + size <= first.length) payload = first.subarray(hdr, hdr + size);
+    if (end <= first.length) payload = first.subarray(hdr, end);
     else {
-      payload = new Uint8Array(size);
+      payload = new Uint8Array(end - hdr);
       payload.set(first.subarray(hdr));
       await readFully(this.#store, at + first.length, payload.subarray(first.length - hdr));
     }
     let out: Uint8Array;
     try {
-      // Inline, not on libuv's pool: for one grain the async path's per-call stream set-up and
-      // garbage cost more CPU than the inflate itself (measured: stream → raw used ~1.7× the CPU
-      // and more wall time on 2 cores). A request's reads are all issued before its first grain
-      // inflates, and other requests' reads stay in flight meanwhile.
+      // Inline, not one async zlib call per grain on libuv's pool: for one grain the async path's
+      // stream set-up and garbage cost more CPU than the inflate itself (stream → raw used ~1.7×
+      // the CPU). Large requests go to the worker pool in batches instead (`#inflatePooled`).
       out = inflateSync(payload, { maxOutputLength: gb, chunkSize: Math.max(gb, 64) });
     } catch (err) {
-      throw new VdError('ERR_VD_CORRUPT', `${this.#name}: compressed grain ${g} does not inflate to at most one grain`, {
-        cause: err,
-        details: { file: this.#name, grain: g },
-      });
+      throw this.#inflateError(g, err);
     }
     if (out.length === gb) return out;
     // The last grain of a disk whose size is not a grain multiple inflates short.
@@ -628,6 +788,10 @@ export class SparseExtent implements VmdkExtent {
   }
 
   async close(): Promise<void> {
+    if (this.#compressed && !this.#released) {
+      this.#released = true;
+      inflatePool.release();
+    }
     if (!this.#dirty) return;
     await this.#dirty;
     await this.flush();

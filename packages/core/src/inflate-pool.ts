@@ -1,0 +1,250 @@
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+
+/**
+ * A small pool of worker threads that inflate batches of zlib streams (compressed VMDK grains).
+ * One message per batch: the compressed bytes are transferred, not copied, and the output comes
+ * back in a transferred buffer that is reused for later batches. Workers start on the first batch,
+ * hold the process open only while they have work, stop after a while idle and when the last
+ * user releases the pool.
+ */
+
+/** The worker: plain CommonJS evaluated from a string, so it runs the same from `src` and `dist`. */
+const WORKER_SOURCE = `
+const { parentPort } = require('node:worker_threads');
+const { inflateSync } = require('node:zlib');
+parentPort.on('message', (job) => {
+  const src = new Uint8Array(job.src);
+  const out = new Uint8Array(job.out);
+  const n = job.spans.length / 2;
+  const lengths = new Uint32Array(n);
+  let bad = -1;
+  let message = '';
+  let code = '';
+  for (let i = 0; i < n; i++) {
+    try {
+      const grain = inflateSync(src.subarray(job.spans[2 * i], job.spans[2 * i] + job.spans[2 * i + 1]), {
+        maxOutputLength: job.grainBytes,
+        chunkSize: Math.max(job.grainBytes, 64),
+      });
+      out.set(grain, i * job.grainBytes);
+      lengths[i] = grain.length;
+    } catch (err) {
+      bad = i;
+      message = String(err && err.message);
+      code = String(err && err.code);
+      break;
+    }
+  }
+  parentPort.postMessage({ id: job.id, out: job.out, src: job.src, lengths, bad, message, code }, [job.out, job.src]);
+});
+`;
+
+export interface InflateBatch {
+  /** The compressed bytes, from `sourceBuffer` or in an ArrayBuffer of their own: it is transferred to a worker (detached here). */
+  src: Uint8Array;
+  /** Start (relative to `src`) and length of each zlib stream, in pairs. */
+  spans: Uint32Array;
+  /** Most bytes one stream may inflate to; each stream's output starts at `i * grainBytes`. */
+  grainBytes: number;
+}
+
+export interface InflateResult {
+  /** Stream i's output at `i * grainBytes`, `lengths[i]` long; bytes after that are stale. */
+  out: Uint8Array;
+  lengths: Uint32Array;
+  /** The first stream that failed (streams after it were not inflated), or -1. */
+  failed: number;
+  /** Why it failed (zlib's error, or maxOutputLength exceeded). */
+  error?: Error;
+  /** Gives `out` back for reuse; call once its bytes are copied out. */
+  release(): void;
+}
+
+/** The batch was not inflated because its worker died; its `src` is gone, so read it again. */
+export class InflateLost extends Error {}
+
+interface Job {
+  id: number;
+  batch: InflateBatch;
+  resolve: (r: InflateResult) => void;
+  reject: (e: unknown) => void;
+}
+
+interface Slot {
+  worker: Worker;
+  busy: Map<number, Job>;
+}
+
+const IDLE_MS = 5000;
+/** Batches in flight per worker: one being inflated and one queued, so no worker waits for a message. */
+const DEPTH = 2;
+/** Output buffers kept for reuse, per pool. */
+const SPARE_BUFFERS = 16;
+
+export interface InflatePoolOptions {
+  /** Worker threads; 0 inflates inline. Default: `VD_INFLATE_THREADS`, else the cores, at most 4. */
+  threads?: number;
+  /** Requests whose compressed grains inflate to fewer bytes than this stay inline (the message round trip costs more). */
+  minBatchBytes?: number;
+  /** Most output bytes in one batch. */
+  maxBatchBytes?: number;
+}
+
+function defaultThreads(): number {
+  const env = process.env.VD_INFLATE_THREADS;
+  if (env !== undefined && env !== '' && Number.isSafeInteger(Number(env)) && Number(env) >= 0) return Math.min(Number(env), 64);
+  return Math.min(availableParallelism(), 4);
+}
+
+export class InflatePool {
+  threads: number;
+  minBatchBytes: number;
+  maxBatchBytes: number;
+  readonly #slots: Slot[] = [];
+  readonly #queue: Job[] = [];
+  /** Output and source buffers back from workers, kept for reuse (fresh pages cost a fault each). */
+  readonly #spare: ArrayBuffer[] = [];
+  readonly #spareSrc: ArrayBuffer[] = [];
+  #users = 0;
+  #nextId = 1;
+  #idle: NodeJS.Timeout | undefined;
+
+  constructor(opts: InflatePoolOptions = {}) {
+    this.threads = opts.threads ?? defaultThreads();
+    this.minBatchBytes = opts.minBatchBytes ?? 256 * 1024;
+    this.maxBatchBytes = opts.maxBatchBytes ?? 2 * 1024 * 1024;
+  }
+
+  /** A user (an open compressed extent) keeps the pool; the last `release` stops the workers. */
+  acquire(): void {
+    this.#users++;
+  }
+
+  release(): void {
+    if (this.#users > 0) this.#users--;
+    if (this.#users === 0 && this.#queue.length === 0 && this.#slots.every((s) => s.busy.size === 0)) this.stop();
+  }
+
+  /** Whether a request whose compressed grains inflate to `bytes` should go to the workers. */
+  worthIt(bytes: number): boolean {
+    return this.threads > 0 && bytes >= this.minBatchBytes;
+  }
+
+  /** Number of live workers (for tests and diagnostics). */
+  get liveWorkers(): number {
+    return this.#slots.length;
+  }
+
+  inflate(batch: InflateBatch): Promise<InflateResult> {
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ id: this.#nextId++, batch, resolve, reject });
+      this.#pump();
+    });
+  }
+
+  #pump(): void {
+    if (this.#idle) {
+      clearTimeout(this.#idle);
+      this.#idle = undefined;
+    }
+    while (this.#queue.length > 0) {
+      let slot = this.#slots.reduce<Slot | undefined>((a, s) => (!a || s.busy.size < a.busy.size ? s : a), undefined);
+      if ((!slot || slot.busy.size > 0) && this.#slots.length < Math.max(1, this.threads)) slot = this.#spawn();
+      if (!slot || slot.busy.size >= DEPTH) break;
+      const job = this.#queue.shift()!;
+      const need = job.batch.grainBytes * (job.batch.spans.length / 2);
+      const out = this.#takeBuffer(need);
+      const src = job.batch.src;
+      // Transfer the whole backing store (the caller owns it); a view that starts inside one is copied.
+      const whole = src.byteOffset === 0 && !(src.buffer instanceof SharedArrayBuffer);
+      const srcBuf = whole ? src.buffer : src.slice().buffer;
+      if (slot.busy.size === 0) slot.worker.ref();
+      slot.busy.set(job.id, job);
+      slot.worker.postMessage({ id: job.id, src: srcBuf, spans: job.batch.spans, grainBytes: job.batch.grainBytes, out }, [
+        srcBuf as ArrayBuffer,
+        out,
+      ]);
+    }
+    if (this.#queue.length === 0 && this.#slots.every((s) => s.busy.size === 0) && this.#slots.length > 0) {
+      this.#idle = setTimeout(() => this.stop(), IDLE_MS);
+      this.#idle.unref();
+    }
+  }
+
+  /**
+   * A buffer to read a batch's compressed bytes into (its contents are not zeroed): one that came
+   * back from a worker when one fits, so batch after batch reuses the same pages.
+   */
+  sourceBuffer(bytes: number): Uint8Array {
+    const buf = takeFrom(this.#spareSrc, bytes) ?? new ArrayBuffer(Math.max(bytes, Math.min(this.maxBatchBytes, bytes * 2)));
+    return new Uint8Array(buf, 0, bytes);
+  }
+
+  #takeBuffer(bytes: number): ArrayBuffer {
+    return takeFrom(this.#spare, bytes) ?? new ArrayBuffer(Math.max(bytes, Math.min(this.maxBatchBytes, bytes * 2)));
+  }
+
+  #keep(list: ArrayBuffer[], buf: ArrayBuffer): void {
+    if (this.#slots.length > 0 && list.length < SPARE_BUFFERS) list.push(buf);
+  }
+
+  #spawn(): Slot {
+    const worker = new Worker(WORKER_SOURCE, { eval: true, name: 'vd-inflate' });
+    const slot: Slot = { worker, busy: new Map() };
+    worker.unref();
+    worker.on(
+      'message',
+      (m: { id: number; out: ArrayBuffer; src: ArrayBuffer; lengths: Uint32Array; bad: number; message: string; code: string }) => {
+        this.#keep(this.#spareSrc, m.src);
+        const job = slot.busy.get(m.id);
+        if (!job) return;
+        slot.busy.delete(m.id);
+        if (slot.busy.size === 0) worker.unref();
+        let released = false;
+        const result: InflateResult = {
+          out: new Uint8Array(m.out),
+          lengths: m.lengths,
+          failed: m.bad,
+          release: () => {
+            if (released) return;
+            released = true;
+            this.#keep(this.#spare, m.out);
+          },
+        };
+        if (m.bad >= 0) result.error = Object.assign(new Error(m.message), { code: m.code });
+        job.resolve(result);
+        this.#pump();
+      },
+    );
+    const lose = (err: unknown) => {
+      const i = this.#slots.indexOf(slot);
+      if (i >= 0) this.#slots.splice(i, 1);
+      for (const job of slot.busy.values()) job.reject(new InflateLost('inflate worker stopped', { cause: err }));
+      slot.busy.clear();
+      this.#pump();
+    };
+    worker.on('error', lose);
+    worker.on('exit', (code) => lose(new Error(`exit ${code}`)));
+    this.#slots.push(slot);
+    return slot;
+  }
+
+  /** Stops the workers; batches still running are lost (their callers re-read and inflate inline). */
+  stop(): void {
+    if (this.#idle) clearTimeout(this.#idle);
+    this.#idle = undefined;
+    this.#spare.length = 0;
+    this.#spareSrc.length = 0;
+    for (const s of this.#slots.splice(0)) void s.worker.terminate();
+  }
+}
+
+/** A kept buffer of at least `bytes` and not wastefully larger, removed from `list`. */
+function takeFrom(list: ArrayBuffer[], bytes: number): ArrayBuffer | undefined {
+  const i = list.findIndex((b) => b.byteLength >= bytes && b.byteLength <= bytes * 2 + 65536);
+  return i >= 0 ? list.splice(i, 1)[0] : undefined;
+}
+
+/** The process-wide pool the VMDK reader uses. */
+export const inflatePool = new InflatePool();
