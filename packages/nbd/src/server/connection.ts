@@ -1,5 +1,6 @@
-import type { Socket } from 'node:net';
+import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { TLSSocket } from 'node:tls';
 import { BASE_ALLOCATION, type Disk, debug, isVdError, VdError } from '@vd/core';
 import type { BufferPool } from '../buffer-pool.js';
 import { extentFlags, matchesQuery } from '../contexts.js';
@@ -35,7 +36,8 @@ import {
   writeDataChunkHeader,
   writeSimpleReply,
 } from '../protocol.js';
-import type { NbdExport, NbdServerTls, ResolvedLimits } from './options.js';
+import type { NbdExport, NbdServerStats, NbdServerTls, ResolvedLimits } from './options.js';
+import type { SendSlots, ZeroCopyOps } from './zero-copy.js';
 
 /** What a connection needs from its server. */
 export interface ServerContext {
@@ -45,6 +47,10 @@ export interface ServerContext {
   readonly extendedHeaders: boolean;
   readonly structuredReplies: boolean;
   readonly shuttingDown: boolean;
+  /** The sendfile calls, once `@vd/sparse` has loaded (undefined: copy every READ). */
+  readonly zeroCopy: ZeroCopyOps | undefined;
+  readonly sendSlots: SendSlots;
+  readonly stats: NbdServerStats;
   findExport(name: string): NbdExport | undefined;
   exports(): readonly NbdExport[];
 }
@@ -59,6 +65,9 @@ const ALLOWED_FLAGS: Record<number, number> = {
   [Cmd.WRITE_ZEROES]: CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.FAST_ZERO,
   [Cmd.BLOCK_STATUS]: CmdFlag.REQ_ONE,
 };
+
+/** Output waiting its turn: bytes for node to write, or a zero-copy send's turn at the socket. */
+type Pending = { data: Uint8Array; cb: (() => void) | undefined; turn?: undefined } | { turn: (mine: boolean) => void };
 
 /** The 32-bit descriptor length limit of compact block status, kept aligned. */
 const COMPACT_EXTENT_MAX = 0x1_0000_0000 - 65536;
@@ -89,6 +98,23 @@ export class ServerConnection {
   #frameTimer: NodeJS.Timeout | undefined;
   #corked = false;
   #idle: (() => void) | undefined;
+  /**
+   * Replies stay whole and ordered while two writers share the socket: node's stream and the
+   * addon's sendfile on a pool thread. Everything goes out through this FIFO: a zero-copy send
+   * starts only when node has handed all earlier bytes to the kernel (no write callback pending),
+   * and node writes nothing while the send runs.
+   */
+  readonly #out: Pending[] = [];
+  /** Node writes whose callback has not come yet (bytes possibly still in node or libuv). */
+  #nodeWrites = 0;
+  /** A zero-copy send owns the socket. */
+  #addonOwns = false;
+  /** A dup of the socket's descriptor for the addon: node closing its own cannot let it reach a reused number. */
+  #sendFd: number | undefined;
+  /** Why zero-copy is off for this connection, once known (TLS, not a socket, no addon). */
+  #zeroCopyOff = false;
+  #sending = 0;
+  readonly #sendAbort = new AbortController();
   readonly closed: Promise<void>;
   #resolveClosed!: () => void;
 
@@ -169,7 +195,11 @@ export class ServerConnection {
   #pump(): void {
     while (this.#state === 'handshake' || this.#state === 'transmission') {
       if (this.#state === 'transmission') {
-        if (this.#inflight >= this.#ctx.limits.maxInFlight || this.#socket.writableNeedDrain) {
+        if (
+          this.#inflight >= this.#ctx.limits.maxInFlight ||
+          this.#socket.writableNeedDrain ||
+          this.#out.length > this.#ctx.limits.maxInFlight * 2
+        ) {
           this.#socket.pause();
           return;
         }
@@ -573,6 +603,9 @@ export class ServerConnection {
   }
 
   async #read(req: NbdRequest): Promise<void> {
+    const zc = this.#zeroCopyOps();
+    if (zc && (await this.#readZeroCopy(req, zc))) return;
+    this.#ctx.stats.copiedReads++;
     const pool = this.#ctx.pool;
     const buf = pool.get(req.length);
     try {
@@ -585,13 +618,83 @@ export class ServerConnection {
       pool.release(buf);
       return;
     }
+    const header = this.#readHeader(req);
+    this.#write(header);
+    this.#write(buf, () => pool.release(buf));
+  }
+
+  #readHeader(req: NbdRequest): Uint8Array {
     const header = Buffer.allocUnsafe(40);
     const n =
       this.#structured || this.#extended
         ? writeDataChunkHeader(header, 0, this.#extended, ReplyFlag.DONE, req.cookie, req.offset, req.offset, req.length)
         : writeSimpleReply(header, 0, 0, req.cookie);
-    this.#write(header.subarray(0, n));
-    this.#write(buf, () => pool.release(buf));
+    return header.subarray(0, n);
+  }
+
+  /**
+   * The sendfile calls, when this connection can use them: a plain (not TLS) socket with a
+   * descriptor, the addon loaded, a free send slot. The socket's descriptor is dup'd once.
+   */
+  #zeroCopyOps(): ZeroCopyOps | undefined {
+    const zc = this.#ctx.zeroCopy;
+    if (!zc || this.#zeroCopyOff || this.#state !== 'transmission' || !this.#ctx.sendSlots.available) return undefined;
+    if (this.#sendFd === undefined) {
+      const s = this.#socket;
+      const fd = (s as { _handle?: { fd?: unknown } })._handle?.fd;
+      if (this.#tlsDone || !(s instanceof Socket) || s instanceof TLSSocket || typeof fd !== 'number' || fd < 0) {
+        this.#zeroCopyOff = true;
+        debug('nbd server: READ replies on this connection are copied (not a plain socket)');
+        return undefined;
+      }
+      try {
+        this.#sendFd = zc.dup(fd);
+      } catch (err) {
+        this.#zeroCopyOff = true;
+        debug('nbd server: cannot dup the socket (%s); READ replies are copied', errMessage(err));
+        return undefined;
+      }
+    }
+    return zc;
+  }
+
+  /**
+   * Header + sendfile from the file that holds the range. False when the disk cannot map the
+   * range or every send slot is busy: then the caller copies. A send that fails part-way leaves
+   * a half-written reply, so the connection is dropped.
+   */
+  async #readZeroCopy(req: NbdRequest, zc: ZeroCopyOps): Promise<boolean> {
+    const header = this.#readHeader(req);
+    const done = await this.#disk!.withFileSpans(req.offset, req.length, async (spans) => {
+      if (!(await this.#turn())) return true;
+      const slots = this.#ctx.sendSlots;
+      if (!slots.tryAcquire()) {
+        this.#releaseTurn();
+        return false;
+      }
+      this.#sending++;
+      try {
+        let first = true;
+        for (const span of spans) {
+          await zc.sendFile(this.#sendFd!, span.fd, span.position, span.length, {
+            header: first ? header : null,
+            stallTimeout: this.#ctx.limits.sendStallTimeout,
+            signal: this.#sendAbort.signal,
+          });
+          first = false;
+        }
+        this.#ctx.stats.zeroCopyReads++;
+      } catch (err) {
+        this.#abort(err);
+      } finally {
+        this.#sending--;
+        slots.release();
+        this.#releaseTurn();
+        this.#closeSendFd();
+      }
+      return true;
+    });
+    return done === true;
   }
 
   async #blockStatus(req: NbdRequest): Promise<void> {
@@ -655,6 +758,15 @@ export class ServerConnection {
       cb?.();
       return;
     }
+    if (this.#addonOwns || this.#out.length > 0) {
+      this.#out.push({ data, cb });
+      return;
+    }
+    this.#nodeWrite(data, cb);
+  }
+
+  #nodeWrite(data: Uint8Array, cb: (() => void) | undefined): void {
+    const s = this.#socket;
     if (!this.#corked) {
       this.#corked = true;
       s.cork();
@@ -663,7 +775,71 @@ export class ServerConnection {
         s.uncork();
       });
     }
-    s.write(data, cb ? () => cb() : undefined);
+    this.#nodeWrites++;
+    s.write(data, () => {
+      this.#nodeWrites--;
+      cb?.();
+      if (this.#out.length > 0) this.#flushOut();
+    });
+  }
+
+  /** Resolves true when a zero-copy send may write to the socket, false when the connection ended. */
+  #turn(): Promise<boolean> {
+    if (this.#state === 'closed' || this.#socket.destroyed) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      this.#out.push({ turn: resolve });
+      this.#flushOut();
+    });
+  }
+
+  #releaseTurn(): void {
+    this.#addonOwns = false;
+    this.#flushOut();
+    if (this.#state === 'transmission' && this.#out.length === 0) this.#pump();
+  }
+
+  /** Hands queued output on in order; a send's turn waits until node has written everything before it. */
+  #flushOut(): void {
+    while (!this.#addonOwns && this.#out.length > 0) {
+      if (this.#state === 'closed' || this.#socket.destroyed) {
+        this.#dropOut();
+        return;
+      }
+      const next = this.#out[0]!;
+      if (next.turn) {
+        if (this.#nodeWrites > 0) return; // the last write's callback flushes again
+        if (this.#socket.writableLength > 0) {
+          setImmediate(() => this.#flushOut());
+          return;
+        }
+        this.#out.shift();
+        this.#addonOwns = true;
+        next.turn(true);
+        return;
+      }
+      this.#out.shift();
+      this.#nodeWrite(next.data, next.cb);
+    }
+  }
+
+  /** The connection is gone: waiting sends learn it, queued buffers go back. */
+  #dropOut(): void {
+    for (const p of this.#out.splice(0)) {
+      if (p.turn) p.turn(false);
+      else p.cb?.();
+    }
+  }
+
+  /** Closes the dup'd descriptor once the connection is over and no send uses it. */
+  #closeSendFd(): void {
+    if (this.#sendFd === undefined || this.#sending > 0 || this.#state !== 'closed') return;
+    const fd = this.#sendFd;
+    this.#sendFd = undefined;
+    try {
+      this.#ctx.zeroCopy?.close(fd);
+    } catch (err) {
+      debug('nbd server: closing the send descriptor: %s', errMessage(err));
+    }
   }
 
   #end(): void {
@@ -672,6 +848,7 @@ export class ServerConnection {
     clearTimeout(this.#handshakeTimer);
     const s = this.#socket;
     s.end();
+    this.#closeSendFd();
     // A client that never closes its side is dropped after a grace period.
     setTimeout(() => s.destroy(), 5000).unref();
   }
@@ -689,6 +866,10 @@ export class ServerConnection {
     if (this.#state !== 'closed') this.#state = 'closed';
     clearTimeout(this.#handshakeTimer);
     clearTimeout(this.#frameTimer);
+    // A send in flight stops within one poll slice; the descriptor closes when it has.
+    this.#sendAbort.abort();
+    this.#dropOut();
+    this.#closeSendFd();
     if (this.#idle) {
       const idle = this.#idle;
       this.#idle = undefined;

@@ -1,5 +1,6 @@
 import type { Duplex } from 'node:stream';
 import type { Disk } from '@vd/core';
+import { defaultZeroCopySends } from './zero-copy.js';
 
 /** One disk the server exports under a name. */
 export interface NbdExport {
@@ -31,6 +32,17 @@ export interface NbdServerLimits {
   shutdownTimeout?: number;
   /** Descriptors in one block status reply (default 65536). */
   maxExtents?: number;
+  /**
+   * Zero-copy READ replies (sendfile, with `@vd/sparse`) running at once, server-wide; each holds
+   * a thread-pool thread while its client reads. Default: half of UV_THREADPOOL_SIZE, 1 to 4.
+   * 0 turns zero-copy off (so does `VD_NBD_ZEROCOPY=0`).
+   */
+  zeroCopySends?: number;
+  /**
+   * Milliseconds a zero-copy reply may make no progress because the client reads nothing; then
+   * the connection is dropped (default 30 s). Bounds how long a stalled client holds a thread.
+   */
+  sendStallTimeout?: number;
 }
 
 /**
@@ -67,6 +79,16 @@ export interface ResolvedLimits {
   frameTimeout: number;
   shutdownTimeout: number;
   maxExtents: number;
+  zeroCopySends: number;
+  sendStallTimeout: number;
+}
+
+/** How the server answered READ requests, for tests and monitoring. */
+export interface NbdServerStats {
+  /** READ replies sent from the file with sendfile (page cache to socket). */
+  zeroCopyReads: number;
+  /** READ replies read into a buffer and written (no addon, TLS, a format that needs decoding, all send slots busy). */
+  copiedReads: number;
 }
 
 export function resolveLimits(l: NbdServerLimits = {}): ResolvedLimits {
@@ -79,5 +101,7 @@ export function resolveLimits(l: NbdServerLimits = {}): ResolvedLimits {
     frameTimeout: l.frameTimeout ?? 30_000,
     shutdownTimeout: l.shutdownTimeout ?? 30_000,
     maxExtents: l.maxExtents ?? 65536,
+    zeroCopySends: l.zeroCopySends ?? defaultZeroCopySends(),
+    sendStallTimeout: l.sendStallTimeout ?? 30_000,
   };
 }

@@ -4,7 +4,15 @@ import type { Duplex } from 'node:stream';
 import { debug, VdError } from '@vd/core';
 import { BufferPool } from '../buffer-pool.js';
 import { ServerConnection, type ServerContext } from './connection.js';
-import { type NbdExport, type NbdServerOptions, type NbdServerTls, type ResolvedLimits, resolveLimits } from './options.js';
+import {
+  type NbdExport,
+  type NbdServerOptions,
+  type NbdServerStats,
+  type NbdServerTls,
+  type ResolvedLimits,
+  resolveLimits,
+} from './options.js';
+import { loadZeroCopy, SendSlots, type ZeroCopyOps } from './zero-copy.js';
 
 export type ListenOptions = { host?: string; port?: number } | { path: string } | { fd: number };
 
@@ -33,6 +41,9 @@ export class NbdServer {
   readonly #addresses: NbdServerAddress[] = [];
   readonly #connections = new Set<ServerConnection>();
   readonly #ctx: ServerContext;
+  readonly #stats: NbdServerStats = { zeroCopyReads: 0, copiedReads: 0 };
+  #zeroCopy: ZeroCopyOps | undefined;
+  readonly #zeroCopyLoading: Promise<unknown>;
   #closing: Promise<void> | undefined;
 
   constructor(opts: NbdServerOptions) {
@@ -51,6 +62,16 @@ export class NbdServer {
     if (this.#limits.maxPayload < 1 << 20 || this.#limits.maxPayload > 0x7fffffff) {
       throw new VdError('ERR_VD_INVALID_ARGUMENT', 'limits.maxPayload must be between 1 MiB and 2 GiB');
     }
+    const { zeroCopySends, sendStallTimeout } = this.#limits;
+    if (!Number.isSafeInteger(zeroCopySends) || zeroCopySends < 0 || !Number.isSafeInteger(sendStallTimeout) || sendStallTimeout < 1) {
+      throw new VdError('ERR_VD_INVALID_ARGUMENT', 'limits.zeroCopySends must be an integer >= 0 and limits.sendStallTimeout one >= 1');
+    }
+    this.#zeroCopyLoading =
+      zeroCopySends > 0
+        ? loadZeroCopy().then((z) => {
+            this.#zeroCopy = z;
+          })
+        : Promise.resolve();
     const exports = this.#exports;
     const self = this;
     this.#ctx = {
@@ -59,6 +80,11 @@ export class NbdServer {
       tls: opts.tls as NbdServerTls | undefined,
       extendedHeaders: opts.extendedHeaders ?? true,
       structuredReplies: opts.structuredReplies ?? true,
+      sendSlots: new SendSlots(zeroCopySends),
+      stats: this.#stats,
+      get zeroCopy() {
+        return self.#zeroCopy;
+      },
       get shuttingDown() {
         return self.#closing !== undefined;
       },
@@ -85,6 +111,11 @@ export class NbdServer {
     return i >= 0;
   }
 
+  /** How READ requests were answered so far (zero-copy or copied); a live object. */
+  get stats(): Readonly<NbdServerStats> {
+    return this.#stats;
+  }
+
   /** Open connections. */
   get connections(): number {
     return this.#connections.size;
@@ -97,6 +128,8 @@ export class NbdServer {
   /** Starts listening; resolves to the address and the URI of the default export. */
   async listen(opts: ListenOptions = {}): Promise<NbdServerAddress> {
     if (this.#closing) throw new VdError('ERR_VD_CLOSED', 'the NBD server is closed');
+    // So the first client's reads already go zero-copy where they can.
+    await this.#zeroCopyLoading;
     const server = createServer({ noDelay: true, pauseOnConnect: false }, (s) => this.handle(s));
     server.on('error', (err) => debug('nbd server: listener error: %s', err.message));
     if ('fd' in opts) server.listen({ fd: opts.fd });

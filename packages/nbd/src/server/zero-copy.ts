@@ -1,0 +1,73 @@
+import { debug } from '@vd/core';
+
+/** The zero-copy calls of the optional native package `@vd/sparse`. */
+export interface ZeroCopyOps {
+  sendFile(
+    sockFd: number,
+    fileFd: number,
+    position: number,
+    length: number,
+    opts: { header?: Uint8Array | null; stallTimeout?: number; signal?: AbortSignal },
+  ): Promise<void>;
+  dup(fd: number): number;
+  close(fd: number): void;
+}
+
+let loading: Promise<ZeroCopyOps | undefined> | undefined;
+
+/**
+ * Loads `@vd/sparse` once for sendfile. Absent, unbuilt, too old, or switched off with
+ * `VD_NBD_ZEROCOPY=0`, it resolves undefined and READ replies are read into a buffer and written.
+ */
+export function loadZeroCopy(): Promise<ZeroCopyOps | undefined> {
+  loading ??= (async () => {
+    if (process.env.VD_NBD_ZEROCOPY === '0') {
+      debug('nbd server: zero-copy reads are off (VD_NBD_ZEROCOPY=0)');
+      return undefined;
+    }
+    // A variable specifier: the package is optional, so neither tsc nor a bundler may insist on it.
+    const specifier = '@vd/sparse';
+    try {
+      const mod = (await import(/* @vite-ignore */ specifier)) as Partial<ZeroCopyOps>;
+      if (typeof mod.sendFile === 'function' && typeof mod.dup === 'function' && typeof mod.close === 'function') {
+        return { sendFile: mod.sendFile, dup: mod.dup, close: mod.close };
+      }
+      debug('nbd server: @vd/sparse lacks sendFile; READ replies are copied');
+    } catch (err) {
+      debug('nbd server: @vd/sparse not loaded (%s); READ replies are copied', (err as Error)?.message ?? err);
+    }
+    return undefined;
+  })();
+  return loading;
+}
+
+/**
+ * Zero-copy sends running at once, server-wide. Each holds a libuv pool thread for as long as its
+ * client takes to read (up to the stall limit), so the cap stays below the pool size and stalled
+ * clients cannot starve file I/O; a reply that finds no slot is copied instead.
+ */
+export class SendSlots {
+  #active = 0;
+  constructor(readonly max: number) {}
+
+  get available(): boolean {
+    return this.#active < this.max;
+  }
+
+  tryAcquire(): boolean {
+    if (this.#active >= this.max) return false;
+    this.#active++;
+    return true;
+  }
+
+  release(): void {
+    this.#active--;
+  }
+}
+
+/** Half of libuv's pool (UV_THREADPOOL_SIZE, default 4), at least 1 and at most 4. */
+export function defaultZeroCopySends(): number {
+  const pool = Number(process.env.UV_THREADPOOL_SIZE);
+  const size = Number.isSafeInteger(pool) && pool > 0 ? pool : 4;
+  return Math.max(1, Math.min(4, Math.floor(size / 2)));
+}

@@ -1,0 +1,174 @@
+import { randomFillSync } from 'node:crypto';
+import { once } from 'node:events';
+import { readFile, writeFile } from 'node:fs/promises';
+import { connect, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { defineConformance } from '@vd/conformance';
+import { peerRequired, skipWithoutPeers } from '@vd/conformance/peers';
+import { type Disk, file, openDisk, rawFormat } from '@vd/core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { NbdServer, type NbdServerOptions, nbd } from '../../src/index.js';
+import { Cmd, encodeClientFlags, encodeOption, HandshakeFlag, Opt, REQUEST_SIZE, writeRequestHeader } from '../../src/protocol.js';
+import { run, tempDir } from '../helpers.js';
+
+// The zero-copy READ path (sendfile through @vd/sparse). Without the addon these tests skip,
+// unless peers are required (CI), where the addon must have built.
+const addon = await import('@vd/sparse').catch(() => undefined);
+const skip = (!addon && !peerRequired()) || skipWithoutPeers('nbdcopy', 'nbdinfo');
+
+const MiB = 1 << 20;
+const SIZE = 24 * MiB + 4096 + 123;
+
+describe.skipIf(skip)('NbdServer zero-copy READ replies', () => {
+  let tmp: Awaited<ReturnType<typeof tempDir>>;
+  let src: string;
+  let want: Buffer;
+  let disk: Disk;
+  const servers: NbdServer[] = [];
+
+  async function serve(opts: Partial<NbdServerOptions> = {}, where: 'tcp' | 'unix' = 'unix'): Promise<{ server: NbdServer; uri: string }> {
+    const server = new NbdServer({ exports: [{ name: 'src', disk }], ...opts });
+    servers.push(server);
+    const n = servers.length;
+    const { uri } =
+      where === 'tcp' ? await server.listen({ host: '127.0.0.1', port: 0 }) : await server.listen({ path: join(tmp.dir, `s${n}.sock`) });
+    return { server, uri };
+  }
+
+  beforeAll(async () => {
+    tmp = await tempDir();
+    src = join(tmp.dir, 'src.raw');
+    // Random data with a hole in the middle and an odd-sized tail.
+    want = Buffer.alloc(SIZE);
+    randomFillSync(want, 0, 8 * MiB);
+    randomFillSync(want, 16 * MiB);
+    await writeFile(src, want);
+    disk = await openDisk(src, { transports: [file({ formats: [rawFormat] })], readOnly: true });
+  });
+
+  afterAll(async () => {
+    for (const s of servers) await s.close();
+    await disk?.close();
+    await tmp?.cleanup();
+  });
+
+  it('nbdcopy to a file is byte-identical, over unix and TCP, and the reads went zero-copy', async () => {
+    for (const where of ['unix', 'tcp'] as const) {
+      const { server, uri } = await serve({}, where);
+      const out = join(tmp.dir, `out-${where}.raw`);
+      await run('nbdcopy', ['--request-size=1048576', uri, out]);
+      expect((await readFile(out)).equals(want)).toBe(true);
+      expect(server.stats.zeroCopyReads).toBeGreaterThan(0);
+      await server.close();
+    }
+  });
+
+  it('simple replies (no structured replies, no extended headers) read back exactly', async () => {
+    const { server, uri } = await serve({ structuredReplies: false, extendedHeaders: false });
+    const remote = await openDisk(uri, { transports: [nbd({ connections: 2 })], readOnly: true });
+    try {
+      for (const [offset, length] of [
+        [0, SIZE],
+        [1, 1],
+        [7 * MiB + 333, 3 * MiB + 17],
+        [SIZE - 123, 123],
+      ] as const) {
+        const got = await remote.read(offset, length);
+        expect(Buffer.from(got).equals(want.subarray(offset, offset + length))).toBe(true);
+      }
+      expect(server.stats.zeroCopyReads).toBeGreaterThan(0);
+    } finally {
+      await remote.close();
+    }
+  });
+
+  it('with zeroCopySends: 0 every read is copied, with the same bytes', async () => {
+    const { server, uri } = await serve({ limits: { zeroCopySends: 0 } });
+    const out = join(tmp.dir, 'out-copied.raw');
+    await run('nbdcopy', [uri, out]);
+    expect((await readFile(out)).equals(want)).toBe(true);
+    expect(server.stats.zeroCopyReads).toBe(0);
+    expect(server.stats.copiedReads).toBeGreaterThan(0);
+  });
+
+  it('drops a client that stops reading, while another client is served in full', async () => {
+    const { server, uri } = await serve({ limits: { sendStallTimeout: 300, zeroCopySends: 1 } });
+    const path = decodeURIComponent(new URL(uri).searchParams.get('socket')!);
+    const stalled = await stalledClient(path, 16, 8 * MiB);
+    // The stalled client holds the only send slot until its stall limit: nbdcopy is copied meanwhile.
+    const out = join(tmp.dir, 'out-beside.raw');
+    await run('nbdcopy', [uri, out]);
+    expect((await readFile(out)).equals(want)).toBe(true);
+    // The server drops the stalled client by itself (the test times out if it never does).
+    while (server.connections > 0) await new Promise((r) => setTimeout(r, 50));
+    // Reading again, the client finds what the kernel buffered and then the end: far less than asked.
+    let received = 0;
+    stalled.on('data', (c: Buffer) => {
+      received += c.length;
+    });
+    stalled.resume();
+    await once(stalled, 'close');
+    expect(received).toBeLessThan(16 * 8 * MiB);
+    // The server is not stuck: it still closes gracefully.
+    await server.close();
+    expect(server.connections).toBe(0);
+  });
+});
+
+/**
+ * A client that negotiates (EXPORT_NAME, no zeroes), sends `n` READ requests of `length` bytes
+ * and never reads the replies.
+ */
+async function stalledClient(path: string, n: number, length: number): Promise<Socket> {
+  const s = connect(path);
+  await once(s, 'connect');
+  // Greeting (18 bytes), then the export-name reply (8 + 2 bytes) arrive before we stop reading.
+  let got = 0;
+  const handshake = new Promise<void>((resolve) => {
+    const onData = (c: Buffer) => {
+      got += c.length;
+      if (got >= 18 + 10) {
+        s.off('data', onData);
+        s.pause();
+        resolve();
+      }
+    };
+    s.on('data', onData);
+  });
+  s.write(encodeClientFlags(HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES));
+  s.write(encodeOption(Opt.EXPORT_NAME, new TextEncoder().encode('src')));
+  await handshake;
+  const reqs = Buffer.alloc(REQUEST_SIZE * n);
+  for (let i = 0; i < n; i++) writeRequestHeader(reqs, i * REQUEST_SIZE, false, 0, Cmd.READ, i + 1, (i * MiB) % (16 * MiB), length);
+  s.write(reqs);
+  return s;
+}
+
+// The whole transport suite through our client against a raw file served zero-copy.
+{
+  const cleanups: (() => Promise<void>)[] = [];
+  const suite = defineConformance({
+    name: 'nbd client ↔ NbdServer over a raw file (zero-copy reads)',
+    factory: async ({ readOnly }) => {
+      const t = await tempDir();
+      const path = join(t.dir, 'c.raw');
+      await writeFile(path, Buffer.alloc(4 * MiB));
+      const d = await openDisk(path, { transports: [file({ formats: [rawFormat] })], readOnly });
+      const server = new NbdServer({ exports: [{ name: 'c', disk: d }] });
+      const { uri } = await server.listen({ path: join(t.dir, 'c.sock') });
+      cleanups.push(async () => {
+        await server.close();
+        await d.close();
+        await t.cleanup();
+      });
+      return openDisk(uri, { transports: [nbd()], readOnly });
+    },
+    teardown: async () => {
+      for (const c of cleanups.splice(0)) await c();
+    },
+  });
+  describe.skipIf(skip)(`conformance: ${suite.name}`, () => {
+    afterAll(() => suite.teardown());
+    for (const c of suite.cases) it(`${c.id}: ${c.title}`, (ctx) => c.run({ skip: (reason) => ctx.skip(reason) }));
+  });
+}
