@@ -174,7 +174,7 @@ export function nbdssl(options: NbdsslOptions = {}): Transport {
       const transport = nbd({
         ...nbdOptions(options),
         tls: clientUpgrade(tls, options.onPeer),
-        ...(useWorkers(location, options) ? { connect: workerConnector(portable, options.onPeer) } : {}),
+        ...(useWorkers(location, options) ? { connectExtra: workerConnector(portable, options.onPeer) } : {}),
       });
       // @vd/nbd reports a refused STARTTLS and plaintext behind its ACK as ERR_VD_TLS with a reason.
       return transport.open(location, opts);

@@ -57,7 +57,7 @@ export class WorkerConnection implements NbdClientConnection {
       },
       tls,
     };
-    const thread = new Worker(entry, { workerData: setup, execArgv: builtConditions(process.execArgv) });
+    const thread = new Worker(entry, { workerData: setup, execArgv: workerArgv(process.execArgv) });
     return new Promise<WorkerConnection>((resolve, reject) => {
       const fail = (err: VdError) => {
         done();
@@ -224,15 +224,18 @@ export function workerEntry(): URL | undefined {
 }
 
 /**
- * The worker runs built JavaScript: a `@vd/source` export condition inherited from a test runner
- * would point its imports at TypeScript files it cannot load.
+ * The process's node options, less those a worker must not inherit: a `@vd/source` export
+ * condition (from a test runner) would point its imports at TypeScript files it cannot load, and
+ * `--input-type` (from `node --input-type=module -e`) is refused for a worker's file.
  */
-function builtConditions(argv: readonly string[]): string[] {
+function workerArgv(argv: readonly string[]): string[] {
   const out: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
-    if ((a === '--conditions' || a === '-C') && argv[i + 1] === '@vd/source') i++;
-    else if (a !== '--conditions=@vd/source' && a !== '-C=@vd/source') out.push(a);
+    if ((a === '--conditions' || a === '-C' || a === '--input-type') && i + 1 < argv.length) {
+      if (a === '--input-type' || argv[i + 1] === '@vd/source') i++;
+      else out.push(a);
+    } else if (!a.startsWith('--input-type=') && a !== '--conditions=@vd/source' && a !== '-C=@vd/source') out.push(a);
   }
   return out;
 }

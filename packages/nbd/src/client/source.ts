@@ -48,10 +48,12 @@ export interface NbdClientOptions extends HandshakeOptions {
   /** Milliseconds before the first reconnect; doubles each attempt (default 100). */
   retryDelay?: number;
   /**
-   * Opens one connection (the first, the multi-conn ones, reconnects); default `NbdConnection.open`
-   * in this thread. `@vd/nbdssl` passes one that runs each connection in a worker thread.
+   * Opens each connection after the first (multi-conn), and their replacements on reconnect;
+   * default `NbdConnection.open` in this thread, like the first. `@vd/nbdssl` passes one that runs
+   * each in a worker thread: the first connection's replies land in the caller's buffers with no
+   * copy, the others' decryption runs on other cores.
    */
-  connect?: (target: NbdTarget, opts: HandshakeOptions) => Promise<NbdClientConnection>;
+  connectExtra?: (target: NbdTarget, opts: HandshakeOptions) => Promise<NbdClientConnection>;
 }
 
 const MiB = 1 << 20;
@@ -101,14 +103,13 @@ export class NbdClientSource implements BlockSource {
 
   static async open(target: NbdTarget, opts: NbdClientOptions = {}, readOnly = false): Promise<NbdClientSource> {
     const hs = { ...opts, metaContexts: contextsToAsk(opts.metaContexts) };
-    const connect = opts.connect ?? ((t: NbdTarget, o: HandshakeOptions) => NbdConnection.open(t, o));
-    const first = await connect(target, hs);
-    const conns = [first];
+    const first = await NbdConnection.open(target, hs);
+    const conns: NbdClientConnection[] = [first];
     const want = Math.max(1, Math.floor(opts.connections ?? 4));
     // A second connection to a server without multi-conn may never be greeted (qemu-nbd -e 1), and
     // would not see our writes consistently anyway: open more only when the server promises it.
     if (want > 1 && first.info.flags & TxFlag.CAN_MULTI_CONN) {
-      const more = await Promise.allSettled(Array.from({ length: want - 1 }, () => connect(target, hs)));
+      const more = await Promise.allSettled(Array.from({ length: want - 1 }, () => (opts.connectExtra ?? inThread)(target, hs)));
       for (const r of more) {
         if (r.status === 'fulfilled') conns.push(r.value);
         else debug('nbd client: extra connection to %s failed: %s', formatNbdUri(target), (r.reason as Error).message);
@@ -247,7 +248,8 @@ export class NbdClientSource implements BlockSource {
             next.push(c);
             continue;
           }
-          const fresh = await (this.#opts.connect ?? ((t, o) => NbdConnection.open(t, o)))(this.target, hs);
+          const open = c.worker && this.#opts.connectExtra ? this.#opts.connectExtra : inThread;
+          const fresh = await open(this.target, hs);
           if (fresh.info.size !== this.size) {
             fresh.destroy();
             throw new VdError('ERR_VD_PROTOCOL', `NBD export ${formatNbdUri(this.target)} changed size across a reconnect`);
@@ -263,6 +265,8 @@ export class NbdClientSource implements BlockSource {
     return this.#reconnecting;
   }
 }
+
+const inThread = (t: NbdTarget, o: HandshakeOptions): Promise<NbdClientConnection> => NbdConnection.open(t, o);
 
 function isLost(err: unknown): boolean {
   return isVdError(err) && err.details.connectionLost === true;
