@@ -1,12 +1,12 @@
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { access, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { skipWithoutPeers } from '@vd/conformance/peers';
+import { peerEnv, skipWithoutPeers, startPeer } from '@vd/conformance/peers';
 import { describe, expect, it } from 'vitest';
 import { vd, withTempDir } from './run.js';
 
@@ -17,25 +17,16 @@ describe.skipIf(skipWithoutPeers('nbdkit'))('vd over nbds://', () => {
       const pki = join(tmp, 'pki');
       expect((await vd('cert', 'init', pki)).code).toBe(0);
       const sock = join(tmp, 'nbdkit.sock');
-      const child = spawn(
+      const kit = await startPeer(
         'nbdkit',
         ['-f', '--exit-with-parent', '--tls=require', `--tls-certificates=${pki}`, '-U', sock, 'pattern', '1M'],
         {
-          stdio: 'ignore',
+          socket: sock,
+          tls: true,
         },
       );
       try {
-        for (let i = 0; i < 200; i++) {
-          if (
-            await access(sock).then(
-              () => true,
-              () => false,
-            )
-          )
-            break;
-          await new Promise((r) => setTimeout(r, 50));
-        }
-        const uri = `nbds+unix:///?socket=${encodeURIComponent(sock)}&tls-certificates=${encodeURIComponent(pki)}`;
+        const uri = `${kit.uri}&tls-certificates=${encodeURIComponent(pki)}`;
         const info = await vd('info', uri, '--json');
         expect(info.stderr).toBe('');
         const report = JSON.parse(info.stdout);
@@ -51,8 +42,7 @@ describe.skipIf(skipWithoutPeers('nbdkit'))('vd over nbds://', () => {
         expect(pinned.stderr).toContain(actual);
         expect((await vd('info', `${uri}&tls-thumbprint=${actual}`)).code).toBe(0);
       } finally {
-        child.kill();
-        await once(child, 'exit');
+        await kit.stop();
       }
     });
   });
@@ -63,7 +53,6 @@ const exec = promisify(execFile);
 /** `vd serve --tls` as a real process, read by libnbd's tools over nbds+unix://. */
 describe.skipIf(skipWithoutPeers('nbdinfo', 'nbdcopy'))('vd serve --tls', () => {
   it('makes a certificate, prints its thumbprint, and serves only over TLS', async () => {
-    const peerEnv = { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` };
     await withTempDir(async (tmp) => {
       const disk = join(tmp, 'disk.img');
       const data = randomBytes(3 << 20);

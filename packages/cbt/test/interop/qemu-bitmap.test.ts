@@ -1,28 +1,23 @@
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { skipWithoutPeers } from '@vd/conformance/peers';
+import { peerEnv as env, skipWithoutPeers, startPeer } from '@vd/conformance/peers';
 import { memoryDisk, openDisk } from '@vd/core';
 import { NbdServer, nbd } from '@vd/nbd';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { changedAreasFromBitmap, mark, queryChangedAreas, track, trackerOf } from '../../src/index.js';
 import { tempDir } from '../helpers.js';
 
 const exec = promisify(execFile);
-// nbdinfo and python3-libnbd from the distribution, not a copy elsewhere on PATH.
-const env = { ...process.env, PATH: `/usr/bin:${process.env.PATH}` };
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
 let dir: string;
 let cleanup: () => Promise<void>;
-const children: ChildProcess[] = [];
 beforeAll(async () => {
   ({ dir, cleanup } = await tempDir());
 });
 afterAll(async () => {
-  for (const c of children) c.kill('SIGTERM');
   await cleanup();
 });
 
@@ -31,14 +26,6 @@ async function nbdinfoDirty(uri: string, context: string): Promise<{ start: numb
   const { stdout } = await exec('nbdinfo', ['--json', `--map=${context}`, uri], { env });
   const map = JSON.parse(stdout) as { offset: number; length: number; type: number; description: string }[];
   return map.filter((e) => e.type & 1).map((e) => ({ start: e.offset, length: e.length }));
-}
-
-async function waitFor(path: string, child: ChildProcess): Promise<void> {
-  for (let i = 0; i < 400 && !existsSync(path); i++) {
-    if (child.exitCode !== null) throw new Error(`qemu-nbd exited with ${child.exitCode}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  if (!existsSync(path)) throw new Error(`qemu-nbd did not create ${path}`);
 }
 
 describe.skipIf(skipWithoutPeers('qemu-img', 'qemu-io', 'qemu-nbd', 'nbdinfo'))('qemu dirty bitmaps over NBD', () => {
@@ -50,14 +37,10 @@ describe.skipIf(skipWithoutPeers('qemu-img', 'qemu-io', 'qemu-nbd', 'nbdinfo'))(
     await exec('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x55 1M 64k', '-c', 'write -P 0x66 5M 4k', '-c', 'write -z 9M 200k', img], {
       env,
     });
-    // qemu-nbd writes its pid file once it listens; the socket file alone exists from bind() on.
-    const child = spawn('qemu-nbd', ['-f', 'qcow2', '-r', '-t', '-B', 'b0', `--pid-file=${sock}.pid`, '-k', sock, img], {
-      env,
-      stdio: 'ignore',
+    const { uri } = await startPeer('qemu-nbd', ['-f', 'qcow2', '-r', '-t', '-B', 'b0', '-k', sock, img], {
+      socket: sock,
+      teardown: onTestFinished,
     });
-    children.push(child);
-    await waitFor(`${sock}.pid`, child);
-    const uri = `nbd+unix:///?socket=${sock}`;
     const want = await nbdinfoDirty(uri, 'qemu:dirty-bitmap:b0');
     // qemu's bitmap granularity is 64 KiB: the 4 KiB write shows as a 64 KiB area.
     expect(want).toEqual([

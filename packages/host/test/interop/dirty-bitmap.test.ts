@@ -1,19 +1,18 @@
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { access } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { ChangedArea } from '@vd/cbt';
+import { peerEnv as env, startPeer } from '@vd/conformance/peers';
 import { openDisk } from '@vd/core';
 import { nbd } from '@vd/nbd';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { bitmapChanges, DiskHost } from '../../src/index.js';
 import { allAreas, expectedAreas, randomRegions, rawImage, tempDir, withoutPeer } from '../helpers.js';
 
 const run = promisify(execFile);
 const SIZE = 8 * 1024 * 1024;
 const G = 64 * 1024;
-const env = { ...process.env, PATH: `/usr/bin:${process.env.PATH}` };
 
 let dir: string;
 let cleanup: () => Promise<void>;
@@ -73,11 +72,6 @@ describe.skipIf(withoutPeer('nbdinfo'))('nbdinfo --map=qemu:dirty-bitmap against
 });
 
 describe.skipIf(withoutPeer('qemu-img', 'qemu-io', 'qemu-nbd'))('changed areas of a QEMU disk through qemu-nbd -B', () => {
-  let server: ChildProcess | undefined;
-  afterAll(() => {
-    server?.kill('SIGTERM');
-  });
-
   it('bitmapChanges reads the written regions from a qcow2 persistent bitmap', async () => {
     const img = join(dir, 'q.qcow2');
     const sock = join(dir, 'q.sock');
@@ -85,20 +79,10 @@ describe.skipIf(withoutPeer('qemu-img', 'qemu-io', 'qemu-nbd'))('changed areas o
     await run('qemu-img', ['bitmap', '--add', '--granularity', String(G), img, 'b0'], { env });
     const regions = randomRegions(SIZE, 12, 150_000);
     await run('qemu-io', ['-f', 'qcow2', ...regions.flatMap(([o, l]) => ['-c', `write -P 7 ${o} ${l}`]), img], { env });
-    // qemu-nbd writes its pid file once it listens; the socket file alone exists from bind() on.
-    server = spawn('qemu-nbd', ['-r', '-B', 'b0', '-f', 'qcow2', '-k', sock, `--pid-file=${sock}.pid`, '--persistent', img], {
-      env,
-      stdio: 'ignore',
+    const { uri } = await startPeer('qemu-nbd', ['-r', '-B', 'b0', '-f', 'qcow2', '-k', sock, '--persistent', img], {
+      socket: sock,
+      teardown: onTestFinished,
     });
-    for (let i = 0; i < 100; i++) {
-      try {
-        await access(`${sock}.pid`);
-        break;
-      } catch {
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    }
-    const uri = `nbd+unix:///?socket=${encodeURIComponent(sock)}`;
     const ours = await collect(bitmapChanges(uri, 'b0'));
     expect(ours).toEqual(expectedAreas(regions, G, SIZE));
     if (!withoutPeer('nbdinfo')) expect(await nbdinfoDirty(uri, 'qemu:dirty-bitmap:b0')).toEqual(ours);
