@@ -634,7 +634,7 @@ export class ServerConnection {
 
   /**
    * The sendfile calls, when this connection can use them: a plain (not TLS) socket with a
-   * descriptor, the addon loaded, a free send slot. The socket's descriptor is dup'd once.
+   * descriptor, the addon loaded, a free send slot.
    */
   #zeroCopyOps(): ZeroCopyOps | undefined {
     const zc = this.#ctx.zeroCopy;
@@ -647,15 +647,20 @@ export class ServerConnection {
         debug('nbd server: READ replies on this connection are copied (not a plain socket)');
         return undefined;
       }
-      try {
-        this.#sendFd = zc.dup(fd);
-      } catch (err) {
-        this.#zeroCopyOff = true;
-        debug('nbd server: cannot dup the socket (%s); READ replies are copied', errMessage(err));
-        return undefined;
-      }
     }
     return zc;
+  }
+
+  /** A dup of the socket's descriptor for the addon, made on the first zero-copy send. */
+  #sendDescriptor(zc: ZeroCopyOps): number | undefined {
+    if (this.#sendFd !== undefined) return this.#sendFd;
+    try {
+      this.#sendFd = zc.dup((this.#socket as unknown as { _handle: { fd: number } })._handle.fd);
+    } catch (err) {
+      this.#zeroCopyOff = true;
+      debug('nbd server: cannot dup the socket (%s); READ replies are copied', errMessage(err));
+    }
+    return this.#sendFd;
   }
 
   /**
@@ -668,7 +673,8 @@ export class ServerConnection {
     const done = await this.#disk!.withFileSpans(req.offset, req.length, async (spans) => {
       if (!(await this.#turn())) return true;
       const slots = this.#ctx.sendSlots;
-      if (!slots.tryAcquire()) {
+      const fd = this.#sendDescriptor(zc);
+      if (fd === undefined || !slots.tryAcquire()) {
         this.#releaseTurn();
         return false;
       }
@@ -676,7 +682,7 @@ export class ServerConnection {
       try {
         let first = true;
         for (const span of spans) {
-          await zc.sendFile(this.#sendFd!, span.fd, span.position, span.length, {
+          await zc.sendFile(fd, span.fd, span.position, span.length, {
             header: first ? header : null,
             stallTimeout: this.#ctx.limits.sendStallTimeout,
             signal: this.#sendAbort.signal,

@@ -5,7 +5,7 @@ import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { defineConformance } from '@vd/conformance';
 import { peerRequired, skipWithoutPeers } from '@vd/conformance/peers';
-import { type Disk, file, openDisk, rawFormat } from '@vd/core';
+import { type Disk, file, memoryDisk, openDisk, rawFormat } from '@vd/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdServer, type NbdServerOptions, nbd } from '../../src/index.js';
 import { Cmd, encodeClientFlags, encodeOption, HandshakeFlag, Opt, REQUEST_SIZE, writeRequestHeader } from '../../src/protocol.js';
@@ -89,6 +89,21 @@ describe.skipIf(skip)('NbdServer zero-copy READ replies', () => {
     expect((await readFile(out)).equals(want)).toBe(true);
     expect(server.stats.zeroCopyReads).toBe(0);
     expect(server.stats.copiedReads).toBeGreaterThan(0);
+  });
+
+  it('copies where the disk cannot map the range (a memory disk), with the same bytes', async () => {
+    const mem = memoryDisk(4 * MiB);
+    await mem.write(0, want.subarray(0, 4 * MiB));
+    const server = new NbdServer({ exports: [{ name: 'mem', disk: mem }] });
+    servers.push(server);
+    const { uri } = await server.listen({ path: join(tmp.dir, 'mem.sock') });
+    const out = join(tmp.dir, 'out-mem.raw');
+    await run('nbdcopy', [uri, out]);
+    expect((await readFile(out)).equals(want.subarray(0, 4 * MiB))).toBe(true);
+    expect(server.stats).toMatchObject({ zeroCopyReads: 0 });
+    expect(server.stats.copiedReads).toBeGreaterThan(0);
+    await server.close();
+    await mem.close();
   });
 
   it('drops a client that stops reading, while another client is served in full', async () => {
