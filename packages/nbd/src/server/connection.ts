@@ -656,6 +656,7 @@ export class ServerConnection {
     if (this.#sendFd !== undefined) return this.#sendFd;
     try {
       this.#sendFd = zc.dup((this.#socket as unknown as { _handle: { fd: number } })._handle.fd);
+      debug('nbd server: READ replies on this connection go zero-copy (sendfile)');
     } catch (err) {
       this.#zeroCopyOff = true;
       debug('nbd server: cannot dup the socket (%s); READ replies are copied', errMessage(err));
