@@ -807,6 +807,13 @@ export class ServerConnection {
 
   /** Hands queued output on in order; a send's turn waits until node has written everything before it. */
   #flushOut(): void {
+    const queued = this.#out.length;
+    this.#drainOut();
+    // #pump stops reading requests while too much output waits here; carry on once it went out.
+    if (this.#out.length < queued && this.#state === 'transmission' && this.#socket.isPaused()) process.nextTick(() => this.#pump());
+  }
+
+  #drainOut(): void {
     while (!this.#addonOwns && this.#out.length > 0) {
       if (this.#state === 'closed' || this.#socket.destroyed) {
         this.#dropOut();

@@ -91,6 +91,23 @@ describe.skipIf(skip)('NbdServer zero-copy READ replies', () => {
     expect(server.stats.copiedReads).toBeGreaterThan(0);
   });
 
+  it('mixes zero-copy and copied replies on the same connections when send slots run out', async () => {
+    const { server, uri } = await serve({ limits: { zeroCopySends: 1 } });
+    const out = join(tmp.dir, 'out-mixed.raw');
+    await run('nbdcopy', ['--connections=4', '--requests=16', '--request-size=262144', uri, out]);
+    expect((await readFile(out)).equals(want)).toBe(true);
+    expect(server.stats.zeroCopyReads).toBeGreaterThan(0);
+    // Extended headers (our client negotiates them) with many reads in flight on each connection.
+    const remote = await openDisk(uri, { transports: [nbd({ connections: 2 })], readOnly: true });
+    try {
+      const ranges = Array.from({ length: 48 }, (_, i) => [(i * 524_287) % (SIZE - MiB), 1 + ((i * 99_991) % MiB)] as const);
+      const got = await Promise.all(ranges.map(([o, n]) => remote.read(o, n)));
+      ranges.forEach(([o, n], i) => expect(Buffer.from(got[i]!).equals(want.subarray(o, o + n))).toBe(true));
+    } finally {
+      await remote.close();
+    }
+  });
+
   it('copies where the disk cannot map the range (a memory disk), with the same bytes', async () => {
     const mem = memoryDisk(4 * MiB);
     await mem.write(0, want.subarray(0, 4 * MiB));
