@@ -1,4 +1,5 @@
 import { stat } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { type BlockSource, type OpenOptions, type ProbeResult, type Transport, VdError } from '@vd/core';
 import { type NbdTarget, type NbdTransportOptions, nbd, parseNbdUri } from '@vd/nbd';
 import { type ClientTlsOptions, clientUpgrade } from './client-tls.js';
@@ -34,26 +35,40 @@ export interface NbdsslOptions extends Omit<NbdTransportOptions, 'tls'> {
   /** Called once per connection with what was learnt about the server. */
   onPeer?: (peer: PeerIdentity, target: NbdTarget) => void;
   /**
-   * Run each connection (socket, TLS session, reply parsing) in its own worker thread, so that
-   * with several connections decryption runs on several cores (default true). `false` or `0`
-   * keeps every connection in the calling thread; so do `workers=false` in the URI and
-   * `VD_NBDSSL_WORKERS=0` in the environment.
+   * Run each multi-conn connection after the first (socket, TLS session, reply parsing) in its own
+   * worker thread, so decryption runs on several cores. Default: on when the machine has more
+   * than 2 cores; `workers=true|false` in the URI and `VD_NBDSSL_WORKERS=1|0` decide too (URI,
+   * then this option, then the environment).
    */
   workers?: boolean | number;
 }
 
 const schemes = ['nbds', 'nbds+unix'] as const;
 
+const on = /^(1|true|yes|on)$/i;
 const off = /^(0|false|no|off)$/i;
 
-/** Whether this disk's connections run in worker threads: on unless the option, the URI or the environment says not. */
-function useWorkers(location: URL, options: NbdsslOptions): boolean {
-  if (options.workers === false || options.workers === 0) return false;
-  const q = location.searchParams.get('workers');
-  if (q !== null && off.test(q)) return false;
-  const env = process.env.VD_NBDSSL_WORKERS;
-  if (env !== undefined && off.test(env)) return false;
-  return workersAvailable();
+/**
+ * Whether this disk's multi-conn connections (all but the first) run in worker threads: the URI's
+ * `workers=`, else the option, else `VD_NBDSSL_WORKERS`, else when the machine has more than 2
+ * cores. On 2 cores shared with the server (nbdkit's encryption costs about what our decryption
+ * does) another decrypting thread has no idle core to run on and its overhead (start-up, a copy
+ * of what it reads) makes the read slower; see the README's figures.
+ */
+export function useWorkers(location: URL, options: NbdsslOptions): boolean {
+  const choice = (v: string | boolean | number | undefined): boolean | undefined => {
+    if (v === undefined) return undefined;
+    if (typeof v !== 'string') return v !== false && v !== 0;
+    if (on.test(v)) return true;
+    if (off.test(v)) return false;
+    throw new VdError('ERR_VD_INVALID_ARGUMENT', `workers=${v}: expected true or false`);
+  };
+  const wanted =
+    choice(location.searchParams.get('workers') ?? undefined) ??
+    choice(options.workers) ??
+    choice(process.env.VD_NBDSSL_WORKERS || undefined) ??
+    availableParallelism() > 2;
+  return wanted && workersAvailable();
 }
 
 /** What `nbd()` takes of our options: everything but the TLS settings. */

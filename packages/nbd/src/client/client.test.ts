@@ -1,4 +1,5 @@
 import { createServer, connect as netConnect, type Socket } from 'node:net';
+import { availableParallelism } from 'node:os';
 import { runConformance } from '@vd/conformance/vitest';
 import { type Disk, isVdError, memoryDisk, openDisk } from '@vd/core';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -129,6 +130,14 @@ describe('client against our server', () => {
     await disk.flush();
     const back = await Promise.all([0, 1, 2, 3].map((i) => disk.read(i * 512 * 1024, 512 * 1024)));
     expect(Buffer.compare(Buffer.concat(back.slice(0, 2)), data)).toBe(0);
+  });
+
+  it('opens as many connections as there are cores, at most 4, by default', async () => {
+    const { server, uri } = await serve(memoryDisk(MiB));
+    const disk = await openDisk(uri, { transports: [nbd()] });
+    cleanups.push(() => disk.close());
+    expect(disk.info().connections).toBe(Math.min(4, availableParallelism()));
+    expect(server.connections).toBe(Math.min(4, availableParallelism()));
   });
 
   it('maps server errors to coded errors that keep the errno', async () => {

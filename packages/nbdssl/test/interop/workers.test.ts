@@ -2,15 +2,16 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket, connect as unixConnect } from 'node:net';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { defineConformance } from '@vd/conformance';
 import { peerRequired, skipWithoutPeers } from '@vd/conformance/peers';
 import { channels, type Disk, isVdError, openDisk } from '@vd/core';
 import { parseNbdUri } from '@vd/nbd';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPki, type Pki } from '../../src/pki.js';
-import { nbdssl } from '../../src/transport.js';
+import { nbdssl, useWorkers } from '../../src/transport.js';
 import { workerConnector, workersAvailable } from '../../src/worker-connection.js';
 import { type Daemon, daemon } from '../peers.js';
 
@@ -59,6 +60,21 @@ async function nbdkit(file: string): Promise<string> {
 const uriOf = (sock: string, extra = '') =>
   `nbds+unix:///?socket=${encodeURIComponent(sock)}&tls-certificates=${encodeURIComponent(pki.dir)}${extra}`;
 
+if (!skip) {
+  const suite = defineConformance({
+    name: 'nbdssl client, worker connections ↔ nbdkit --tls=require file',
+    factory: async ({ readOnly }) =>
+      openDisk(uriOf(await nbdkit(await rawFile(new Uint8Array(4 * MiB)))), {
+        transports: [nbdssl({ connections: 2, workers: true })],
+        readOnly,
+      }),
+  });
+  describe(`conformance: ${suite.name}`, () => {
+    afterAll(() => suite.teardown());
+    for (const c of suite.cases) it(`${c.id}: ${c.title}`, (ctx) => c.run({ skip: (reason) => ctx.skip(reason) }));
+  });
+}
+
 describe.skipIf(skip)('nbdssl connections in worker threads', () => {
   let data: Buffer;
   let src: string;
@@ -70,7 +86,7 @@ describe.skipIf(skip)('nbdssl connections in worker threads', () => {
   });
 
   it('multi-conn: the first connection stays in this thread, the others run in workers, reads match', async () => {
-    const disk = await openDisk(uriOf(sock), { transports: [nbdssl({ connections: 3 })], readOnly: true });
+    const disk = await openDisk(uriOf(sock), { transports: [nbdssl({ connections: 3, workers: true })], readOnly: true });
     try {
       expect(disk.info().connections).toBe(3);
       expect(disk.info().workerConnections).toBe(2);
@@ -82,11 +98,31 @@ describe.skipIf(skip)('nbdssl connections in worker threads', () => {
     }
   });
 
+  it('the default follows the core count; the URI wins over the option, the option over the environment', () => {
+    const url = new URL(uriOf(sock));
+    const env = process.env.VD_NBDSSL_WORKERS;
+    try {
+      delete process.env.VD_NBDSSL_WORKERS;
+      expect(useWorkers(url, {})).toBe(availableParallelism() > 2);
+      process.env.VD_NBDSSL_WORKERS = '1';
+      expect(useWorkers(url, {})).toBe(true);
+      expect(useWorkers(url, { workers: false })).toBe(false);
+      expect(useWorkers(new URL(`${url.href}&workers=false`), { workers: true })).toBe(false);
+      process.env.VD_NBDSSL_WORKERS = '0';
+      expect(useWorkers(url, {})).toBe(false);
+      expect(useWorkers(new URL(`${url.href}&workers=1`), {})).toBe(true);
+      expect(() => useWorkers(new URL(`${url.href}&workers=maybe`), {})).toThrow(/workers=maybe/);
+    } finally {
+      if (env === undefined) delete process.env.VD_NBDSSL_WORKERS;
+      else process.env.VD_NBDSSL_WORKERS = env;
+    }
+  });
+
   it('workers: false, workers=false in the URI and VD_NBDSSL_WORKERS=0 keep every connection in this thread', async () => {
     const counts: unknown[] = [];
     for (const [uri, opts] of [
       [uriOf(sock), { workers: false }],
-      [uriOf(sock, '&workers=false'), {}],
+      [uriOf(sock, '&workers=false'), { workers: true }],
     ] as const) {
       const disk = await openDisk(uri, { transports: [nbdssl({ connections: 2, ...opts })], readOnly: true });
       counts.push(disk.info().workerConnections);
@@ -108,7 +144,7 @@ describe.skipIf(skip)('nbdssl connections in worker threads', () => {
 
   it('writes, flush, zero, trim and block status go through worker connections', async () => {
     const file = await rawFile(new Uint8Array(4 * MiB));
-    const disk = await openDisk(uriOf(await nbdkit(file)), { transports: [nbdssl({ connections: 3 })] });
+    const disk = await openDisk(uriOf(await nbdkit(file)), { transports: [nbdssl({ connections: 3, workers: true })] });
     const pattern = randomBytes(MiB);
     try {
       expect(disk.info().workerConnections).toBe(2);
@@ -182,7 +218,10 @@ describe.skipIf(skip)('nbdssl connections in worker threads', () => {
       upstream.on('error', end).on('close', end);
     }).listen(relay);
     servers.push(server);
-    const disk: Disk = await openDisk(uriOf(relay), { transports: [nbdssl({ connections: 3, retryDelay: 10 })], readOnly: true });
+    const disk: Disk = await openDisk(uriOf(relay), {
+      transports: [nbdssl({ connections: 3, workers: true, retryDelay: 10 })],
+      readOnly: true,
+    });
     const retries: unknown[] = [];
     const onRetry = (m: unknown) => retries.push(m);
     channels.retry.subscribe(onRetry);
@@ -206,7 +245,7 @@ describe.skipIf(skip)('nbdssl connections in worker threads', () => {
     const script = `
       const { openDisk } = await import(${JSON.stringify(dist('core'))});
       const { nbdssl } = await import(${JSON.stringify(dist('nbdssl'))});
-      const disk = await openDisk(${JSON.stringify(uriOf(sock))}, { transports: [nbdssl({ connections: 3 })], readOnly: true });
+      const disk = await openDisk(${JSON.stringify(uriOf(sock))}, { transports: [nbdssl({ connections: 3, workers: true })], readOnly: true });
       if (disk.info().workerConnections !== 2) throw new Error('expected 2 worker connections');
       await disk.read(0, 4 * ${MiB});
       await disk.close();
