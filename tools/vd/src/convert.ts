@@ -2,6 +2,7 @@ import { rm } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
+  abortError,
   type CopyProgress,
   type CopyResult,
   copyDisk,
@@ -74,7 +75,10 @@ export async function convertDisk(src: string, dst: string, opts: ConvertOptions
       throw err;
     }
   } finally {
-    await source.close();
+    // After Ctrl-C reads may be stuck at a slow source (an NBD server that stopped answering):
+    // drop them rather than wait, the source is only read.
+    if (opts.signal?.aborted) await source.destroy(abortError(opts.signal, 'convert'));
+    else await source.close();
   }
 }
 
