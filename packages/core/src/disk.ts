@@ -283,7 +283,22 @@ export class Disk implements AsyncDisposable {
     throwIfAborted(opts.signal, 'withFileSpans');
     const source = this.#source;
     if (typeof source._withFileSpans !== 'function') return undefined;
-    const task = source._withFileSpans(offset, length, fn, { signal: opts.signal });
+    // Observers see it as the read it stands for (op 'read', `zeroCopy: true`).
+    const observed = channels.requestStart.hasSubscribers || channels.requestEnd.hasSubscribers;
+    const call = !observed
+      ? fn
+      : async (spans: readonly FileSpan[]) => {
+          channels.requestStart.publish({ disk: this, op: 'read', offset, length, zeroCopy: true });
+          try {
+            const result = await fn(spans);
+            channels.requestEnd.publish({ disk: this, op: 'read', offset, length, zeroCopy: true });
+            return result;
+          } catch (err) {
+            channels.requestEnd.publish({ disk: this, op: 'read', offset, length, zeroCopy: true, error: err });
+            throw err;
+          }
+        };
+    const task = source._withFileSpans(offset, length, call, { signal: opts.signal });
     this.#inflight.add(task);
     const untrack = () => this.#inflight.delete(task);
     task.then(untrack, untrack);

@@ -1,3 +1,4 @@
+import * as diagnosticsChannel from 'node:diagnostics_channel';
 import { fstatSync, readSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -161,6 +162,26 @@ describe('Disk.withFileSpans', () => {
     expect(await using).toEqual(bytes.subarray(0, 4096));
     await destroying;
     expect(() => fstatSync(fd)).toThrow(expect.objectContaining({ code: 'EBADF' }));
+  });
+
+  it('publishes the read it stands for on the request channels', async () => {
+    const disk = await openRaw();
+    const seen: unknown[] = [];
+    const onStart = (m: unknown) => seen.push(['start', m]);
+    const onEnd = (m: unknown) => seen.push(['end', m]);
+    diagnosticsChannel.subscribe('vd:request:start', onStart);
+    diagnosticsChannel.subscribe('vd:request:end', onEnd);
+    try {
+      await disk.withFileSpans(4096, 100, async () => true);
+      expect(seen).toEqual([
+        ['start', { disk, op: 'read', offset: 4096, length: 100, zeroCopy: true }],
+        ['end', { disk, op: 'read', offset: 4096, length: 100, zeroCopy: true }],
+      ]);
+    } finally {
+      diagnosticsChannel.unsubscribe('vd:request:start', onStart);
+      diagnosticsChannel.unsubscribe('vd:request:end', onEnd);
+      await disk.close();
+    }
   });
 
   it('passes fn failures through and stays usable', async () => {
