@@ -74,6 +74,8 @@ interface Job {
 interface Slot {
   worker: Worker;
   busy: Map<number, Job>;
+  /** The worker has started (until then, batches are inflated by the caller). */
+  online: boolean;
 }
 
 const IDLE_MS = 5000;
@@ -83,24 +85,29 @@ const DEPTH = 2;
 const SPARE_BUFFERS = 16;
 
 export interface InflatePoolOptions {
-  /** Worker threads; 0 inflates inline. Default: `VD_INFLATE_THREADS`, else the cores, at most 4. */
+  /** Worker threads; 0 inflates inline. Default: `VD_INFLATE_THREADS`, else the cores less one, 1 to 4. */
   threads?: number;
   /** Requests whose compressed grains inflate to fewer bytes than this stay inline (the message round trip costs more). */
   minBatchBytes?: number;
   /** Most output bytes in one batch. */
   maxBatchBytes?: number;
+  /** How long workers outlive the last user (default 1 s). */
+  closeGraceMs?: number;
 }
 
+/** One core is left to the thread that reads, copies and writes (on 2 cores a second worker only added CPU time). */
 function defaultThreads(): number {
   const env = process.env.VD_INFLATE_THREADS;
   if (env !== undefined && env !== '' && Number.isSafeInteger(Number(env)) && Number(env) >= 0) return Math.min(Number(env), 64);
-  return Math.min(availableParallelism(), 4);
+  return Math.max(1, Math.min(availableParallelism() - 1, 4));
 }
 
 export class InflatePool {
   threads: number;
   minBatchBytes: number;
   maxBatchBytes: number;
+  /** How long workers outlive the last user. */
+  closeGraceMs: number;
   readonly #slots: Slot[] = [];
   readonly #queue: Job[] = [];
   /** Output and source buffers back from workers, kept for reuse (fresh pages cost a fault each). */
@@ -114,6 +121,7 @@ export class InflatePool {
     this.threads = opts.threads ?? defaultThreads();
     this.minBatchBytes = opts.minBatchBytes ?? 256 * 1024;
     this.maxBatchBytes = opts.maxBatchBytes ?? 2 * 1024 * 1024;
+    this.closeGraceMs = opts.closeGraceMs ?? 1000;
   }
 
   /** A user (an open compressed extent) keeps the pool; the last `release` stops the workers. */
@@ -123,7 +131,14 @@ export class InflatePool {
 
   release(): void {
     if (this.#users > 0) this.#users--;
-    if (this.#users === 0 && this.#queue.length === 0 && this.#slots.every((s) => s.busy.size === 0)) this.stop();
+    if (this.#users > 0 || this.#slots.length === 0) return;
+    // A short grace, so closing one disk and opening the next (a chain, a VM's disks) keeps a warm
+    // worker: a new one costs ~30 ms of CPU to start and more to warm up. Unref'd, like the workers.
+    if (this.#idle) clearTimeout(this.#idle);
+    this.#idle = setTimeout(() => {
+      if (this.#users === 0 && this.pending === 0) this.stop();
+    }, this.closeGraceMs);
+    this.#idle.unref();
   }
 
   /** Whether a request whose compressed grains inflate to `bytes` should go to the workers. */
@@ -136,7 +151,28 @@ export class InflatePool {
     return this.#slots.length;
   }
 
-  inflate(batch: InflateBatch): Promise<InflateResult> {
+  /** Batches queued or being inflated. */
+  get pending(): number {
+    return this.#queue.length + this.#slots.reduce((n, s) => n + s.busy.size, 0);
+  }
+
+  /** Starts a worker if none runs; resolves once one is ready, false if it could not start. */
+  async ready(): Promise<boolean> {
+    if (this.#slots.some((s) => s.online)) return true;
+    const slot = this.#slots[0] ?? this.#spawn();
+    return new Promise((resolve) => {
+      slot.worker.once('online', () => resolve(true));
+      slot.worker.once('exit', () => resolve(false));
+    });
+  }
+
+  /**
+   * Inflates a batch on a worker, or returns undefined when no worker has started yet (one is
+   * started): the caller inflates that batch itself, so a cold pool never delays a read.
+   */
+  inflate(batch: InflateBatch): Promise<InflateResult> | undefined {
+    if (this.#slots.length < Math.max(1, this.threads)) this.#spawn();
+    if (!this.#slots.some((s) => s.online)) return undefined;
     return new Promise((resolve, reject) => {
       this.#queue.push({ id: this.#nextId++, batch, resolve, reject });
       this.#pump();
@@ -148,9 +184,12 @@ export class InflatePool {
       clearTimeout(this.#idle);
       this.#idle = undefined;
     }
+    if (this.#slots.length === 0) {
+      // No worker left (stopped, or each one died): callers read their bytes again and inflate inline.
+      for (const job of this.#queue.splice(0)) job.reject(new InflateLost('inflate pool stopped'));
+    }
     while (this.#queue.length > 0) {
-      let slot = this.#slots.reduce<Slot | undefined>((a, s) => (!a || s.busy.size < a.busy.size ? s : a), undefined);
-      if ((!slot || slot.busy.size > 0) && this.#slots.length < Math.max(1, this.threads)) slot = this.#spawn();
+      const slot = this.#slots.reduce<Slot | undefined>((a, s) => (s.online && (!a || s.busy.size < a.busy.size) ? s : a), undefined);
       if (!slot || slot.busy.size >= DEPTH) break;
       const job = this.#queue.shift()!;
       const need = job.batch.grainBytes * (job.batch.spans.length / 2);
@@ -167,7 +206,7 @@ export class InflatePool {
       ]);
     }
     if (this.#queue.length === 0 && this.#slots.every((s) => s.busy.size === 0) && this.#slots.length > 0) {
-      this.#idle = setTimeout(() => this.stop(), IDLE_MS);
+      this.#idle = setTimeout(() => this.stop(), this.#users > 0 ? IDLE_MS : this.closeGraceMs);
       this.#idle.unref();
     }
   }
@@ -191,8 +230,12 @@ export class InflatePool {
 
   #spawn(): Slot {
     const worker = new Worker(WORKER_SOURCE, { eval: true, name: 'vd-inflate' });
-    const slot: Slot = { worker, busy: new Map() };
+    const slot: Slot = { worker, busy: new Map(), online: false };
     worker.unref();
+    worker.on('online', () => {
+      slot.online = true;
+      this.#pump();
+    });
     worker.on(
       'message',
       (m: { id: number; out: ArrayBuffer; src: ArrayBuffer; lengths: Uint32Array; bad: number; message: string; code: string }) => {
@@ -237,6 +280,7 @@ export class InflatePool {
     this.#spare.length = 0;
     this.#spareSrc.length = 0;
     for (const s of this.#slots.splice(0)) void s.worker.terminate();
+    this.#pump();
   }
 }
 

@@ -4,7 +4,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Disk } from '../../src/disk.js';
 import { isVdError } from '../../src/errors.js';
 import { openVmdk, writeStreamOptimized } from '../../src/formats/vmdk/index.js';
-import { InflatePool, inflatePool } from '../../src/inflate-pool.js';
+import { type InflateBatch, InflatePool, type InflateResult, inflatePool } from '../../src/inflate-pool.js';
 import { memoryDisk } from '../../src/memory.js';
 import { MemResolver, MemStore, pattern } from './helpers.js';
 
@@ -59,8 +59,17 @@ function same(a: Uint8Array | string, b: Uint8Array | string): boolean {
 describe('InflatePool', () => {
   const pool = new InflatePool({ threads: 1 });
   afterAll(() => pool.stop());
+  /** The pool answers undefined until its worker has started (the caller would inflate inline). */
+  async function inflate(batch: InflateBatch): Promise<InflateResult> {
+    for (;;) {
+      const job = pool.inflate(batch);
+      if (job) return job;
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+  }
 
   it('inflates a batch and says which stream failed first', async () => {
+    expect(pool.inflate({ src: new Uint8Array(1), spans: Uint32Array.of(0, 1), grainBytes: 512 })).toBeUndefined();
     const a = pattern(4096, 1);
     const b = new Uint8Array(1000).fill(7);
     const za = deflateSync(a);
@@ -69,7 +78,7 @@ describe('InflatePool', () => {
     src.set(za);
     src.set(zb, za.length);
     src.fill(0xff, za.length + zb.length);
-    const ok = await pool.inflate({ src: src.slice(), spans: Uint32Array.of(0, za.length, za.length, zb.length), grainBytes: 4096 });
+    const ok = await inflate({ src: src.slice(), spans: Uint32Array.of(0, za.length, za.length, zb.length), grainBytes: 4096 });
     expect(ok.failed).toBe(-1);
     expect([...ok.lengths]).toEqual([4096, 1000]);
     expect(Buffer.compare(ok.out.subarray(0, 4096), a)).toBe(0);
@@ -81,11 +90,11 @@ describe('InflatePool', () => {
     bad.set(za);
     bad.fill(0xff, za.length, za.length + 10);
     bad.set(bomb, za.length + 10);
-    const r1 = await pool.inflate({ src: bad.slice(), spans: Uint32Array.of(0, za.length, za.length, 10), grainBytes: 4096 });
+    const r1 = await inflate({ src: bad.slice(), spans: Uint32Array.of(0, za.length, za.length, 10), grainBytes: 4096 });
     expect(r1.failed).toBe(1);
     expect(r1.error).toBeInstanceOf(Error);
     r1.release();
-    const r2 = await pool.inflate({ src: bad.slice(), spans: Uint32Array.of(0, za.length, za.length + 10, bomb.length), grainBytes: 4096 });
+    const r2 = await inflate({ src: bad.slice(), spans: Uint32Array.of(0, za.length, za.length + 10, bomb.length), grainBytes: 4096 });
     expect(r2.failed).toBe(1);
     r2.release();
     expect(pool.liveWorkers).toBe(1);
@@ -184,14 +193,23 @@ describe('streamOptimized reads on the inflate pool', () => {
     forcePool(2);
     const r = new MemResolver(new Map([['s.vmdk', new MemStore('s.vmdk', bytes)]]));
     const disk = new Disk(await openVmdk(r, 's.vmdk', { readOnly: true }));
-    const reading = disk.read(0, disk.size);
-    // Let the first batches reach the workers, then stop them: lost batches are re-read and inflated inline.
-    await new Promise((resolve) => setImmediate(resolve));
+    expect(await inflatePool.ready()).toBe(true);
+    let done = false;
+    const reading = disk.read(0, disk.size).finally(() => {
+      done = true;
+    });
+    // Wait until batches are on the workers, then stop them: lost batches are re-read and inflated inline.
+    while (inflatePool.pending === 0 && !done) await new Promise((resolve) => setImmediate(resolve));
+    expect(inflatePool.pending).toBeGreaterThan(0);
     inflatePool.stop();
     expect(Buffer.compare(await reading, pattern(1 << 20, 9))).toBe(0);
     expect(Buffer.compare(await disk.read(0, disk.size), pattern(1 << 20, 9))).toBe(0);
     expect(inflatePool.liveWorkers).toBeGreaterThan(0);
+    const grace = inflatePool.closeGraceMs;
+    inflatePool.closeGraceMs = 0;
     await disk.close();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    inflatePool.closeGraceMs = grace;
     expect(inflatePool.liveWorkers).toBe(0);
     inflatePool.acquire();
   });

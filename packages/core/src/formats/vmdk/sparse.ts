@@ -431,6 +431,14 @@ export class SparseExtent implements VmdkExtent {
     );
   }
 
+  async #inflateBatchHere(batch: CompressedPart[], buf: Uint8Array, start: number, into: Uint8Array): Promise<void> {
+    for (const p of batch) {
+      const grain = await this.#inflateGrain(p.g, p.gte, buf.subarray(p.gte * SECTOR - start));
+      if (p.n < this.grainBytes) this.#remember(p.g, grain);
+      into.set(grain.subarray(p.within, p.within + p.n), p.dst);
+    }
+  }
+
   /** One store read of a run of grain records, inflated as one batch on the worker pool. */
   async #inflatePooled(group: CompressedPart[], start: number, end: number, into: Uint8Array): Promise<void> {
     const gb = this.grainBytes;
@@ -457,9 +465,12 @@ export class SparseExtent implements VmdkExtent {
     }
     await Promise.all(inline);
     if (batch.length === 0) return;
+    const job = inflatePool.inflate({ src: buf, spans: Uint32Array.from(spans), grainBytes: gb });
+    // No worker has started yet: inflate this batch here rather than wait.
+    if (!job) return this.#inflateBatchHere(batch, buf, start, into);
     let result: InflateResult;
     try {
-      result = await inflatePool.inflate({ src: buf, spans: Uint32Array.from(spans), grainBytes: gb });
+      result = await job;
     } catch (err) {
       // The worker died (or the pool was stopped) with our bytes: read them again and inflate here.
       if (err instanceof InflateLost) return this.#inflateRun(group, start, end, into);
