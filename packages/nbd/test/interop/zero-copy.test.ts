@@ -108,6 +108,23 @@ describe.skipIf(skip)('NbdServer zero-copy READ replies', () => {
     }
   });
 
+  it('a graceful close() lets zero-copy replies in flight finish whole', async () => {
+    const { server, uri } = await serve();
+    const remote = await openDisk(uri, { transports: [nbd({ connections: 1, retries: 0 })], readOnly: true });
+    try {
+      const reads = [0, 3, 9, 17].map((m) => remote.read(m * MiB, 4 * MiB));
+      // Let the requests reach the server, then close it under them.
+      while (server.stats.zeroCopyReads + server.stats.copiedReads === 0 && server.connections > 0) await new Promise(setImmediate);
+      const closing = server.close();
+      const got = await Promise.all(reads);
+      [0, 3, 9, 17].forEach((m, i) => expect(Buffer.from(got[i]!).equals(want.subarray(m * MiB, (m + 4) * MiB))).toBe(true));
+      await closing;
+      expect(server.stats.zeroCopyReads).toBeGreaterThan(0);
+    } finally {
+      await remote.destroy();
+    }
+  });
+
   it('copies where the disk cannot map the range (a memory disk), with the same bytes', async () => {
     const mem = memoryDisk(4 * MiB);
     await mem.write(0, want.subarray(0, 4 * MiB));
