@@ -245,7 +245,9 @@ static void send_execute(napi_env env, void *data) {
     } else {
       r->syscall = "send";
       int64_t left = r->length - done;
-      n = send(r->sock, zeroes, (size_t)(left > (int64_t)sizeof zeroes ? (int64_t)sizeof zeroes : left), MSG_NOSIGNAL | more);
+      size_t chunk = (size_t)(left > (int64_t)sizeof zeroes ? (int64_t)sizeof zeroes : left);
+      /* The last piece goes without MSG_MORE, or TCP would hold it back. */
+      n = send(r->sock, zeroes, chunk, MSG_NOSIGNAL | ((int64_t)chunk < left ? MSG_MORE : 0));
       if (n > 0) done += n;
     }
     if (n > 0) {
