@@ -656,9 +656,11 @@ async function load(
     header.bootId = currentBootId() ?? new Uint8Array(16);
     header.fingerprint = '';
     if (reset) {
-      // Pages of the old epoch must be gone before the new header can be found.
+      // Pages of the old epoch must be gone before the new header can be found; then the file
+      // takes its full length at once (sparse), so a later cut is told apart from "no changes".
       await store.truncate!(0);
       await store.flush();
+      await store.truncate!(pageOffset(map.pageCount));
     }
     await store.write(0, encodeHeader(header));
     await store.flush();
@@ -692,9 +694,18 @@ async function judge(h: SidecarHeader, diskSize: number, opts: TrackOptions): Pr
 
 async function loadPages(store: ByteStore, header: SidecarHeader, fileSize: number): Promise<BlockMap> {
   const map = new BlockMap(Math.ceil(header.diskSize / header.granularity));
+  // A sidecar always has its full length (created sparse): pages cut off the end would read as
+  // "never changed", an under-report, so any other length is damage.
   const end = pageOffset(map.pageCount);
-  if (fileSize > end) throw new VdError('ERR_VD_CORRUPT', `sidecar is ${fileSize} bytes, longer than ${end}`);
-  if ((fileSize - HEADER_SIZE) % PAGE_SIZE !== 0) throw new VdError('ERR_VD_CORRUPT', `sidecar ends within a page (${fileSize} bytes)`);
+  if (fileSize !== end) {
+    throw new VdError(
+      'ERR_VD_CORRUPT',
+      `sidecar is ${fileSize} bytes; its header says ${end} (cut short, or written by @vd/cbt 0.1, which left trailing pages out)`,
+      {
+        details: { fileSize, expected: end },
+      },
+    );
+  }
   const chunk = new Uint8Array(Math.min(LOAD_CHUNK, Math.max(PAGE_SIZE, fileSize - HEADER_SIZE)));
   for (let at = HEADER_SIZE; at < fileSize; at += chunk.length) {
     const want = Math.min(chunk.length, fileSize - at);
