@@ -19,26 +19,33 @@ const port = parentPort!;
 const setup = workerData as WorkerSetup;
 const post = (m: FromWorker, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
 
-/** Free read buffers by size, bounded: the requests in flight never need more than this. */
+/**
+ * Free read buffers by size, so the next read does not fault in fresh pages. Bounded by count (the
+ * requests one connection has in flight) and by bytes: 32 MiB requests must not pin 512 MiB.
+ */
 const pool = new Map<number, ArrayBuffer[]>();
 let pooled = 0;
-const poolLimit = (setup.handshake.maxInFlight ?? 16) * 2;
+let pooledBytes = 0;
+const poolLimit = setup.handshake.maxInFlight ?? 16;
+const poolBytes = 64 << 20;
 
 function take(length: number): ArrayBuffer {
   const b = pool.get(length)?.pop();
   if (b) {
     pooled--;
+    pooledBytes -= b.byteLength;
     return b;
   }
   return new ArrayBuffer(length);
 }
 
 function give(buf: ArrayBuffer): void {
-  if (pooled >= poolLimit) return;
+  if (pooled >= poolLimit || pooledBytes + buf.byteLength > poolBytes) return;
   const list = pool.get(buf.byteLength);
   if (list) list.push(buf);
   else pool.set(buf.byteLength, [buf]);
   pooled++;
+  pooledBytes += buf.byteLength;
 }
 
 async function main(): Promise<void> {
