@@ -18,6 +18,12 @@ export interface VmdkOpenOptions {
   singleLink?: boolean | undefined;
   /** Read through a parent whose CID no longer matches the child's parentCID. */
   ignoreCidMismatch?: boolean | undefined;
+  /**
+   * Read a streamOptimized file that was cut short (no footer: a backup killed mid-write) by
+   * scanning its grain markers from the start; the disk is read-only. Without it such a file is
+   * refused with ERR_VD_CORRUPT.
+   */
+  recover?: boolean | undefined;
 }
 
 export function detectVmdk(head: Uint8Array): boolean {
@@ -26,7 +32,12 @@ export function detectVmdk(head: Uint8Array): boolean {
 
 function vmdkOptions(ctx: FormatOpenContext): VmdkOpenOptions {
   const f = (ctx.formatOptions ?? {}) as Record<string, unknown>;
-  return { readOnly: ctx.readOnly === true, singleLink: f.singleLink === true, ignoreCidMismatch: f.ignoreCidMismatch === true };
+  return {
+    readOnly: ctx.readOnly === true,
+    singleLink: f.singleLink === true,
+    ignoreCidMismatch: f.ignoreCidMismatch === true,
+    recover: f.recover === true,
+  };
 }
 
 /** The format driver: turns a store (the descriptor or monolithic file) into a chain-aware source. */
@@ -52,12 +63,13 @@ export async function openVmdk(resolver: StoreResolver, name: string, opts: Vmdk
 export async function readDescriptor(
   store: ByteStore,
   name: string,
+  recover = false,
 ): Promise<{ descriptor: Descriptor; home: DescriptorHome; embedded: boolean }> {
   const size = await store.size();
   const head = new Uint8Array(Math.min(size, 2048));
   await readFully(store, 0, head);
   if (isSparseMagic(head)) {
-    const { first, header } = await readEffectiveHeader(store, name, size);
+    const { first, header } = await readEffectiveHeader(store, name, size, recover);
     if (first.descriptorOffset !== 0) {
       const at = first.descriptorOffset * SECTOR;
       const capacity = first.descriptorSize * SECTOR;
@@ -112,7 +124,7 @@ export async function openVmdkStore(
   const extents: VmdkExtent[] = [];
   let source: VmdkSource | undefined;
   try {
-    const { descriptor, home, embedded } = await readDescriptor(store, name);
+    const { descriptor, home, embedded } = await readDescriptor(store, name, opts.recover === true);
     const readOnly = opts.readOnly === true || store.readOnly;
     const dir = dirOf(name);
     const byName = new Map<string, ByteStore>([[joinName('', name), store]]);
@@ -143,7 +155,7 @@ export async function openVmdkStore(
       const fileSize = await s.size();
       switch (e.kind) {
         case 'SPARSE':
-          extents.push(await SparseExtent.open(s, { name: file, writable, size }));
+          extents.push(await SparseExtent.open(s, { name: file, writable, size, recover: opts.recover }));
           break;
         case 'VMFSSPARSE':
           extents.push(await CowdExtent.open(s, { name: file, size }));

@@ -5,7 +5,7 @@ import { VdError } from '../../errors.js';
 import { InflateLost, type InflateResult, inflatePool } from '../../inflate-pool.js';
 import type { ByteStore } from '../../spec.js';
 import { readFully } from '../raw.js';
-import { GTE_ZEROED, GTES_PER_GT, MARKER_FOOTER, SECTOR } from './constants.js';
+import { GTE_ZEROED, GTES_PER_GT, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT, SECTOR } from './constants.js';
 import type { Fallback, Run, VmdkExtent } from './extent.js';
 import { cachedLoad, readOnlyError } from './extent.js';
 import {
@@ -73,12 +73,17 @@ export class Mutex {
   }
 }
 
-/** Reads the header, and for a stream written with GD_AT_END the footer that supersedes it. */
+/**
+ * Reads the header, and for a stream written with GD_AT_END the footer that supersedes it. With
+ * `recover`, a stream whose footer is missing (cut short) comes back with `footerMissing` and
+ * its first header, so the caller can rebuild the grain map by scanning markers.
+ */
 export async function readEffectiveHeader(
   store: ByteStore,
   name: string,
   fileSize: number,
-): Promise<{ header: SparseHeader; first: SparseHeader }> {
+  recover = false,
+): Promise<{ header: SparseHeader; first: SparseHeader; footerMissing?: boolean }> {
   const head = new Uint8Array(HEADER_SIZE);
   await readFully(store, 0, head);
   const first = parseSparseHeader(head, name);
@@ -86,20 +91,86 @@ export async function readEffectiveHeader(
   // VMware stream: [footer marker][footer = header with the real gdOffset][end-of-stream marker].
   // A partial last sector (some copies pad oddly) is ignored: the footer ends on a sector boundary.
   const end = Math.floor(fileSize / SECTOR) * SECTOR;
-  if (end < 4 * SECTOR) throw corrupt(name, 'stream is too short to hold a footer (truncated?)');
+  const missing = (why: string) => {
+    if (recover && hasMarkers(first)) return { header: first, first, footerMissing: true };
+    throw corrupt(name, `${why} (truncated?); open it with the \`recover\` option to read, read-only, the grains written before the cut`, {
+      recoverable: hasMarkers(first),
+    });
+  };
+  if (end < 4 * SECTOR) return missing('stream is too short to hold a footer');
   const tail = new Uint8Array(3 * SECTOR);
   await readFully(store, end - 3 * SECTOR, tail);
   const marker = parseMarker(tail, name);
-  if (marker.size !== 0 || marker.type !== MARKER_FOOTER)
-    throw corrupt(name, 'stream has no footer where the end of the file should hold it (truncated?)');
-  const footer = parseSparseHeader(tail.subarray(SECTOR, 2 * SECTOR), name);
-  if (footer.gdAtEnd) throw corrupt(name, 'stream footer does not say where the grain directory is');
+  if (marker.size !== 0 || marker.type !== MARKER_FOOTER) return missing('stream has no footer where the end of the file should hold it');
+  let footer: SparseHeader;
+  try {
+    footer = parseSparseHeader(tail.subarray(SECTOR, 2 * SECTOR), name);
+  } catch (err) {
+    if (recover && hasMarkers(first)) return { header: first, first, footerMissing: true };
+    throw err;
+  }
+  if (footer.gdAtEnd) return missing('stream footer does not say where the grain directory is');
   return { header: footer, first };
+}
+
+/**
+ * Rebuilds the grain tables of a stream by walking its markers from the first grain: each grain
+ * marker names its LBA, metadata markers (tables, directory, footer) are skipped, and the walk
+ * stops at the end-of-stream marker or at the first record that is cut short or makes no sense.
+ * Tables are keyed by table index; memory is bounded by the file (one entry per grain found).
+ */
+async function scanStream(store: ByteStore, name: string, header: SparseHeader, fileSize: number): Promise<Map<number, Uint32Array>> {
+  const gb = header.grainSize * SECTOR;
+  const grains = Math.ceil(header.capacity / header.grainSize);
+  const tables = new Map<number, Uint32Array>();
+  const end = Math.floor(fileSize / SECTOR);
+  const CHUNK = 1 << 20;
+  let buf = new Uint8Array(0);
+  let bufAt = 0; // sector of buf[0]
+  const sectorAt = async (s: number): Promise<Uint8Array> => {
+    if (s < bufAt || (s - bufAt + 1) * SECTOR > buf.length) {
+      bufAt = s;
+      buf = new Uint8Array(Math.min(CHUNK, (end - s) * SECTOR));
+      await readFully(store, s * SECTOR, buf);
+    }
+    return buf.subarray((s - bufAt) * SECTOR, (s - bufAt + 1) * SECTOR);
+  };
+  let s = Math.max(1, header.overHead);
+  while (s < end) {
+    const view = new DataView((await sectorAt(s)).slice().buffer);
+    const value = view.getBigUint64(0, true);
+    const size = view.getUint32(8, true);
+    if (size === 0) {
+      const type = view.getUint32(12, true);
+      if (type === MARKER_EOS || value > BigInt(end)) break;
+      if (type !== MARKER_GT && type !== MARKER_GD && type !== MARKER_FOOTER) break;
+      s += 1 + Number(value);
+      continue;
+    }
+    const sectors = Math.ceil((12 + size) / SECTOR);
+    const lba = value;
+    if (size > gb * 2 + 1024 || s + sectors > end || lba % BigInt(header.grainSize) !== 0n || lba >= BigInt(header.capacity)) break;
+    const g = Number(lba / BigInt(header.grainSize));
+    if (g >= grains) break;
+    const t = Math.floor(g / GTES_PER_GT);
+    let gt = tables.get(t);
+    if (!gt) {
+      gt = new Uint32Array(GTES_PER_GT);
+      tables.set(t, gt);
+    }
+    gt[g % GTES_PER_GT] = s; // a later copy of a grain wins, as a stream reader would see it
+    s += sectors;
+  }
+  if (tables.size === 0 && s === Math.max(1, header.overHead))
+    throw corrupt(name, 'stream holds no readable grain marker after its header', { sector: s });
+  return tables;
 }
 
 export interface SparseOpenOptions {
   name: string;
   writable: boolean;
+  /** Read a stream cut short (no footer) by scanning its markers; read-only. */
+  recover?: boolean | undefined;
   /** Bytes the descriptor gives the extent; the header's capacity when absent. */
   size?: number;
 }
@@ -170,8 +241,18 @@ export class SparseExtent implements VmdkExtent {
 
   static async open(store: ByteStore, opts: SparseOpenOptions): Promise<SparseExtent> {
     const fileSize = await store.size();
-    const { header } = await readEffectiveHeader(store, opts.name, fileSize);
+    const { header, footerMissing } = await readEffectiveHeader(store, opts.name, fileSize, opts.recover === true);
     const n = gdEntries(header);
+    if (footerMissing) {
+      const tables = await scanStream(store, opts.name, header, fileSize);
+      // Directory entries only say which tables exist: the tables are all in memory already.
+      const gd = new Uint32Array(n);
+      for (const t of tables.keys()) gd[t] = 1;
+      const extent = new SparseExtent(store, header, gd, undefined, fileSize, { ...opts, writable: false });
+      for (const [t, gt] of tables) extent.#gts.set(t, gt);
+      extent.recovered = true;
+      return extent;
+    }
     const primary = await SparseExtent.#readGd(store, opts.name, header.gdOffset, n, fileSize, 'grain directory');
     const redundant = hasRedundantGd(header)
       ? await SparseExtent.#readGd(store, opts.name, header.rgdOffset, n, fileSize, 'redundant grain directory')
