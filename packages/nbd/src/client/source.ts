@@ -44,8 +44,8 @@ export interface NbdClientConnection {
 export interface NbdClientOptions extends HandshakeOptions {
   /**
    * Connections to open when the server advertises multi-conn (default: the core count, at most
-   * 4, as nbdcopy does); otherwise one. On 2 cores, 4 connections read slower than 1 or 2 from
-   * nbdkit and cost more CPU per byte (see the README).
+   * 4, as nbdcopy does); otherwise one. On 2 cores, 4 connections read nbdkit in the clear slower
+   * than 2 (see the README).
    */
   connections?: number;
   /** Reconnect-and-retry attempts for reads, block status and cache after a dropped connection (default 3; 0 turns it off). */
