@@ -15,6 +15,7 @@ import {
   writeStreamOptimized,
 } from '@vd/core';
 import { allocationOf, withKnownAllocation } from './allocation.js';
+import { endReadDisk } from './end-disk.js';
 import { hashingReader } from './hashing.js';
 import type { ManifestBody, PointSource } from './manifest.js';
 import { serializeManifest } from './manifest.js';
@@ -157,7 +158,7 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
         copied = { bytesRead: hashing.bytesRead(), bytesWritten: w.bytesWritten };
       } finally {
         await store.close();
-        await hashing.disk.close();
+        await endReadDisk(hashing.disk, signal, 'backup');
       }
       extents = hashing.digests.sort((a, b) => a[0] - b[0]);
       for (let i = 1; i < extents.length; i++) {
@@ -198,7 +199,7 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
         extents = (c.checksums ?? []).map((x) => [x.offset, x.length, x.sha256]);
       } finally {
         await target.close();
-        if (reader !== disk) await reader.close();
+        if (reader !== disk) await endReadDisk(reader, signal, 'backup');
       }
     }
     // The CIDs as written (the VMDK's own, and the parent's it was made from).
@@ -260,7 +261,7 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
     let released = state === undefined;
     try {
       if (state) {
-        await state.release();
+        await state.release(signal?.aborted ? { aborted: signal } : undefined);
         released = true;
       }
     } finally {

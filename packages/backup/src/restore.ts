@@ -1,4 +1,5 @@
 import { type CopyProgress, type CopyResult, copyDisk, type Disk, VdError } from '@vd/core';
+import { endReadDisk } from './end-disk.js';
 import { openPointDisk } from './point-disk.js';
 import { Repository } from './repository.js';
 import { type VerifyReport, verifyPoint } from './verify.js';
@@ -67,6 +68,6 @@ export async function restore(
     });
     return { ...r, point: id, size: disk.size, ...(repository ? { repository } : {}) };
   } finally {
-    await disk.close();
+    await endReadDisk(disk, opts.signal, 'restore');
   }
 }

@@ -1,5 +1,6 @@
 import { type ChangedAreas, changedAreasFromBitmap, DIRTY_BITMAP_PREFIX, mark, queryChangedAreas } from '@vd/cbt';
 import { type CopyRange, type Disk, isVdError, type OpenDiskOptions, openDisk, type Transport } from '@vd/core';
+import { endReadDisk } from './end-disk.js';
 import type { Strategy } from './manifest.js';
 
 /** What a previous point tells the source: when it was taken and by which means. */
@@ -24,8 +25,12 @@ export interface SourceState {
   /** Extra facts for the manifest (disk name, snapshot id, bitmap). */
   facts?: { disk?: string; snapshot?: string; bitmap?: string };
   changes(previous: PreviousPoint, signal?: AbortSignal): Promise<Changes>;
-  /** Closes the disk and releases what was held (deletes the snapshot); called once. */
-  release(): Promise<void>;
+  /**
+   * Closes the disk and releases what was held (deletes the snapshot); called once. With
+   * `aborted` (the backup's aborted signal) a disk whose reads may be stuck is destroyed rather
+   * than closed gracefully.
+   */
+  release(opts?: { aborted?: AbortSignal }): Promise<void>;
 }
 
 /** Facts a source records in a point being written, so a later run can undo what a killed one held. */
@@ -93,8 +98,8 @@ export function diskSource(disk: Disk, opts: DiskSourceOptions = {}): BackupSour
             reason: `changed areas from ${context} since point ${previous.id}`,
           };
         },
-        async release() {
-          if (opts.close !== false) await disk.close();
+        async release(how) {
+          if (opts.close !== false) await endReadDisk(disk, how?.aborted, 'backup');
         },
       };
     },
@@ -212,9 +217,9 @@ export function hostSource(host: SnapshotHost, diskName: string, opts: HostSourc
             reason: `changed areas from the host between ${since} and ${snap.changeId}`,
           };
         },
-        async release() {
+        async release(how) {
           try {
-            await disk.close();
+            await endReadDisk(disk, how?.aborted, 'backup');
           } finally {
             await host.deleteSnapshot(diskName, snap.id);
           }
