@@ -1,7 +1,7 @@
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
-import { BASE_ALLOCATION, type Disk, debug, isVdError, VdError } from '@vd/core';
+import { BASE_ALLOCATION, type Disk, debug, type FileSpan, isVdError, VdError } from '@vd/core';
 import type { BufferPool } from '../buffer-pool.js';
 import { extentFlags, matchesQuery } from '../contexts.js';
 import { toErrno } from '../errno.js';
@@ -114,6 +114,8 @@ export class ServerConnection {
   /** Why zero-copy is off for this connection, once known (TLS, not a socket, no addon). */
   #zeroCopyOff = false;
   #sending = 0;
+  /** Zero-copy READs of this connection between choosing the path and their send's end. */
+  #zeroCopyPending = 0;
   readonly #sendAbort = new AbortController();
   readonly closed: Promise<void>;
   #resolveClosed!: () => void;
@@ -638,7 +640,10 @@ export class ServerConnection {
    */
   #zeroCopyOps(): ZeroCopyOps | undefined {
     const zc = this.#ctx.zeroCopy;
-    if (!zc || this.#zeroCopyOff || this.#state !== 'transmission' || !this.#ctx.sendSlots.available) return undefined;
+    if (!zc || this.#zeroCopyOff || this.#state !== 'transmission') return undefined;
+    // All slots busy: copy, unless this connection already has zero-copy replies under way; then
+    // this one queues behind them, and their slot is free again by its turn.
+    if (!this.#ctx.sendSlots.available && this.#zeroCopyPending === 0) return undefined;
     if (this.#sendFd === undefined) {
       const s = this.#socket;
       const fd = (s as { _handle?: { fd?: unknown } })._handle?.fd;
@@ -671,37 +676,44 @@ export class ServerConnection {
    */
   async #readZeroCopy(req: NbdRequest, zc: ZeroCopyOps): Promise<boolean> {
     const header = this.#readHeader(req);
-    const done = await this.#disk!.withFileSpans(req.offset, req.length, async (spans) => {
-      if (!(await this.#turn())) return true;
-      const slots = this.#ctx.sendSlots;
-      const fd = this.#sendDescriptor(zc);
-      if (fd === undefined || !slots.tryAcquire()) {
-        this.#releaseTurn();
-        return false;
+    this.#zeroCopyPending++;
+    try {
+      return (await this.#disk!.withFileSpans(req.offset, req.length, (spans) => this.#sendSpans(zc, header, spans))) === true;
+    } finally {
+      this.#zeroCopyPending--;
+    }
+  }
+
+  /** Waits for the socket, then sends; false (nothing sent) when no send slot is free by then. */
+  async #sendSpans(zc: ZeroCopyOps, header: Uint8Array, spans: readonly FileSpan[]): Promise<boolean> {
+    if (!(await this.#turn())) return true;
+    const slots = this.#ctx.sendSlots;
+    const fd = this.#sendDescriptor(zc);
+    if (fd === undefined || !slots.tryAcquire()) {
+      this.#releaseTurn();
+      return false;
+    }
+    this.#sending++;
+    try {
+      let first = true;
+      for (const span of spans) {
+        await zc.sendFile(fd, span.fd, span.position, span.length, {
+          header: first ? header : null,
+          stallTimeout: this.#ctx.limits.sendStallTimeout,
+          signal: this.#sendAbort.signal,
+        });
+        first = false;
       }
-      this.#sending++;
-      try {
-        let first = true;
-        for (const span of spans) {
-          await zc.sendFile(fd, span.fd, span.position, span.length, {
-            header: first ? header : null,
-            stallTimeout: this.#ctx.limits.sendStallTimeout,
-            signal: this.#sendAbort.signal,
-          });
-          first = false;
-        }
-        this.#ctx.stats.zeroCopyReads++;
-      } catch (err) {
-        this.#abort(err);
-      } finally {
-        this.#sending--;
-        slots.release();
-        this.#releaseTurn();
-        this.#closeSendFd();
-      }
-      return true;
-    });
-    return done === true;
+      this.#ctx.stats.zeroCopyReads++;
+    } catch (err) {
+      this.#abort(err);
+    } finally {
+      this.#sending--;
+      slots.release();
+      this.#releaseTurn();
+      this.#closeSendFd();
+    }
+    return true;
   }
 
   async #blockStatus(req: NbdRequest): Promise<void> {
