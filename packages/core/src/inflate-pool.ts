@@ -81,8 +81,8 @@ interface Slot {
 const IDLE_MS = 5000;
 /** Batches in flight per worker: one being inflated and one queued, so no worker waits for a message. */
 const DEPTH = 2;
-/** Output buffers kept for reuse, per pool. */
-const SPARE_BUFFERS = 16;
+/** Buffers of each kind (output, source) kept for reuse: enough for the batches in flight, few enough to bound memory (≤ ~4 MiB each). */
+const SPARE_BUFFERS = 6;
 
 export interface InflatePoolOptions {
   /** Worker threads; 0 inflates inline. Default: `VD_INFLATE_THREADS`, else the cores less one, 1 to 4. */
@@ -159,7 +159,12 @@ export class InflatePool {
   /** Starts a worker if none runs; resolves once one is ready, false if it could not start. */
   async ready(): Promise<boolean> {
     if (this.#slots.some((s) => s.online)) return true;
-    const slot = this.#slots[0] ?? this.#spawn();
+    let slot: Slot;
+    try {
+      slot = this.#slots[0] ?? this.#spawn();
+    } catch {
+      return false;
+    }
     return new Promise((resolve) => {
       slot.worker.once('online', () => resolve(true));
       slot.worker.once('exit', () => resolve(false));
@@ -171,7 +176,15 @@ export class InflatePool {
    * started): the caller inflates that batch itself, so a cold pool never delays a read.
    */
   inflate(batch: InflateBatch): Promise<InflateResult> | undefined {
-    if (this.#slots.length < Math.max(1, this.threads)) this.#spawn();
+    if (this.#slots.length < Math.max(1, this.threads)) {
+      try {
+        this.#spawn();
+      } catch {
+        // Workers are not allowed here (a permission model, an embedder): inflate inline from now on.
+        this.threads = 0;
+        return undefined;
+      }
+    }
     if (!this.#slots.some((s) => s.online)) return undefined;
     return new Promise((resolve, reject) => {
       this.#queue.push({ id: this.#nextId++, batch, resolve, reject });
