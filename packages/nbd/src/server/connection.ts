@@ -111,7 +111,7 @@ export class ServerConnection {
   #addonOwns = false;
   /** A dup of the socket's descriptor for the addon: node closing its own cannot let it reach a reused number. */
   #sendFd: number | undefined;
-  /** Why zero-copy is off for this connection, once known (TLS, not a socket, no addon). */
+  /** Zero-copy is off for this connection (TLS, not a socket with a descriptor, dup failed). */
   #zeroCopyOff = false;
   #sending = 0;
   /** Zero-copy READs of this connection between choosing the path and their send's end. */
@@ -635,8 +635,8 @@ export class ServerConnection {
   }
 
   /**
-   * The sendfile calls, when this connection can use them: a plain (not TLS) socket with a
-   * descriptor, the addon loaded, a free send slot.
+   * The sendfile calls, when this READ may use them: the addon loaded, a plain (not TLS) socket
+   * with a descriptor, and a send slot free now or held by this connection's earlier sends.
    */
   #zeroCopyOps(): ZeroCopyOps | undefined {
     const zc = this.#ctx.zeroCopy;
