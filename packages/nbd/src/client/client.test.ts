@@ -2,12 +2,12 @@ import { createServer, connect as netConnect, type Socket } from 'node:net';
 import { availableParallelism } from 'node:os';
 import { runConformance } from '@vd/conformance/vitest';
 import { type Disk, isVdError, memoryDisk, openDisk } from '@vd/core';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { NbdServer, type NbdServerOptions } from '../index.js';
-import { listExports } from './connection.js';
-import { NbdClientSource } from './source.js';
+import { type HandshakeOptions, listExports, NbdConnection } from './connection.js';
+import { type NbdClientConnection, NbdClientSource } from './source.js';
 import { nbd } from './transport.js';
-import { formatNbdUri, parseNbdUri } from './uri.js';
+import { formatNbdUri, type NbdTarget, parseNbdUri } from './uri.js';
 
 const MiB = 1 << 20;
 
@@ -138,6 +138,33 @@ describe('client against our server', () => {
     cleanups.push(() => disk.close());
     expect(disk.info().connections).toBe(Math.min(4, availableParallelism()));
     expect(server.connections).toBe(Math.min(4, availableParallelism()));
+  });
+
+  it('connectExtra: reads start on the first connection, the others join when open, a close waits for them', async () => {
+    const { server, uri } = await serve(memoryDisk(4 * MiB));
+    const gates: (() => void)[] = [];
+    const opened: NbdClientConnection[] = [];
+    const connectExtra = async (t: NbdTarget, o: HandshakeOptions) => {
+      await new Promise<void>((r) => gates.push(r));
+      const c = await NbdConnection.open(t, o);
+      opened.push(c);
+      return c;
+    };
+    const disk = await openDisk(uri, { transports: [nbd({ connections: 3, connectExtra })] });
+    expect(disk.info().connections).toBe(1);
+    expect(disk.capabilities.concurrency.maxInFlight).toBe(3 * 16);
+    const data = pattern(MiB, 3);
+    await disk.write(0, data);
+    expect(Buffer.compare(Buffer.from(await disk.read(0, MiB)), data)).toBe(0);
+    gates.shift()!();
+    await vi.waitFor(() => expect(disk.info().connections).toBe(2));
+    expect(server.connections).toBe(2);
+    // Closed with one still opening: the close waits for it, then it is dropped.
+    const closing = disk.close();
+    gates.shift()!();
+    await closing;
+    expect(opened.length).toBe(2);
+    expect(opened.every((c) => c.closed)).toBe(true);
   });
 
   it('maps server errors to coded errors that keep the errno', async () => {

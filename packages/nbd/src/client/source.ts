@@ -79,7 +79,10 @@ export class NbdClientSource implements BlockSource {
   #reconnecting: Promise<void> | undefined;
   #closed = false;
 
-  private constructor(target: NbdTarget, conns: NbdClientConnection[], opts: NbdClientOptions, readOnly: boolean) {
+  /** Connections still being opened by `connectExtra`; they join the others when ready. */
+  readonly #joining = new Set<Promise<unknown>>();
+
+  private constructor(target: NbdTarget, conns: NbdClientConnection[], opts: NbdClientOptions, readOnly: boolean, planned: number) {
     this.target = target;
     this.#conns = conns;
     this.#opts = opts;
@@ -101,7 +104,7 @@ export class NbdClientSource implements BlockSource {
       trimReadsZero: false,
       extents: [...new Set(info.contexts.values())],
       blockSize: { minimum, preferred: preferred - (preferred % minimum), maximum: max },
-      concurrency: { model: 'parallel', maxInFlight: (opts.maxInFlight ?? 16) * conns.length },
+      concurrency: { model: 'parallel', maxInFlight: (opts.maxInFlight ?? 16) * planned },
       multiConn: (f & TxFlag.CAN_MULTI_CONN) !== 0,
     };
   }
@@ -113,14 +116,42 @@ export class NbdClientSource implements BlockSource {
     const want = Math.max(1, Math.floor(opts.connections ?? Math.min(4, availableParallelism())));
     // A second connection to a server without multi-conn may never be greeted (qemu-nbd -e 1), and
     // would not see our writes consistently anyway: open more only when the server promises it.
-    if (want > 1 && first.info.flags & TxFlag.CAN_MULTI_CONN) {
-      const more = await Promise.allSettled(Array.from({ length: want - 1 }, () => (opts.connectExtra ?? inThread)(target, hs)));
-      for (const r of more) {
-        if (r.status === 'fulfilled') conns.push(r.value);
-        else debug('nbd client: extra connection to %s failed: %s', formatNbdUri(target), (r.reason as Error).message);
-      }
+    const multi = want > 1 && (first.info.flags & TxFlag.CAN_MULTI_CONN) !== 0;
+    const planned = multi ? want : 1;
+    const extra = multi ? Array.from({ length: want - 1 }, () => (opts.connectExtra ?? inThread)(target, hs)) : [];
+    if (opts.connectExtra) {
+      // A worker takes a few hundred ms to start under load: reads begin on the first connection
+      // and the others join as they come up.
+      const source = new NbdClientSource(target, conns, { ...opts, metaContexts: hs.metaContexts }, readOnly, planned);
+      for (const p of extra) source.#join(p);
+      return source;
     }
-    return new NbdClientSource(target, conns, { ...opts, metaContexts: hs.metaContexts }, readOnly);
+    for (const r of await Promise.allSettled(extra)) {
+      if (r.status === 'fulfilled') conns.push(r.value);
+      else debug('nbd client: extra connection to %s failed: %s', formatNbdUri(target), (r.reason as Error).message);
+    }
+    return new NbdClientSource(target, conns, { ...opts, metaContexts: hs.metaContexts }, readOnly, planned);
+  }
+
+  /** Adds a connection once it is open (or drops it: closed meanwhile, or another export size). */
+  #join(opening: Promise<NbdClientConnection>): void {
+    const p = opening.then(
+      (c) => {
+        if (this.#closed) c.destroy();
+        else if (c.info.size !== this.size) {
+          c.destroy();
+          debug('nbd client: extra connection to %s sees another export size; dropped', formatNbdUri(this.target));
+        } else this.#conns.push(c);
+      },
+      (err) => debug('nbd client: extra connection to %s failed: %s', formatNbdUri(this.target), (err as Error).message),
+    );
+    this.#joining.add(p);
+    void p.finally(() => this.#joining.delete(p));
+  }
+
+  /** Resolves once every connection being opened has joined (or failed). */
+  async ready(): Promise<void> {
+    while (this.#joining.size > 0) await Promise.allSettled([...this.#joining]);
   }
 
   get connections(): number {
@@ -199,6 +230,7 @@ export class NbdClientSource implements BlockSource {
 
   async _close(): Promise<void> {
     this.#closed = true;
+    await this.ready();
     await this.#reconnecting?.catch(() => {});
     await Promise.allSettled(this.#conns.map((c) => c.disconnect()));
   }
@@ -248,7 +280,8 @@ export class NbdClientSource implements BlockSource {
       try {
         const hs = { ...this.#opts, metaContexts: this.#opts.metaContexts };
         const next: NbdClientConnection[] = [];
-        for (const c of this.#conns) {
+        const before = [...this.#conns];
+        for (const c of before) {
           if (!c.closed) {
             next.push(c);
             continue;
@@ -261,6 +294,8 @@ export class NbdClientSource implements BlockSource {
           }
           next.push(fresh);
         }
+        // Connections that joined meanwhile stay.
+        for (const c of this.#conns) if (!before.includes(c)) next.push(c);
         if (this.#closed) for (const c of next) c.destroy();
         this.#conns = next;
       } finally {
