@@ -528,23 +528,17 @@ export class SparseExtent implements VmdkExtent {
     // Headers are checked here, as inline; a record longer than the read (damaged) goes inline.
     const batch: CompressedPart[] = [];
     const spans: number[] = [];
-    const inline: Promise<void>[] = [];
+    const longer: CompressedPart[] = [];
     for (const p of group) {
       const rel = p.gte * SECTOR - start;
       const span = this.#payloadSpan(p.g, p.gte, buf.subarray(rel));
       if (span.end <= buf.length - rel) {
         batch.push(p);
         spans.push(rel + span.start, span.end - span.start);
-      } else {
-        inline.push(
-          this.#inflateGrain(p.g, p.gte, buf.subarray(rel)).then((grain) => {
-            if (p.n < gb) this.#remember(p.g, grain);
-            into.set(grain.subarray(p.within, p.within + p.n), p.dst);
-          }),
-        );
-      }
+      } else longer.push(p);
     }
-    await Promise.all(inline);
+    // Headers all checked before anything starts, so a bad one leaves nothing running.
+    if (longer.length > 0) await this.#inflateBatchHere(longer, buf, start, into);
     if (batch.length === 0) return;
     const job = inflatePool.inflate({ src: buf, spans: Uint32Array.from(spans), grainBytes: gb });
     // No worker has started yet: inflate this batch here rather than wait.
