@@ -102,7 +102,7 @@ describe.skipIf(skip)('NbdServer zero-copy READ replies', () => {
     try {
       const ranges = Array.from({ length: 48 }, (_, i) => [(i * 524_287) % (SIZE - MiB), 1 + ((i * 99_991) % MiB)] as const);
       const got = await Promise.all(ranges.map(([o, n]) => remote.read(o, n)));
-      ranges.forEach(([o, n], i) => expect(Buffer.from(got[i]!).equals(want.subarray(o, o + n))).toBe(true));
+      for (const [i, [o, n]] of ranges.entries()) expect(Buffer.from(got[i]!).equals(want.subarray(o, o + n))).toBe(true);
     } finally {
       await remote.close();
     }
@@ -117,7 +117,7 @@ describe.skipIf(skip)('NbdServer zero-copy READ replies', () => {
       while (server.stats.zeroCopyReads + server.stats.copiedReads === 0 && server.connections > 0) await new Promise(setImmediate);
       const closing = server.close();
       const got = await Promise.all(reads);
-      [0, 3, 9, 17].forEach((m, i) => expect(Buffer.from(got[i]!).equals(want.subarray(m * MiB, (m + 4) * MiB))).toBe(true));
+      for (const [i, m] of [0, 3, 9, 17].entries()) expect(Buffer.from(got[i]!).equals(want.subarray(m * MiB, (m + 4) * MiB))).toBe(true);
       await closing;
       expect(server.stats.zeroCopyReads).toBeGreaterThan(0);
     } finally {
