@@ -2,7 +2,8 @@
 // `pnpm bench nbd`: NBD throughput, ours against the peers on the same input in one run. Needs
 // `pnpm build` (runs the built packages) and nbdkit, nbdcopy, qemu-nbd, qemu-img on PATH.
 //  1. Client: vd's nbd() client reading the whole export from `nbdkit file` vs `nbdcopy uri null:`.
-//  2. Server: `nbdcopy uri null:` reading from vd's NbdServer vs from `nbdkit file` (same raw),
+//  2. Server: `nbdcopy uri null:` reading from vd's NbdServer vs from `nbdkit file` (same raw; the
+//     zero-copy server and one copying every READ through a buffer, in the same rounds),
 //     and vd's NbdServer vs qemu-nbd serving the same monolithicSparse VMDK.
 //  3. Sparse: a 10%-allocated raw copied by nbdcopy from vd's server, as a share of the full copy.
 //  4. Peak RSS of this process (which runs our client and server).
@@ -118,16 +119,25 @@ try {
     ],
   });
   await server.listen({ path: sock('vd') });
+  // The same raw file served with every READ copied through a buffer (no sendfile): the A/B of
+  // the zero-copy path, in the same rounds.
+  const copied = new NbdServer({ exports: [{ name: 'raw', disk: rawDisk }], limits: { zeroCopySends: 0 } });
+  await copied.listen({ path: sock('vd-copied') });
   const vdUri = (name) => `nbd+unix:///${name}?socket=${sock('vd')}`;
-  const [ours2, theirs2, sparse2] = await rounds(
+  const [ours2, theirs2, sparse2, copied2] = await rounds(
     [
       () => exec('nbdcopy', [vdUri('raw'), 'null:']),
       () => exec('nbdcopy', [kit.uri, 'null:']),
       () => exec('nbdcopy', [vdUri('sparse'), 'null:']),
+      () => exec('nbdcopy', [`nbd+unix:///raw?socket=${sock('vd-copied')}`, 'null:']),
     ],
     ROUNDS,
   );
   report('server: nbdcopy reading the raw', 'vd NbdServer', ours2, 'nbdkit file', theirs2, 1);
+  const { zeroCopyReads, copiedReads } = server.stats;
+  console.log(`  vd NbdServer READs: ${zeroCopyReads} sent with sendfile, ${copiedReads} copied`);
+  report('server: the raw, READs copied (zeroCopySends: 0)', 'vd NbdServer, copied', copied2, 'nbdkit file', theirs2, 1);
+  await copied.close();
 
   const q = await peer('qemu-nbd', ['-k', sock('q'), `--pid-file=${pid('q')}`, '-r', '-t', '-f', 'vmdk', vmdk], sock('q'), pid('q'));
   stops.push(q.stop);

@@ -41,6 +41,9 @@ export function define(cmd: Command, ctx: Context): void {
       `
 Prints the URI of every export, then serves until Ctrl-C (in-flight requests finish first).
 Started by systemd or libnbd socket activation (LISTEN_FDS), it serves the inherited socket.
+Reads of raw files go from the page cache to the socket with sendfile (no copy through the
+server) when the optional @vd/sparse addon is built and TLS is off; VD_NBD_ZEROCOPY=0 turns
+that off.
 
 Examples:
   vd serve disk.vmdk
