@@ -1,10 +1,14 @@
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { Disk } from '../../src/disk.js';
 import { isVdError } from '../../src/errors.js';
 import { openVmdk, writeStreamOptimized } from '../../src/formats/vmdk/index.js';
 import { memoryDisk } from '../../src/memory.js';
-import { MemResolver, MemStore, pattern } from './helpers.js';
+import { openDisk } from '../../src/open-disk.js';
+import { file } from '../../src/transports/file.js';
+import { MemResolver, MemStore, pattern, tempDir } from './helpers.js';
 
 const GRAIN = 4096;
 
@@ -101,5 +105,21 @@ describe('a streamOptimized file cut short', () => {
       ),
       { numRuns: 150, seed: 5 },
     );
+  });
+
+  it('opens through openDisk with formatOptions.recover', async () => {
+    const { dir, cleanup } = await tempDir();
+    try {
+      const size = 40 * GRAIN;
+      const { bytes, want } = await stream(size, [[0, size]]);
+      const path = join(dir, 'cut.vmdk');
+      await writeFile(path, bytes.subarray(0, bytes.length - 1536));
+      await expect(openDisk(path, { transports: [file()], readOnly: true })).rejects.toMatchObject({ code: 'ERR_VD_CORRUPT' });
+      const disk = await openDisk(path, { transports: [file()], readOnly: true, formatOptions: { recover: true } });
+      expect(Buffer.compare(await disk.read(0, size), want)).toBe(0);
+      await disk.close();
+    } finally {
+      await cleanup();
+    }
   });
 });
