@@ -239,8 +239,9 @@ export class InflatePool {
     return takeFrom(this.#spare, bytes) ?? new ArrayBuffer(Math.max(bytes, Math.min(this.maxBatchBytes, bytes * 2)));
   }
 
+  /** Keeps a buffer for reuse; huge ones (grains of several MiB) are left to the GC, so memory stays bounded. */
   #keep(list: ArrayBuffer[], buf: ArrayBuffer): void {
-    if (this.#slots.length > 0 && list.length < SPARE_BUFFERS) list.push(buf);
+    if (this.#slots.length > 0 && list.length < SPARE_BUFFERS && buf.byteLength <= 2 * this.maxBatchBytes + 65536) list.push(buf);
   }
 
   #spawn(): Slot {
