@@ -111,7 +111,7 @@ describe('streamOptimized reads on the inflate pool', () => {
       fc.asyncProperty(
         fc.integer({ min: 1, max: 300 * 1024 }),
         fc.array(fc.tuple(fc.nat(), fc.integer({ min: 1, max: 60000 }), fc.boolean()), { maxLength: 5 }),
-        fc.constantFrom(1, 8, 128),
+        fc.constantFrom(1, 8, 128, 4096),
         fc.integer({ min: 1, max: 40 }),
         async (size, writes, grainSize, grains) => {
           const bytes = await stream(
