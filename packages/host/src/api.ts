@@ -45,7 +45,16 @@ const routes: Route[] = [
   { method: 'GET', path: ['v1', 'disks'], handler: async (h) => [200, { disks: h.disks() }] },
   { method: 'GET', path: ['v1', 'disks', '*'], handler: async (h, [d]) => [200, h.disk(d!)] },
   { method: 'GET', path: ['v1', 'disks', '*', 'snapshots'], handler: async (h, [d]) => [200, { snapshots: h.snapshots(d!) }] },
-  { method: 'POST', path: ['v1', 'disks', '*', 'snapshots'], handler: async (h, [d]) => [201, await h.createSnapshot(d!)] },
+  {
+    method: 'POST',
+    path: ['v1', 'disks', '*', 'snapshots'],
+    handler: async (h, [d], q) => [201, await h.createSnapshot(d!, { ttl: integerParam(q, 'ttl') })],
+  },
+  {
+    method: 'POST',
+    path: ['v1', 'disks', '*', 'snapshots', '*', 'lease'],
+    handler: async (h, [d, id], q) => [200, await h.renewSnapshot(d!, id!, { ttl: integerParam(q, 'ttl') })],
+  },
   {
     method: 'DELETE',
     path: ['v1', 'disks', '*', 'snapshots', '*'],
@@ -90,7 +99,7 @@ function sameToken(given: string, expected: Buffer): boolean {
 /**
  * The host's control API on node:http (or node:https with `tls`): JSON in and out, every `/v1`
  * request authenticated by `Authorization: Bearer <token>`, the OpenAPI 3 document at
- * `/openapi.json` (public: it holds no secrets). Six routes need no framework.
+ * `/openapi.json` (public: it holds no secrets). Seven routes need no framework.
  */
 export class ApiServer {
   readonly server: Server;

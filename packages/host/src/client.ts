@@ -68,9 +68,17 @@ export class HostClient {
     return (await this.#call<{ snapshots: SnapshotInfo[] }>('GET', ['v1', 'disks', disk, 'snapshots'], undefined, opts.signal)).snapshots;
   }
 
-  /** An abort after the request left may still see the snapshot taken: list them to find out. */
-  createSnapshot(disk: string, opts: CallOptions = {}): Promise<SnapshotInfo> {
-    return this.#call('POST', ['v1', 'disks', disk, 'snapshots'], undefined, opts.signal);
+  /**
+   * An abort after the request left may still see the snapshot taken: list them to find out.
+   * With `ttl` (seconds) the snapshot is leased: renew it within that time or the host deletes it.
+   */
+  createSnapshot(disk: string, opts: CallOptions & { ttl?: number | undefined } = {}): Promise<SnapshotInfo> {
+    return this.#call('POST', ['v1', 'disks', disk, 'snapshots'], ttlQuery(opts.ttl), opts.signal);
+  }
+
+  /** Extends a leased snapshot's lease (`ttl` seconds from now, default its own); ERR_VD_NOT_FOUND once it is gone. */
+  renewSnapshot(disk: string, id: string, opts: CallOptions & { ttl?: number | undefined } = {}): Promise<SnapshotInfo> {
+    return this.#call('POST', ['v1', 'disks', disk, 'snapshots', id, 'lease'], ttlQuery(opts.ttl), opts.signal);
   }
 
   async deleteSnapshot(disk: string, id: string, opts: CallOptions = {}): Promise<void> {
@@ -163,6 +171,10 @@ export class HostClient {
       req.end();
     });
   }
+}
+
+function ttlQuery(ttl: number | undefined): URLSearchParams | undefined {
+  return ttl === undefined ? undefined : new URLSearchParams({ ttl: String(ttl) });
 }
 
 function toError(status: number, body: unknown): VdError {

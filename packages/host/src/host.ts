@@ -48,6 +48,20 @@ export interface DiskHostOptions {
   /** Dirty-bitmap name: exports offer `qemu:dirty-bitmap:<bitmap>` (default `vd-cbt`). */
   bitmap?: string;
   limits?: NbdServerLimits;
+  /**
+   * Milliseconds between checks for snapshots whose lease ran out (default 15 000); they are also
+   * checked at start. An expired snapshot is deleted (consolidated) as if its owner had asked.
+   */
+  leaseCheckInterval?: number;
+}
+
+export interface SnapshotOptions {
+  /**
+   * A lease in seconds (1 … 30 days): unless renewed (`renewSnapshot`) within it, the host deletes
+   * the snapshot, so one whose owner died (a killed backup) does not hold a redo log forever.
+   * Without it the snapshot lives until deleted.
+   */
+  ttl?: number | undefined;
 }
 
 export interface SkippedDisk {
@@ -63,6 +77,8 @@ export interface SnapshotInfo {
   changeId: string;
   created: string;
   status: 'active' | 'deleting';
+  /** When its lease runs out (ISO time), for a snapshot taken with a `ttl`. */
+  expires?: string;
   /** The NBD export of the frozen disk (read-only), `<disk>@<id>`. */
   exportName: string;
   /** Its URI on the host's first listener, once listening. */
@@ -118,6 +134,18 @@ interface Served {
 
 /** The redo log's grain: the unit of copy-on-write and of consolidation. */
 const GRAIN = 64 * 1024;
+const MAX_TTL = 30 * 24 * 3600;
+const DEFAULT_LEASE_CHECK = 15_000;
+
+function checkTtl(ttl: unknown): number | undefined {
+  if (ttl === undefined) return undefined;
+  if (typeof ttl !== 'number' || !Number.isSafeInteger(ttl) || ttl < 1 || ttl > MAX_TTL) {
+    throw new VdError('ERR_VD_INVALID_ARGUMENT', `snapshot ttl ${String(ttl)} is not a whole number of seconds from 1 to ${MAX_TTL}`, {
+      details: { ttl },
+    });
+  }
+  return ttl;
+}
 
 /**
  * A disk host: the disks of a datastore directory served over NBD (and NBDSSL with `tls`), each
@@ -137,9 +165,12 @@ export class DiskHost {
   readonly #statePath: string;
   #state: HostState;
   readonly #tls: boolean;
+  /** `fsync` durability: redo-log grain data is synced before its map byte (see Overlay). */
+  readonly #syncData: boolean;
   #stateWrite: Promise<void> = Promise.resolve();
   #closing: Promise<void> | undefined;
   #unlock: () => Promise<void> = async () => {};
+  #leaseTimer: NodeJS.Timeout | undefined;
 
   private constructor(datastore: Datastore, state: HostState, served: Served[], opts: DiskHostOptions) {
     this.datastore = datastore;
@@ -147,6 +178,7 @@ export class DiskHost {
     this.#state = state;
     this.#statePath = join(datastore.hostDir, STATE_FILE);
     this.#tls = opts.tls !== undefined;
+    this.#syncData = opts.durability === 'fsync';
     for (const s of served) this.#served.set(s.name, s);
     const exports: NbdExport[] = [];
     for (const s of served) {
@@ -194,6 +226,15 @@ export class DiskHost {
       const deleting = s.snapshots.find((x) => x.record.status === 'deleting');
       if (deleting) host.#startConsolidation(s, deleting);
     }
+    // Leases that ran out while the host was down go now; the rest when they run out.
+    const every = opts.leaseCheckInterval ?? DEFAULT_LEASE_CHECK;
+    if (!Number.isSafeInteger(every) || every < 1) {
+      await host.close();
+      throw new VdError('ERR_VD_INVALID_ARGUMENT', `leaseCheckInterval ${every} is not a positive number of milliseconds`);
+    }
+    host.#expireLeases();
+    host.#leaseTimer = setInterval(() => host.#expireLeases(), every);
+    host.#leaseTimer.unref();
     return host;
   }
 
@@ -230,8 +271,9 @@ export class DiskHost {
    * starts a redo log that takes every later write, records it, resumes, and exports the frozen
    * state read-only. One snapshot per disk at a time (ERR_VD_EXISTS for a second).
    */
-  createSnapshot(name: string): Promise<SnapshotInfo> {
+  createSnapshot(name: string, opts: SnapshotOptions = {}): Promise<SnapshotInfo> {
     const s = this.#get(name);
+    const ttl = checkTtl(opts.ttl);
     return this.#serialize(s, async () => {
       if (!s.live || !s.tracked) {
         throw new VdError('ERR_VD_NOT_SUPPORTED', `disk ${name} is not tracked (read-only or tracking off); it cannot be snapshotted`, {
@@ -255,7 +297,9 @@ export class DiskHost {
         let nextChain: ChainLink[] | undefined;
         const files = redoFiles(this.datastore, name, id);
         const d = this.#diskRecord(name);
-        record = { id, changeId, created: new Date().toISOString(), status: 'active' };
+        const now = Date.now();
+        record = { id, changeId, created: new Date(now).toISOString(), status: 'active' };
+        if (ttl !== undefined) Object.assign(record, { ttl, expires: new Date(now + ttl * 1000).toISOString() });
         if (d.lastChangeId) {
           record.previousChangeId = d.lastChangeId;
           // Nothing was written since the mark: "since the previous snapshot" is exactly "up to this one" now.
@@ -271,7 +315,7 @@ export class DiskHost {
             nextChain = current;
           }
         }
-        overlay = await Overlay.create(files.data, files.map, s.live.size, GRAIN);
+        overlay = await Overlay.create(files.data, files.map, s.live.size, GRAIN, { syncData: this.#syncData });
         const before = { snapshots: d.snapshots, lastChangeId: d.lastChangeId, chain: d.chain };
         d.snapshots = [...d.snapshots, record];
         d.lastChangeId = changeId;
@@ -310,20 +354,78 @@ export class DiskHost {
    */
   deleteSnapshot(name: string, id: string): Promise<void> {
     const s = this.#get(name);
+    return this.#serialize(s, () => this.#delete(s, this.#snapshot(s, id)));
+  }
+
+  /**
+   * Extends a snapshot's lease to `ttl` seconds from now (default: the ttl it was taken with).
+   * A snapshot being deleted, or gone (its lease ran out), is ERR_VD_NOT_FOUND: its owner must
+   * not go on reading it.
+   */
+  renewSnapshot(name: string, id: string, opts: SnapshotOptions = {}): Promise<SnapshotInfo> {
+    const s = this.#get(name);
+    const asked = checkTtl(opts.ttl);
     return this.#serialize(s, async () => {
-      const snap = s.snapshots.find((x) => x.record.id === id);
-      if (!snap)
-        throw new VdError('ERR_VD_NOT_FOUND', `disk ${name} has no snapshot ${JSON.stringify(id)}`, { details: { disk: name, id } });
-      if (snap.record.status === 'active') {
-        this.server.removeExport(exportNameOf(name, id));
-        await snap.disk?.close().catch(() => {});
-        snap.disk = undefined;
-        snap.record.status = 'deleting';
-        await this.#saveState();
+      const snap = this.#snapshot(s, id);
+      const r = snap.record;
+      if (r.status !== 'active') {
+        throw new VdError('ERR_VD_NOT_FOUND', `snapshot ${id} of ${name} is being deleted; take a new one`, {
+          details: { disk: name, id },
+        });
       }
-      this.#startConsolidation(s, snap);
-      await s.consolidation;
+      const ttl = asked ?? r.ttl;
+      if (ttl === undefined) {
+        throw new VdError('ERR_VD_INVALID_ARGUMENT', `snapshot ${id} of ${name} has no lease; pass a ttl to give it one`, {
+          details: { disk: name, id },
+        });
+      }
+      const before = { ttl: r.ttl, expires: r.expires };
+      Object.assign(r, { ttl, expires: new Date(Date.now() + ttl * 1000).toISOString() });
+      try {
+        await this.#saveState();
+      } catch (err) {
+        Object.assign(r, before);
+        throw err;
+      }
+      return this.#snapshotInfo(name, r);
     });
+  }
+
+  #snapshot(s: Served, id: string): Snapshot {
+    const snap = s.snapshots.find((x) => x.record.id === id);
+    if (!snap) {
+      throw new VdError('ERR_VD_NOT_FOUND', `disk ${s.name} has no snapshot ${JSON.stringify(id)}`, { details: { disk: s.name, id } });
+    }
+    return snap;
+  }
+
+  async #delete(s: Served, snap: Snapshot): Promise<void> {
+    if (snap.record.status === 'active') {
+      this.server.removeExport(exportNameOf(s.name, snap.record.id));
+      await snap.disk?.close().catch(() => {});
+      snap.disk = undefined;
+      snap.record.status = 'deleting';
+      await this.#saveState();
+    }
+    this.#startConsolidation(s, snap);
+    await s.consolidation;
+  }
+
+  /** Deletes every active snapshot whose lease has run out (checked again in the disk's queue: a renewal may come first). */
+  #expireLeases(): void {
+    if (this.#closing) return;
+    const expired = (snap: Snapshot) =>
+      snap.record.status === 'active' && snap.record.expires !== undefined && Date.parse(snap.record.expires) <= Date.now();
+    for (const s of this.#served.values()) {
+      for (const snap of s.snapshots) {
+        if (!expired(snap)) continue;
+        this.#serialize(s, async () => {
+          if (!s.snapshots.includes(snap) || !expired(snap)) return;
+          debug('host: lease of snapshot %s of %s ran out at %s; deleting it', snap.record.id, s.name, snap.record.expires);
+          await this.#delete(s, snap);
+        }).catch((err) => debug('host: expiring snapshot %s of %s failed: %s', snap.record.id, s.name, err?.message));
+      }
+    }
   }
 
   /** Changed areas of a disk since `since` (optionally up to `upTo`, e.g. a snapshot's change ID), one page of at most DEFAULT_MAX_AREAS. */
@@ -385,6 +487,7 @@ export class DiskHost {
   /** Stops serving (graceful), finishes running consolidations, closes every disk cleanly. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
+      clearInterval(this.#leaseTimer);
       await this.server.close();
       const served = [...this.#served.values()];
       await Promise.allSettled(served.map((s) => s.queue));
@@ -482,6 +585,7 @@ export class DiskHost {
   #snapshotInfo(name: string, r: SnapshotRecord): SnapshotInfo {
     const exportName = exportNameOf(name, r.id);
     const info: SnapshotInfo = { id: r.id, disk: name, changeId: r.changeId, created: r.created, status: r.status, exportName };
+    if (r.expires !== undefined) info.expires = r.expires;
     const uri = r.status === 'active' ? this.uriOf(exportName) : undefined;
     if (uri) info.uri = uri;
     return info;
@@ -592,7 +696,7 @@ async function openServed(ds: Datastore, name: string, record: DiskRecord | unde
     const snap = snaps[0];
     if (snap) {
       const files = redoFiles(ds, name, snap.id);
-      overlay = await Overlay.open(files.data, files.map, base.size, GRAIN);
+      overlay = await Overlay.open(files.data, files.map, base.size, GRAIN, { syncData: opts.durability === 'fsync' });
     }
     live = new LiveSource(base, overlay);
     const source = live;

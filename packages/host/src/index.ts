@@ -16,6 +16,7 @@ export {
   exportNameOf,
   type SkippedDisk,
   type SnapshotInfo,
+  type SnapshotOptions,
 } from './host.js';
 export { FrozenSource, LiveSource } from './live-source.js';
 export { openApiDocument } from './openapi.js';

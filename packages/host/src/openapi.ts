@@ -4,6 +4,8 @@
  */
 
 const error = { $ref: '#/components/responses/Error' };
+const ttlParam = (description: string) =>
+  ({ name: 'ttl', in: 'query', required: false, description, schema: { type: 'integer', minimum: 1, maximum: 2592000 } }) as const;
 const diskParam = {
   name: 'disk',
   in: 'path',
@@ -93,7 +95,9 @@ export const openApiDocument = {
         summary: 'Take a snapshot',
         description:
           'Pauses the disk between two requests, marks a change ID, sends later writes to a redo log and exports the frozen ' +
-          'state read-only as `<disk>@<id>`. One snapshot per disk at a time (409 ERR_VD_EXISTS).',
+          'state read-only as `<disk>@<id>`. One snapshot per disk at a time (409 ERR_VD_EXISTS). With `ttl` the ' +
+          'snapshot is leased: unless renewed (POST …/lease) within `ttl` seconds, the host deletes it.',
+        parameters: [ttlParam('A lease in seconds (1 … 2592000); without it the snapshot lives until deleted')],
         responses: {
           '201': {
             description: 'The new snapshot',
@@ -113,6 +117,23 @@ export const openApiDocument = {
         summary: 'Delete a snapshot',
         description: 'Withdraws its export and consolidates the redo log into the disk while writes continue; answers when done.',
         responses: { '204': { description: 'Deleted and consolidated' }, '400': error, '401': error, '404': error },
+      },
+    },
+    '/v1/disks/{disk}/snapshots/{id}/lease': {
+      parameters: [diskParam, { name: 'id', in: 'path', required: true, schema: { type: 'string' } }],
+      post: {
+        operationId: 'renewSnapshotLease',
+        summary: "Renew a snapshot's lease",
+        description:
+          'Sets the lease to run out `ttl` seconds from now (default: the ttl the snapshot was taken with). 404 once the ' +
+          'snapshot is gone or being deleted (its lease ran out): stop reading it.',
+        parameters: [ttlParam('Seconds from now (1 … 2592000); required for a snapshot taken without a lease')],
+        responses: {
+          '200': { description: 'The snapshot', content: { 'application/json': { schema: { $ref: '#/components/schemas/Snapshot' } } } },
+          '400': error,
+          '401': error,
+          '404': error,
+        },
       },
     },
     '/v1/disks/{disk}/changes': {
@@ -191,6 +212,7 @@ export const openApiDocument = {
           changeId: { type: 'string', description: 'Changes up to the snapshot' },
           created: { type: 'string', format: 'date-time' },
           status: { type: 'string', enum: ['active', 'deleting'] },
+          expires: { type: 'string', format: 'date-time', description: 'When its lease runs out (leased snapshots only)' },
           exportName: { type: 'string', description: 'The read-only NBD export of the frozen disk' },
           uri: { type: 'string' },
         },

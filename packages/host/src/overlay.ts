@@ -11,7 +11,18 @@ import { FileStore, readFully, VdError } from '@vd/core';
  * first write), and only then is its map byte set, with a synchronous pwrite. So a process killed
  * at any moment leaves every grain either in the parent (the write was not acknowledged) or
  * complete in `data`; `flush()` makes both files durable against power loss too.
+ *
+ * Power loss between flushes is another matter: the kernel may write the map byte back before
+ * the grain's data, and the grain then reads as garbage (zeroes, or half of it) where the parent's
+ * bytes were. With `syncData` a grain's data is fdatasync'd before its map byte is written (group
+ * commit: one sync serves every grain whose data landed before it started), so a map byte on disk
+ * always points at complete data.
  */
+export interface OverlayOptions {
+  /** Sync a grain's data before publishing its map byte (the host's `fsync` durability). */
+  syncData?: boolean;
+}
+
 export class Overlay {
   readonly grain: number;
   readonly size: number;
@@ -27,9 +38,14 @@ export class Overlay {
   readonly #mapFd: number;
   readonly #locks = new Map<number, Promise<void>>();
   readonly #one = new Uint8Array(1);
+  readonly #syncData: boolean;
+  /** The data sync running now, and the one queued behind it for grains that landed meanwhile. */
+  #syncRunning: Promise<void> | undefined;
+  #syncQueued: Promise<void> | undefined;
   #closed = false;
 
-  private constructor(data: FileStore, mapFd: number, map: Uint8Array, size: number, grain: number, mapPath: string) {
+  private constructor(data: FileStore, mapFd: number, map: Uint8Array, size: number, grain: number, mapPath: string, opts: OverlayOptions) {
+    this.#syncData = opts.syncData === true;
     this.#data = data;
     this.dataPath = data.name;
     this.mapPath = mapPath;
@@ -43,7 +59,7 @@ export class Overlay {
   }
 
   /** Creates both files (failing when either exists) and syncs them before returning. */
-  static async create(dataPath: string, mapPath: string, size: number, grain: number): Promise<Overlay> {
+  static async create(dataPath: string, mapPath: string, size: number, grain: number, opts: OverlayOptions = {}): Promise<Overlay> {
     checkGeometry(size, grain);
     const grains = Math.ceil(size / grain);
     const data = await FileStore.open(dataPath, { create: true });
@@ -55,7 +71,7 @@ export class Overlay {
       const zeroes = new Uint8Array(grains);
       if (grains > 0) writeSync(fd, zeroes, 0, grains, 0);
       fdatasyncSync(fd);
-      return new Overlay(data, fd, zeroes, size, grain, mapPath);
+      return new Overlay(data, fd, zeroes, size, grain, mapPath, opts);
     } catch (err) {
       if (fd !== undefined) closeSync(fd);
       await data.close().catch(() => {});
@@ -64,7 +80,7 @@ export class Overlay {
   }
 
   /** Opens the files of an existing overlay; a map of the wrong size is ERR_VD_CORRUPT. */
-  static async open(dataPath: string, mapPath: string, size: number, grain: number): Promise<Overlay> {
+  static async open(dataPath: string, mapPath: string, size: number, grain: number, opts: OverlayOptions = {}): Promise<Overlay> {
     checkGeometry(size, grain);
     const grains = Math.ceil(size / grain);
     const data = await FileStore.open(dataPath);
@@ -90,7 +106,7 @@ export class Overlay {
       if ((await data.size()) !== size) {
         throw new VdError('ERR_VD_CORRUPT', `snapshot data ${dataPath} is not ${size} bytes`, { details: { dataPath, size } });
       }
-      return new Overlay(data, fd, map.subarray(0, grains), size, grain, mapPath);
+      return new Overlay(data, fd, map.subarray(0, grains), size, grain, mapPath, opts);
     } catch (err) {
       if (fd !== undefined) closeSync(fd);
       await data.close().catch(() => {});
@@ -162,6 +178,7 @@ export class Overlay {
           whole.set(piece, offset - gStart);
         }
         await this.#data.write(gStart, whole);
+        if (this.#syncData) await this.#dataSynced();
         this.#check();
         writeSync(this.#mapFd, this.#one, 0, 1, g);
         this.map[g] = 1;
@@ -174,6 +191,28 @@ export class Overlay {
     }
     await this.#data.write(offset, piece);
     this.dirty[g] = 1;
+  }
+
+  /**
+   * Resolves once a data sync that started after the caller's write completed has finished. A
+   * sync already running may have started before that write: the caller joins the one queued
+   * behind it, which every grain arriving meanwhile shares.
+   */
+  #dataSynced(): Promise<void> {
+    if (!this.#syncRunning) {
+      const run = this.#data.flush().finally(() => {
+        if (this.#syncRunning === run) this.#syncRunning = undefined;
+      });
+      this.#syncRunning = run;
+      return run;
+    }
+    this.#syncQueued ??= this.#syncRunning
+      .catch(() => {})
+      .then(() => {
+        this.#syncQueued = undefined;
+        return this.#dataSynced();
+      });
+    return this.#syncQueued;
   }
 
   /** Makes `data` and the map durable (data first: a map byte must never point at unsynced data). */

@@ -13,6 +13,10 @@ export interface SnapshotRecord {
   created: string;
   /** `active`: exported read-only. `deleting`: being consolidated into the disk (resumed after a restart). */
   status: 'active' | 'deleting';
+  /** The lease in seconds, when the snapshot was taken with one (renewals default to it). */
+  ttl?: number;
+  /** ISO time the lease runs out: after it the host deletes the snapshot (at its next check, or start). */
+  expires?: string;
 }
 
 export interface ChainLink {
@@ -72,6 +76,9 @@ export async function readState(path: string): Promise<HostState> {
         throw corrupt(`disk ${name} has a malformed snapshot`);
       }
       if (snap.status !== 'active' && snap.status !== 'deleting') throw corrupt(`snapshot ${snap.id} has status ${String(snap.status)}`);
+      if (snap.expires !== undefined && (typeof snap.expires !== 'string' || Number.isNaN(Date.parse(snap.expires)))) {
+        throw corrupt(`snapshot ${snap.id} has a malformed lease`);
+      }
     }
     if (d.chain !== undefined) {
       if (!Array.isArray(d.chain)) throw corrupt(`disk ${name} has a malformed chain`);
