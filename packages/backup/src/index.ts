@@ -25,6 +25,7 @@ export { openPoint, type RestoreOptions, type RestoreResult, restore } from './r
 export {
   type BackupSource,
   type Changes,
+  DEFAULT_SNAPSHOT_TTL,
   type DiskSourceOptions,
   diskSource,
   type HostSourceOptions,

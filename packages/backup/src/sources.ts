@@ -1,5 +1,5 @@
 import { type ChangedAreas, changedAreasFromBitmap, DIRTY_BITMAP_PREFIX, mark, queryChangedAreas } from '@vd/cbt';
-import { type CopyRange, type Disk, isVdError, type OpenDiskOptions, openDisk, type Transport } from '@vd/core';
+import { type CopyRange, type Disk, debug, isVdError, type OpenDiskOptions, openDisk, type Transport } from '@vd/core';
 import { endReadDisk } from './end-disk.js';
 import type { Strategy } from './manifest.js';
 
@@ -147,7 +147,9 @@ export function trackedSource(disk: Disk, opts: { close?: boolean } = {}): Backu
 
 /** The part of `HostClient` (from `@vd/host`) a host backup uses. */
 export interface SnapshotHost {
-  createSnapshot(disk: string): Promise<{ id: string; changeId: string; uri?: string; exportName: string }>;
+  createSnapshot(disk: string, opts?: { ttl?: number }): Promise<{ id: string; changeId: string; uri?: string; exportName: string }>;
+  /** Extends a leased snapshot's lease; a host without it gets snapshots without a lease. */
+  renewSnapshot?(disk: string, id: string, opts?: { ttl?: number }): Promise<unknown>;
   deleteSnapshot(disk: string, id: string): Promise<void>;
   changes(
     disk: string,
@@ -163,7 +165,16 @@ export interface HostSourceOptions {
   open?: Omit<OpenDiskOptions, 'transports'>;
   /** Replace the snapshot URI's host (a host listening on 0.0.0.0, reached by another name). */
   uri?: (snapshotUri: string) => string;
+  /**
+   * The snapshot's lease in seconds (default 300; `false`: none). The backup renews it every
+   * third of that while it runs, so a backup killed at any moment, even before it could record the
+   * snapshot, leaves it behind for at most this long: the host then deletes it.
+   */
+  snapshotTtl?: number | false;
 }
+
+/** Default lease of a backup's snapshot, in seconds. */
+export const DEFAULT_SNAPSHOT_TTL = 300;
 
 /**
  * A disk on a vd host: each backup takes a snapshot, reads its read-only export, asks the host
@@ -182,13 +193,16 @@ export function hostSource(host: SnapshotHost, diskName: string, opts: HostSourc
       }
     },
     async open(signal) {
-      const snap = await host.createSnapshot(diskName);
+      const ttl = opts.snapshotTtl === false || !host.renewSnapshot ? undefined : (opts.snapshotTtl ?? DEFAULT_SNAPSHOT_TTL);
+      const snap = await host.createSnapshot(diskName, ttl === undefined ? undefined : { ttl });
+      const lease = ttl === undefined ? undefined : renewing(host, diskName, snap.id, ttl);
       let disk: Disk;
       try {
         if (!snap.uri) throw new Error(`the host gave snapshot ${snap.id} no NBD URI; is it listening?`);
         const uri = opts.uri ? opts.uri(snap.uri) : snap.uri;
         disk = await openDisk(uri, { readOnly: true, ...opts.open, signal, transports: opts.transports });
       } catch (err) {
+        lease?.stop();
         await host.deleteSnapshot(diskName, snap.id).catch(() => {});
         throw err;
       }
@@ -219,6 +233,7 @@ export function hostSource(host: SnapshotHost, diskName: string, opts: HostSourc
         },
         async release(how) {
           try {
+            lease?.stop();
             await endReadDisk(disk, how?.aborted, 'backup');
           } finally {
             await host.deleteSnapshot(diskName, snap.id);
@@ -227,4 +242,21 @@ export function hostSource(host: SnapshotHost, diskName: string, opts: HostSourc
       };
     },
   };
+}
+
+/**
+ * Renews a snapshot's lease every third of `ttl` until stopped. A failed renewal is only logged:
+ * if the snapshot is gone, reading its export fails and the backup with it.
+ */
+function renewing(host: SnapshotHost, disk: string, id: string, ttl: number): { stop(): void } {
+  const timer = setInterval(
+    () => {
+      host
+        .renewSnapshot?.(disk, id, { ttl })
+        .catch((err: unknown) => debug('backup: renewing snapshot %s of %s failed: %s', id, disk, err));
+    },
+    (ttl * 1000) / 3,
+  );
+  timer.unref();
+  return { stop: () => clearInterval(timer) };
 }

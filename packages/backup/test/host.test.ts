@@ -1,11 +1,12 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import { mkdir, open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { openDisk } from '@vd/core';
 import { ApiServer, DiskHost, HostClient } from '@vd/host';
 import { createPki, nbdServerTls, nbdssl } from '@vd/nbdssl';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { type BackupSource, backup, hostSource, openPoint, verifyPoint } from '../src/index.js';
+import { type BackupSource, backup, DEFAULT_SNAPSHOT_TTL, hostSource, openPoint, type SnapshotHost, verifyPoint } from '../src/index.js';
 import { contentOf, tempDir } from './helpers.js';
 
 const MiB = 1024 * 1024;
@@ -28,19 +29,19 @@ function recording(source: BackupSource, states: Buffer[]): BackupSource {
   };
 }
 
-async function startHost(size: number) {
+async function startHost(size: number, hostOpts: { leaseCheckInterval?: number } = {}) {
   await mkdir(join(dir, 'datastore'));
   const fh = await open(join(dir, 'datastore', 'disk.raw'), 'w');
   await fh.truncate(size);
   await fh.close();
   await createPki(join(dir, 'pki'));
-  return reopenHost();
+  return reopenHost(hostOpts);
 }
 
-async function reopenHost() {
+async function reopenHost(hostOpts: { leaseCheckInterval?: number } = {}) {
   const datastore = join(dir, 'datastore');
   const pkiDir = join(dir, 'pki');
-  const host = await DiskHost.open({ datastore, tls: await nbdServerTls({ certificates: pkiDir }) });
+  const host = await DiskHost.open({ datastore, tls: await nbdServerTls({ certificates: pkiDir }), ...hostOpts });
   await host.listen({ host: '127.0.0.1', port: 0 });
   const api = new ApiServer(host, { token: TOKEN });
   const { url } = await api.listen();
@@ -60,6 +61,43 @@ async function reopenHost() {
 }
 
 describe('backup through a vd host over NBDSSL', () => {
+  it('leases its snapshot; one left by a run killed before it could record it expires, and the next run misses no change', async () => {
+    const h = await startHost(4 * MiB, { leaseCheckInterval: 50 });
+    const repo = join(dir, 'repo');
+    try {
+      await h.live.write(0, randomBytes(MiB));
+      const asked: (number | undefined)[] = [];
+      const leasing: SnapshotHost = {
+        createSnapshot: (disk, o) => {
+          asked.push(o?.ttl);
+          return h.client.createSnapshot(disk, o);
+        },
+        renewSnapshot: (disk, id, o) => h.client.renewSnapshot(disk, id, o),
+        deleteSnapshot: (disk, id) => h.client.deleteSnapshot(disk, id),
+        changes: (disk, since, o) => h.client.changes(disk, since, o),
+      };
+      expect((await backup(repo, hostSource(leasing, 'disk.raw', { transports: h.transports() }))).kind).toBe('full');
+      expect(asked).toEqual([DEFAULT_SNAPSHOT_TTL]);
+      await h.live.write(MiB + 4096, randomBytes(70_000));
+      // Killed the instant after the host took the snapshot: nothing in the repository names it.
+      const orphan = await h.client.createSnapshot('disk.raw', { ttl: 1 });
+      await h.live.write(3 * MiB, randomBytes(5000));
+      while ((await h.client.snapshots('disk.raw')).some((x) => x.id === orphan.id)) await sleep(50);
+      await h.live.write(2 * MiB, randomBytes(MiB));
+      const r = await backup(repo, hostSource(h.client, 'disk.raw', { transports: h.transports() }));
+      expect(r.kind).toBe('incremental');
+      const { disk } = await openPoint(repo, r.point);
+      try {
+        expect((await contentOf(disk)).equals(await contentOf(h.live))).toBe(true);
+      } finally {
+        await disk.close();
+      }
+      expect(await h.client.snapshots('disk.raw')).toEqual([]);
+    } finally {
+      await h.close();
+    }
+  });
+
   it('takes a full point, with the reason, when the host lost track of changes', async () => {
     const h = await startHost(4 * MiB);
     const repo = join(dir, 'repo');
