@@ -4,7 +4,8 @@
 //  1. Client cost of TLS: vd's client reading the whole export from `nbdkit file` in the clear and
 //     from `nbdkit --tls=require` (target: TLS >= 0.8x plaintext).
 //  2. Client against the peer: the same TLS read vs `nbdcopy nbds+unix://... null:` (target >= 1.0x).
-//  3. Server: `nbdcopy nbds+unix://... null:` reading vd's NbdServer --tls=require vs nbdkit --tls=require.
+//  3. The same TLS read with the extra connections decrypting in worker threads vs without.
+//  4. Server: `nbdcopy nbds+unix://... null:` reading vd's NbdServer --tls=require vs nbdkit --tls=require.
 // Size: BENCH_NBDSSL_MIB (default 1024). Rounds: BENCH_NBDSSL_ROUNDS (default 3). The runs compared
 // rotate within each round, so a load spike hits both sides; the ratio reported is the median
 // of the per-round ratios. Our client's CPU time per GiB is printed too: under load the wall-clock
@@ -90,8 +91,13 @@ try {
     await readAll(disk);
     await disk.close();
   };
-  const [tls, plain, nbdcopyTls] = await rounds(
-    [ourRead(tlsUri, [nbdssl()]), ourRead(plainUri, [nbd()]), () => exec('nbdcopy', [tlsUri, 'null:'])],
+  const [tls, plain, nbdcopyTls, workers] = await rounds(
+    [
+      ourRead(tlsUri, [nbdssl()]),
+      ourRead(plainUri, [nbd()]),
+      () => exec('nbdcopy', [tlsUri, 'null:']),
+      ourRead(tlsUri, [nbdssl({ workers: true })]),
+    ],
     ROUNDS,
   );
   report(
@@ -110,6 +116,16 @@ try {
     'nbdcopy nbds+unix:// null:',
     nbdcopyTls,
     1.0,
+  );
+
+  report(
+    'client: TLS connections after the first in worker threads vs all in-thread (the default on <= 2 cores)',
+    'vd nbdssl({ workers: true })',
+    workers,
+    "vd nbdssl() (this machine's default)",
+    tls,
+    undefined,
+    true,
   );
 
   const fileT = core.file({ formats: [core.rawFormat] });
