@@ -53,7 +53,7 @@ export type Durability = 'fsync' | 'boot';
 export interface TrackOptions {
   /** The sidecar file (e.g. `disk.img.cbt`); created when missing. Either this or `store`. */
   path?: string;
-  /** The sidecar as a ByteStore (a datastore file); the tracker closes it. Needs `truncate` to be writable. */
+  /** The sidecar as a ByteStore (a datastore file); the tracker closes it. Needs `truncate` (which must also grow a file, sparse) to be writable. */
   store?: ByteStore;
   /** Bytes per tracked block, a power of two from 512 to 1 GiB; default 64 KiB, or the sidecar's. */
   granularity?: number;
