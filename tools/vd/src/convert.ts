@@ -22,6 +22,8 @@ export interface ConvertOptions {
   format?: string;
   /** Format switches for the new disk (VMDK: `subformat`, `adapter`). */
   formatOptions?: Record<string, unknown>;
+  /** Open the source in recovery mode (a streamOptimized VMDK cut short: read up to the cut). */
+  recover?: boolean;
   verify?: boolean;
   onStart?: (source: Disk) => void;
   onProgress?: (p: CopyProgress) => void;
@@ -52,7 +54,7 @@ export function localPath(arg: string): string {
 export async function convertDisk(src: string, dst: string, opts: ConvertOptions = {}): Promise<ConvertResult> {
   const format = opts.format ?? 'raw';
   const path = localPath(dst);
-  const source = await openDiskArg(src, { signal: opts.signal });
+  const source = await openDiskArg(src, { signal: opts.signal, formatOptions: opts.recover ? { recover: true } : undefined });
   try {
     opts.onStart?.(source);
     if (format === 'vmdk' && opts.formatOptions?.subformat === 'streamOptimized') return await convertToStream(source, path, opts);

@@ -71,4 +71,37 @@ describe('vd VMDK commands', () => {
       expect(open.stderr).toMatch(/ERR_VD_CID_MISMATCH/);
     });
   });
+
+  it('convert --recover salvages a streamOptimized VMDK cut short; without it the error names the option', async () => {
+    await withTempDir(async (dir) => {
+      const raw = join(dir, 'in.raw');
+      // Distinct content per MiB, so a grain read from the wrong place shows.
+      const data = Buffer.alloc(8 << 20);
+      for (let i = 0; i < 8; i++) data.fill(0x10 + i, i << 20, (i + 1) << 20);
+      await writeFile(raw, data);
+      const stream = join(dir, 'stream.vmdk');
+      expect((await vd('convert', raw, stream, '--type', 'streamOptimized')).code).toBe(0);
+      // Cut off the last third: the grain tables, directory, footer and end-of-stream marker go.
+      const whole = await readFile(stream);
+      await writeFile(stream, whole.subarray(0, Math.floor((whole.length * 2) / 3)));
+
+      const refused = await vd('convert', stream, join(dir, 'refused.raw'));
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toMatch(/ERR_VD_CORRUPT/);
+      expect(refused.stderr).toMatch(/recover/);
+
+      const out = join(dir, 'salvaged.raw');
+      const r = await vd('convert', '--recover', stream, out, '--json');
+      expect(r.code).toBe(0);
+      const got = await readFile(out);
+      expect(got.length).toBe(data.length);
+      // Every 64 KiB grain reads as the original or, past the cut, as a hole; the first MiB survived.
+      const grain = 64 << 10;
+      for (let at = 0; at < data.length; at += grain) {
+        const g = got.subarray(at, at + grain);
+        expect(g.equals(data.subarray(at, at + grain)) || g.every((b) => b === 0)).toBe(true);
+      }
+      expect(got.subarray(0, 1 << 20).equals(data.subarray(0, 1 << 20))).toBe(true);
+    });
+  });
 });

@@ -14,6 +14,7 @@ interface ConvertCliOptions {
   adapter?: string;
   progress?: boolean;
   verify?: boolean;
+  recover?: boolean;
   json?: boolean;
 }
 
@@ -24,6 +25,7 @@ export function define(cmd: Command, ctx: Context): void {
     .addOption(new Option('--adapter <adapter>', 'VMDK adapter type of the new disk').choices(VMDK_ADAPTERS))
     .option('--progress', 'show progress on stderr (a bar on a terminal, plain lines otherwise)')
     .option('--verify', 'read the new disk back and check it against what was copied')
+    .option('--recover', 'read a streamOptimized VMDK that was cut short (no footer): grains up to the cut, holes after')
     .addOption(jsonOption())
     .addHelpText(
       'after',
@@ -34,7 +36,8 @@ Examples:
   vd convert disk.img copy.img --verify
   vd convert file:///images/disk.img /backups/disk.raw --progress --json
   vd convert disk.raw disk.vmdk --type streamOptimized   (an OVF/OVA-ready stream)
-  vd convert snapshot-000002.vmdk flat.vmdk --type monolithicFlat   (flattens the chain)`,
+  vd convert snapshot-000002.vmdk flat.vmdk --type monolithicFlat   (flattens the chain)
+  vd convert --recover cut-short.vmdk salvaged.raw   (a stream whose writer died)`,
     )
     .action(async (src: string, dst: string, opts: ConvertCliOptions) => {
       let progress: Progress | undefined;
@@ -44,6 +47,7 @@ Examples:
           format,
           formatOptions: format === 'vmdk' ? { subformat: opts.type, adapter: opts.adapter } : undefined,
           verify: opts.verify,
+          recover: opts.recover,
           signal: ctx.signal,
           onStart: (source) => {
             progress = createProgress(ctx, { enabled: opts.progress === true, total: source.size, label: 'converting' });
