@@ -140,11 +140,13 @@ describe('client against our server', () => {
     expect(server.connections).toBe(Math.min(4, availableParallelism()));
   });
 
-  it('connectExtra: reads start on the first connection, the others join when open, a close waits for them', async () => {
+  it('connectExtra: reads start on the first connection, the others join when open, a close stops those still opening', async () => {
     const { server, uri } = await serve(memoryDisk(4 * MiB));
     const gates: (() => void)[] = [];
     const opened: NbdClientConnection[] = [];
+    const signals: (AbortSignal | undefined)[] = [];
     const connectExtra = async (t: NbdTarget, o: HandshakeOptions) => {
+      signals.push(o.signal);
       await new Promise<void>((r) => gates.push(r));
       const c = await NbdConnection.open(t, o);
       opened.push(c);
@@ -159,13 +161,60 @@ describe('client against our server', () => {
     gates.shift()!();
     await vi.waitFor(() => expect(disk.info().connections).toBe(2));
     expect(server.connections).toBe(2);
-    // Closed with one still opening: the close waits for it, then it is dropped.
+    // Closed with one still opening: its handshake is aborted (a server that never greets it must
+    // not hold the close up), and the close waits until it gave up.
     const closing = disk.close();
+    expect(signals[1]?.aborted).toBe(true);
     gates.shift()!();
     await closing;
-    expect(opened.length).toBe(2);
+    expect(opened.length).toBe(1);
     expect(opened.every((c) => c.closed)).toBe(true);
   });
+
+  it('close and destroy do not wait for extra connections stuck in their handshake: those are dropped at once', async () => {
+    const { uri } = await serve(memoryDisk(4 * MiB));
+    const real = parseNbdUri(uri);
+    if (real.kind !== 'tcp') throw new Error('expected a TCP export');
+    for (const how of ['close', 'destroy'] as const) {
+      // The first connection reaches the server; later ones are accepted and never greeted, as
+      // by a server at its connection limit.
+      const held: Socket[] = [];
+      let first = true;
+      const proxy = createServer((s) => {
+        s.on('error', () => {});
+        if (!first) {
+          held.push(s);
+          return;
+        }
+        first = false;
+        const up = netConnect(real.port, real.host);
+        up.on('error', () => {});
+        s.pipe(up).pipe(s);
+        s.on('close', () => up.destroy());
+        up.on('close', () => s.destroy());
+      });
+      await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+      cleanups.push(
+        () =>
+          new Promise<void>((r) => {
+            for (const s of held) s.destroy();
+            proxy.close(() => r());
+          }),
+      );
+      const port = (proxy.address() as { port: number }).port;
+      const connectExtra = (t: NbdTarget, o: HandshakeOptions) => NbdConnection.open(t, o);
+      // A handshake limit far beyond the test's: only dropping the stuck handshakes lets it pass.
+      const disk = await openDisk(`nbd://127.0.0.1:${port}/d`, {
+        transports: [nbd({ connections: 3, connectExtra, handshakeTimeout: 600_000 })],
+      });
+      expect((await disk.read(0, 4096)).length).toBe(4096);
+      await vi.waitFor(() => expect(held.length).toBe(2));
+      await disk[how]();
+      // The client gave up on them: their sockets close.
+      await Promise.all(held.map((s) => (s.destroyed ? undefined : new Promise((r) => s.once('close', r)))));
+      expect(disk.info().connections).toBe(1);
+    }
+  }, 30_000);
 
   it('maps server errors to coded errors that keep the errno', async () => {
     const { uri } = await serve(memoryDisk(MiB), {}, 'ro');

@@ -81,6 +81,8 @@ export class NbdClientSource implements BlockSource {
 
   /** Connections still being opened by `connectExtra`; they join the others when ready. */
   readonly #joining = new Set<Promise<unknown>>();
+  /** Aborts their handshakes on close or destroy: a server that never greets them must not hold either up. */
+  #stopJoining: AbortController | undefined;
 
   private constructor(target: NbdTarget, conns: NbdClientConnection[], opts: NbdClientOptions, readOnly: boolean, planned: number) {
     this.target = target;
@@ -118,14 +120,17 @@ export class NbdClientSource implements BlockSource {
     // would not see our writes consistently anyway: open more only when the server promises it.
     const multi = want > 1 && (first.info.flags & TxFlag.CAN_MULTI_CONN) !== 0;
     const planned = multi ? want : 1;
-    const extra = multi ? Array.from({ length: want - 1 }, () => (opts.connectExtra ?? inThread)(target, hs)) : [];
     if (opts.connectExtra) {
       // A worker takes a few hundred ms to start under load: reads begin on the first connection
       // and the others join as they come up.
       const source = new NbdClientSource(target, conns, { ...opts, metaContexts: hs.metaContexts }, readOnly, planned);
-      for (const p of extra) source.#join(p);
+      const stop = new AbortController();
+      source.#stopJoining = stop;
+      const signal = hs.signal ? AbortSignal.any([hs.signal, stop.signal]) : stop.signal;
+      for (let i = 1; i < planned; i++) source.#join(opts.connectExtra(target, { ...hs, signal }));
       return source;
     }
+    const extra = multi ? Array.from({ length: want - 1 }, () => inThread(target, hs)) : [];
     for (const r of await Promise.allSettled(extra)) {
       if (r.status === 'fulfilled') conns.push(r.value);
       else debug('nbd client: extra connection to %s failed: %s', formatNbdUri(target), (r.reason as Error).message);
@@ -230,6 +235,7 @@ export class NbdClientSource implements BlockSource {
 
   async _close(): Promise<void> {
     this.#closed = true;
+    this.#stopJoining?.abort(new VdError('ERR_VD_CLOSED', `NBD disk ${formatNbdUri(this.target)} is closed`));
     await this.ready();
     await this.#reconnecting?.catch(() => {});
     await Promise.allSettled(this.#conns.map((c) => c.disconnect()));
@@ -237,6 +243,7 @@ export class NbdClientSource implements BlockSource {
 
   async _destroy(err?: Error): Promise<void> {
     this.#closed = true;
+    this.#stopJoining?.abort(err ?? new VdError('ERR_VD_CLOSED', `NBD disk ${formatNbdUri(this.target)} was destroyed`));
     for (const c of this.#conns) c.destroy(err);
   }
 
