@@ -59,14 +59,21 @@ export class WorkerConnection implements NbdClientConnection {
     };
     const thread = new Worker(entry, { workerData: setup, execArgv: workerArgv(process.execArgv) });
     return new Promise<WorkerConnection>((resolve, reject) => {
-      const fail = (err: VdError) => {
+      const fail = (err: unknown) => {
         done();
         void thread.terminate();
         reject(err);
       };
       const onMessage = (m: FromWorker) => {
-        if (m.t === 'peer') onPeer?.(m.peer, target);
-        else if (m.t === 'fail') fail(deserializeError(m.error));
+        if (m.t === 'peer') {
+          // As in this thread, an onPeer that throws refuses the server (and must not escape
+          // this listener, where it would be an uncaught exception).
+          try {
+            onPeer?.(m.peer, target);
+          } catch (err) {
+            fail(err);
+          }
+        } else if (m.t === 'fail') fail(deserializeError(m.error));
         else if (m.t === 'open') {
           done();
           resolve(new WorkerConnection(thread, m.info, uri));

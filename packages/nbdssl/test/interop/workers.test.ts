@@ -11,7 +11,7 @@ import { channels, type Disk, isVdError, openDisk } from '@vd/core';
 import { parseNbdUri } from '@vd/nbd';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createPki, type Pki } from '../../src/pki.js';
-import { nbdssl, useWorkers } from '../../src/transport.js';
+import { clientTlsFor, nbdssl, useWorkers } from '../../src/transport.js';
 import { workerConnector, workersAvailable } from '../../src/worker-connection.js';
 import { type Daemon, daemon } from '../peers.js';
 
@@ -185,6 +185,19 @@ describe.skipIf(skip)('nbdssl connections in worker threads', () => {
     expect(err.details.reason).toBe('thumbprint-mismatch');
     expect(err.message).toContain(wrong);
     expect(err.message).toMatch(/sha256:[0-9A-F]{2}(:[0-9A-F]{2}){31}/);
+  });
+
+  it('an onPeer that throws refuses a worker connection, as it refuses one in this thread, without crashing the process', async () => {
+    const url = new URL(uriOf(sock));
+    const { signal: _signal, ...tls } = await clientTlsFor(url, {});
+    const refuse = () => {
+      throw new Error('not this server');
+    };
+    const got = await workerConnector(tls, refuse)(parseNbdUri(url), {}).catch((e: unknown) => e);
+    if (!(got instanceof Error)) (got as { destroy(): void }).destroy();
+    expect(got).toBeInstanceOf(Error);
+    expect((got as Error).message).toBe('not this server');
+    await expect(openDisk(url.href, { transports: [nbdssl({ workers: false, onPeer: refuse })] })).rejects.toThrow('not this server');
   });
 
   it('a worker connection aborted during a handshake that never ends rejects ERR_VD_ABORTED', async () => {
