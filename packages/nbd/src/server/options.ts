@@ -34,7 +34,7 @@ export interface NbdServerLimits {
   maxExtents?: number;
   /**
    * Zero-copy READ replies (sendfile, with `@vd/sparse`) running at once, server-wide; each holds
-   * a thread-pool thread while its client reads. Default: half of UV_THREADPOOL_SIZE, 1 to 4.
+   * a thread-pool thread while its client reads. Default: half of UV_THREADPOOL_SIZE, at most 4 (0 with a one-thread pool).
    * 0 turns zero-copy off (so does `VD_NBD_ZEROCOPY=0`).
    */
   zeroCopySends?: number;

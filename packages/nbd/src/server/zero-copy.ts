@@ -65,9 +65,12 @@ export class SendSlots {
   }
 }
 
-/** Half of libuv's pool (UV_THREADPOOL_SIZE, default 4), at least 1 and at most 4. */
+/**
+ * Half of libuv's pool (UV_THREADPOOL_SIZE, default 4), at most 4; none with a one-thread pool,
+ * where a single stalled client would hold the only thread and stop every file read.
+ */
 export function defaultZeroCopySends(): number {
   const pool = Number(process.env.UV_THREADPOOL_SIZE);
   const size = Number.isSafeInteger(pool) && pool > 0 ? pool : 4;
-  return Math.max(1, Math.min(4, Math.floor(size / 2)));
+  return Math.min(4, Math.floor(size / 2));
 }

@@ -1,0 +1,31 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { defaultZeroCopySends } from './zero-copy.js';
+
+describe('defaultZeroCopySends', () => {
+  const saved = process.env.UV_THREADPOOL_SIZE;
+  afterEach(() => {
+    if (saved === undefined) delete process.env.UV_THREADPOOL_SIZE;
+    else process.env.UV_THREADPOOL_SIZE = saved;
+  });
+
+  it('leaves file I/O at least one pool thread: half the pool, at most 4, and none with a one-thread pool', () => {
+    const cases: [string | undefined, number][] = [
+      [undefined, 2],
+      ['1', 0],
+      ['2', 1],
+      ['3', 1],
+      ['4', 2],
+      ['8', 4],
+      ['128', 4],
+      ['garbage', 2],
+    ];
+    for (const [size, want] of cases) {
+      if (size === undefined) delete process.env.UV_THREADPOOL_SIZE;
+      else process.env.UV_THREADPOOL_SIZE = size;
+      const got = defaultZeroCopySends();
+      expect(got, `UV_THREADPOOL_SIZE=${size}`).toBe(want);
+      const pool = Number(size) > 0 ? Number(size) : 4;
+      expect(got).toBeLessThan(pool);
+    }
+  });
+});
