@@ -124,10 +124,15 @@ export class NbdClientSource implements BlockSource {
       // A worker takes a few hundred ms to start under load: reads begin on the first connection
       // and the others join as they come up.
       const source = new NbdClientSource(target, conns, { ...opts, metaContexts: hs.metaContexts }, readOnly, planned);
+      // Their handshakes stop on the caller's signal too (AbortSignal.any needs Node 20.3).
       const stop = new AbortController();
       source.#stopJoining = stop;
-      const signal = hs.signal ? AbortSignal.any([hs.signal, stop.signal]) : stop.signal;
-      for (let i = 1; i < planned; i++) source.#join(opts.connectExtra(target, { ...hs, signal }));
+      const outer = hs.signal;
+      const follow = () => stop.abort(outer?.reason);
+      if (outer?.aborted) follow();
+      else outer?.addEventListener('abort', follow, { once: true });
+      for (let i = 1; i < planned; i++) source.#join(opts.connectExtra(target, { ...hs, signal: stop.signal }));
+      void source.ready().then(() => outer?.removeEventListener('abort', follow));
       return source;
     }
     const extra = multi ? Array.from({ length: want - 1 }, () => inThread(target, hs)) : [];
