@@ -310,6 +310,37 @@ describe('NbdServer against broken and malicious clients', () => {
     await c.closed;
     await waiting.closed;
   });
+
+  it('a graceful close while a client disconnects (DISC sent, requests in flight) still answers them', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let entered!: () => void;
+    const reading = new Promise<void>((r) => (entered = r));
+    const src = new MemorySource(MiB, { data: new Uint8Array(MiB).fill(5) });
+    const slow = Object.assign(Object.create(src), {
+      _read: async (o: number, into: Uint8Array, opts: object) => {
+        entered();
+        await gate;
+        return src._read(o, into, opts);
+      },
+    });
+    const { server, port } = await serve(new Disk(slow));
+    const c = new RawClient(port);
+    await c.handshake();
+    // As libnbd's nbd_shutdown does with commands pending: READ, then DISC, in one packet (so the
+    // server has taken both by the time the read reaches the disk).
+    const both = new Uint8Array(56);
+    writeRequestHeader(both, 0, false, 0, Cmd.READ, 8, 0, 4096);
+    writeRequestHeader(both, 28, false, 0, Cmd.DISC, 9, 0, 0);
+    c.send(both);
+    await reading;
+    const closing = server.close();
+    setTimeout(release, 50);
+    expect(await c.next()).toMatchObject({ kind: 'data', cookie: 8, done: true });
+    expect(c.reads.get(8)?.every((b) => b === 5)).toBe(true);
+    await closing;
+    await c.closed;
+  });
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -140,7 +140,8 @@ export class ServerConnection {
 
   /** Graceful: stop taking requests, finish those in flight, then close. */
   async shutdown(): Promise<void> {
-    if (this.#state === 'closed') return;
+    // Draining already (the client sent DISC): its requests in flight finish, then it closes.
+    if (this.#state === 'closed' || this.#state === 'draining') return;
     if (this.#state !== 'transmission') {
       this.#abort('server shutting down');
       return;
