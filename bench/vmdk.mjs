@@ -3,14 +3,18 @@
 // `pnpm --filter @vd/core build`. Input: BENCH_VMDK_MIB (default 1024) MiB of mixed content —
 // a third text-like (compressible), a third random, a third zeroes — as a raw file.
 //  1. raw → streamOptimized (our stream writer, parallel deflate) vs `qemu-img convert -O vmdk -o subformat=streamOptimized`
-//  2. streamOptimized → raw and 3. monolithicSparse → raw (our reader, 8 × 4 MiB reads in flight) vs `qemu-img convert -O raw`
-// Prints seconds (median of BENCH_VMDK_ROUNDS, default 3), ratio ours/qemu, output sizes, peak RSS.
+//  2. streamOptimized → raw and 3. monolithicSparse → raw: `copyDisk` onto a new raw file (what
+//     `vd convert` runs) vs `qemu-img convert -O raw`, twice: unsynced (`copyDisk` with `flush:
+//     false`, `vd convert --no-sync`) against qemu-img's default, which never syncs the target
+//     (cache mode `unsafe`), and synced (our default) against `qemu-img convert -t writeback`,
+//     which ends with one fdatasync. Comparing across durabilities measures the disk, not the code.
+// Prints seconds (median of BENCH_VMDK_ROUNDS, default 3), the median of per-round time ratios
+// ours/qemu (the runs compared rotate within each round), output sizes, peak RSS.
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, open, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { basename, dirname, join } from 'node:path';
-import { performance } from 'node:perf_hooks';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -23,7 +27,10 @@ if (spawnSync('sh', ['-c', 'command -v qemu-img']).status !== 0) {
   console.error('bench vmdk: qemu-img is not installed');
   process.exit(2);
 }
-const { Disk, RawSource, FileStore, fileResolver, openVmdk, writeStreamOptimized } = await import(coreDist);
+const { Disk, RawSource, FileStore, copyDisk, createDisk, file, openDisk, rawFormat, vmdkFormat, writeStreamOptimized } = await import(
+  coreDist
+);
+const { rounds } = await import('./_nbd-peers.mjs');
 
 const MiB = 1024 * 1024;
 const SIZE = Number(process.env.BENCH_VMDK_MIB ?? 1024) * MiB;
@@ -54,7 +61,7 @@ async function makeInput(path) {
   await fh.close();
 }
 
-/** Wall and CPU seconds (CPU: all threads, so parallel work shows as CPU > wall). */
+/** Runs qemu-img; wall and CPU seconds (CPU: all threads, so parallel work shows as CPU > wall). */
 function qemu(...args) {
   const r = spawnSync('/usr/bin/time', ['-f', '%e %U %S', 'qemu-img', ...args], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`qemu-img ${args.join(' ')} failed: ${r.stderr}`);
@@ -62,52 +69,25 @@ function qemu(...args) {
   return { wall, cpu: user + sys };
 }
 
-async function timed(fn) {
-  const t0 = performance.now();
-  const c0 = process.cpuUsage();
-  await fn();
-  const c = process.cpuUsage(c0);
-  return { wall: (performance.now() - t0) / 1000, cpu: (c.user + c.system) / 1e6 };
-}
-
 async function oursToStream(src, dst) {
-  return timed(async () => {
-    const store = await FileStore.open(src, { readOnly: true });
-    const disk = new Disk(new RawSource(store, await store.size()));
-    const out = await FileStore.open(dst, { create: true, overwrite: true });
-    await writeStreamOptimized(disk, out);
-    await out.flush();
-    await out.close();
-    await disk.close();
-  });
+  const store = await FileStore.open(src, { readOnly: true });
+  const disk = new Disk(new RawSource(store, await store.size()));
+  const out = await FileStore.open(dst, { create: true, overwrite: true });
+  await writeStreamOptimized(disk, out);
+  await out.close();
+  await disk.close();
 }
 
-async function oursToRaw(src, dst) {
-  return timed(async () => {
-    const disk = new Disk(await openVmdk(fileResolver(dirname(src)), basename(src), { readOnly: true }));
-    const out = await open(dst, 'w');
-    await out.truncate(disk.size);
-    const step = 4 * MiB;
-    const ranges = [];
-    for await (const e of disk.extents()) {
-      if (e.type !== 'data') continue;
-      for (let at = e.offset; at < e.offset + e.length; at += step) ranges.push([at, Math.min(step, e.offset + e.length - at)]);
-    }
-    let next = 0;
-    await Promise.all(
-      Array.from({ length: 8 }, async () => {
-        const buf = new Uint8Array(step);
-        while (next < ranges.length) {
-          const [at, n] = ranges[next++];
-          const view = buf.subarray(0, n);
-          await disk.readInto(at, view);
-          await out.write(view, 0, n, at);
-        }
-      }),
-    );
-    await out.close();
-    await disk.close();
-  });
+const files = file({ formats: [vmdkFormat, rawFormat] });
+/** What `vd convert src dst` does: a new sparse raw file, then copyDisk (holes skipped). */
+async function oursToRaw(src, dst, sync) {
+  await rm(dst, { force: true });
+  const source = await openDisk(src, { transports: [files], readOnly: true });
+  await createDisk(dst, { size: source.size, format: 'raw' });
+  const target = await openDisk(dst, { transports: [files], format: 'raw' });
+  await copyDisk(source, target, { flush: sync });
+  await target.close();
+  await source.close();
 }
 
 const dir = await mkdtemp(join(tmpdir(), 'vd-bench-vmdk-'));
@@ -115,22 +95,27 @@ try {
   const raw = join(dir, 'in.raw');
   await makeInput(raw);
   console.log(`input: ${SIZE / MiB} MiB raw (⅓ text, ⅓ random, ⅓ zero), median of ${ROUNDS}`);
+  /** `ours`: rounds() timings; `theirs`: qemu-img's own timings, one per round in the same order. */
   const report = (label, ours, theirs, extra = '') => {
-    const w = median(ours.map((x) => x.wall));
+    const w = median(ours.wall);
     const qw = median(theirs.map((x) => x.wall));
-    const c = median(ours.map((x) => x.cpu));
+    const c = median(ours.cpu);
     const qc = median(theirs.map((x) => x.cpu));
+    const ratio = median(ours.wall.map((t, i) => t / theirs[i].wall));
     console.log(
-      `${label.padEnd(24)} wall vd ${w.toFixed(2)} s, qemu-img ${qw.toFixed(2)} s, ratio ${(w / qw).toFixed(2)}   cpu vd ${c.toFixed(2)} s, qemu-img ${qc.toFixed(2)} s${extra}`,
+      `${label.padEnd(34)} wall vd ${w.toFixed(2)} s, qemu-img ${qw.toFixed(2)} s, ratio ${ratio.toFixed(2)}   cpu vd ${c.toFixed(2)} s, qemu-img ${qc.toFixed(2)} s${extra}`,
     );
   };
 
-  const o1 = [];
-  const q1 = [];
-  for (let i = 0; i < ROUNDS; i++) {
-    o1.push(await oursToStream(raw, join(dir, 'ours.vmdk')));
-    q1.push(qemu('convert', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=streamOptimized', raw, join(dir, 'qemu.vmdk')));
-  }
+  let q1 = [];
+  const [o1] = await rounds(
+    [
+      () => oursToStream(raw, join(dir, 'ours.vmdk')),
+      async () => q1.push(qemu('convert', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=streamOptimized', raw, join(dir, 'qemu.vmdk'))),
+    ],
+    ROUNDS,
+  );
+  q1 = q1.slice(1); // the warm-up
   const so = (await stat(join(dir, 'ours.vmdk'))).size;
   const sq = (await stat(join(dir, 'qemu.vmdk'))).size;
   report(
@@ -145,14 +130,25 @@ try {
     ['streamOptimized → raw', join(dir, 'ours.vmdk')],
     ['monolithicSparse → raw', join(dir, 'sparse.vmdk')],
   ]) {
-    const o = [];
-    const q = [];
-    for (let i = 0; i < ROUNDS; i++) {
-      o.push(await oursToRaw(src, join(dir, 'out-ours.raw')));
-      q.push(qemu('convert', '-f', 'vmdk', '-O', 'raw', src, join(dir, 'out-qemu.raw')));
+    for (const sync of [false, true]) {
+      let q = [];
+      const qemuOut = join(dir, 'out-qemu.raw');
+      const qemuArgs = ['convert', ...(sync ? ['-t', 'writeback'] : []), '-f', 'vmdk', '-O', 'raw', src, qemuOut];
+      const [o] = await rounds(
+        [
+          () => oursToRaw(src, join(dir, 'out-ours.raw'), sync),
+          async () => {
+            await rm(qemuOut, { force: true }); // as oursToRaw does: both start without a target file
+            q.push(qemu(...qemuArgs));
+          },
+        ],
+        ROUNDS,
+      );
+      q = q.slice(1);
+      const same = spawnSync('cmp', ['-s', join(dir, 'out-ours.raw'), raw]).status === 0;
+      const name = `${label}, ${sync ? 'synced' : 'unsynced'}`;
+      report(name, o, q, `${same ? '   output identical to input' : '   OUTPUT DIFFERS'}${sync ? '  (vs qemu-img -t writeback)' : ''}`);
     }
-    const same = spawnSync('cmp', ['-s', join(dir, 'out-ours.raw'), raw]).status === 0;
-    report(label, o, q, same ? '   output identical to input' : '   OUTPUT DIFFERS');
   }
   console.log(`peak RSS of the vd process: ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MiB`);
 } finally {

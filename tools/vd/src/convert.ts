@@ -24,6 +24,8 @@ export interface ConvertOptions {
   formatOptions?: Record<string, unknown>;
   /** Open the source in recovery mode (a streamOptimized VMDK cut short: read up to the cut). */
   recover?: boolean;
+  /** Skip the final flush of the target (default: flushed, so the copy is on stable storage). */
+  noSync?: boolean;
   verify?: boolean;
   onStart?: (source: Disk) => void;
   onProgress?: (p: CopyProgress) => void;
@@ -64,6 +66,7 @@ export async function convertDisk(src: string, dst: string, opts: ConvertOptions
       try {
         const result = await copyDisk(source, target, {
           targetIsZero: true,
+          flush: opts.noSync !== true,
           verify: opts.verify === true,
           onProgress: opts.onProgress,
           signal: opts.signal,
@@ -129,7 +132,7 @@ async function convertToStream(source: Disk, path: string, opts: ConvertOptions)
           bytesSkipped: 0,
         } as CopyProgress),
     });
-    await store.flush();
+    if (opts.noSync !== true) await store.flush();
     await store.close();
     let verified = false;
     if (opts.verify) {

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import * as diagnosticsChannel from 'node:diagnostics_channel';
 import { open, readdir, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -109,6 +110,35 @@ describe('vd convert', () => {
       expect((await readdir(dir)).sort()).toEqual(['src.img']);
       const again = await convertDisk(src, dst, { ...opts, verify: true });
       expect(again.verified).toBe(true);
+    });
+  });
+
+  it('flushes the new disk at the end unless --no-sync', async () => {
+    await withTempDir(async (dir) => {
+      const src = join(dir, 'src.img');
+      await sparseDisk(src, 4 * MiB, [0, 2 * MiB]);
+      const flushes: string[] = [];
+      const onStart = (m: unknown) => {
+        const { op, disk } = m as { op: string; disk: { location?: string } };
+        if (op === 'flush') flushes.push(disk.location ?? '');
+      };
+      diagnosticsChannel.subscribe('vd:request:start', onStart);
+      try {
+        for (const [name, extra] of [
+          ['synced.img', []],
+          ['unsynced.img', ['--no-sync']],
+          ['synced.vmdk', ['--type', 'streamOptimized']],
+          ['unsynced.vmdk', ['--type', 'streamOptimized', '--no-sync']],
+        ] as const) {
+          flushes.length = 0;
+          const r = await vd('convert', src, join(dir, name), ...extra);
+          expect(r.code).toBe(0);
+          expect(await vd('cmp', src, join(dir, name))).toMatchObject({ code: 0 });
+          if (name.endsWith('.img')) expect(flushes.some((l) => l.includes(name))).toBe(!name.startsWith('unsynced'));
+        }
+      } finally {
+        diagnosticsChannel.unsubscribe('vd:request:start', onStart);
+      }
     });
   });
 });

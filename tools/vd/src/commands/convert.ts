@@ -15,6 +15,7 @@ interface ConvertCliOptions {
   progress?: boolean;
   verify?: boolean;
   recover?: boolean;
+  sync?: boolean;
   json?: boolean;
 }
 
@@ -25,6 +26,7 @@ export function define(cmd: Command, ctx: Context): void {
     .addOption(new Option('--adapter <adapter>', 'VMDK adapter type of the new disk').choices(VMDK_ADAPTERS))
     .option('--progress', 'show progress on stderr (a bar on a terminal, plain lines otherwise)')
     .option('--verify', 'read the new disk back and check it against what was copied')
+    .option('--no-sync', 'do not flush the new disk at the end (as qemu-img convert does by default): faster, not crash-safe')
     .option('--recover', 'read a streamOptimized VMDK that was cut short (no footer): grains up to the cut, holes after')
     .addOption(jsonOption())
     .addHelpText(
@@ -48,6 +50,7 @@ Examples:
           formatOptions: format === 'vmdk' ? { subformat: opts.type, adapter: opts.adapter } : undefined,
           verify: opts.verify,
           recover: opts.recover,
+          noSync: opts.sync === false,
           signal: ctx.signal,
           onStart: (source) => {
             progress = createProgress(ctx, { enabled: opts.progress === true, total: source.size, label: 'converting' });
