@@ -57,7 +57,14 @@ export class WorkerConnection implements NbdClientConnection {
       },
       tls,
     };
-    const thread = new Worker(entry, { workerData: setup, execArgv: workerArgv(process.execArgv) });
+    let thread: Worker;
+    try {
+      thread = startWorker(entry, setup);
+    } catch (err) {
+      return Promise.reject(
+        new VdError('ERR_VD_IO', `NBD connect to ${uri}: cannot start a worker thread: ${(err as Error).message}`, { cause: err }),
+      );
+    }
     return new Promise<WorkerConnection>((resolve, reject) => {
       const fail = (err: unknown) => {
         done();
@@ -245,6 +252,30 @@ function workerArgv(argv: readonly string[]): string[] {
     } else if (!a.startsWith('--input-type=') && a !== '--conditions=@vd/source' && a !== '-C=@vd/source') out.push(a);
   }
   return out;
+}
+
+/**
+ * A worker with the process's node options (see workerArgv). A worker refuses V8 and process-wide
+ * flags (--max-old-space-size, --expose-gc, --title, …) that the process was started with: they
+ * apply to the whole process already, so those it names are dropped (all options, where the
+ * refusal cannot be read).
+ */
+function startWorker(entry: URL, setup: WorkerSetup): Worker {
+  const argv = workerArgv(process.execArgv);
+  try {
+    return new Worker(entry, { workerData: setup, execArgv: argv });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ERR_WORKER_INVALID_EXEC_ARGV') throw err;
+    const listed = /flags: (.*)$/s.exec((err as Error).message)?.[1];
+    const refused = new Set(listed?.split(', ') ?? []);
+    const kept = argv.filter((a) => !refused.has(a));
+    try {
+      return new Worker(entry, { workerData: setup, execArgv: kept });
+    } catch (again) {
+      if ((again as NodeJS.ErrnoException).code !== 'ERR_WORKER_INVALID_EXEC_ARGV') throw again;
+      return new Worker(entry, { workerData: setup, execArgv: [] });
+    }
+  }
 }
 
 /** Whether connections can run in worker threads (the worker script is present). */

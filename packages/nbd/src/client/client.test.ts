@@ -171,6 +171,18 @@ describe('client against our server', () => {
     expect(opened.every((c) => c.closed)).toBe(true);
   });
 
+  it('a connectExtra that throws instead of rejecting costs only that connection', async () => {
+    const { server, uri } = await serve(memoryDisk(4 * MiB));
+    const connectExtra = (): Promise<NbdClientConnection> => {
+      throw new Error('no threads here');
+    };
+    const disk = await openDisk(uri, { transports: [nbd({ connections: 2, connectExtra })] });
+    expect((await disk.read(0, 4096)).length).toBe(4096);
+    expect(disk.info().connections).toBe(1);
+    await disk.close();
+    await vi.waitFor(() => expect(server.connections).toBe(0));
+  });
+
   it('close and destroy do not wait for extra connections stuck in their handshake: those are dropped at once', async () => {
     const { uri } = await serve(memoryDisk(4 * MiB));
     const real = parseNbdUri(uri);

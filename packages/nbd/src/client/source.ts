@@ -131,7 +131,9 @@ export class NbdClientSource implements BlockSource {
       const follow = () => stop.abort(outer?.reason);
       if (outer?.aborted) follow();
       else outer?.addEventListener('abort', follow, { once: true });
-      for (let i = 1; i < planned; i++) source.#join(opts.connectExtra(target, { ...hs, signal: stop.signal }));
+      const connectExtra = opts.connectExtra;
+      // One that throws rather than rejects must not leave the first connection open.
+      for (let i = 1; i < planned; i++) source.#join((async () => connectExtra(target, { ...hs, signal: stop.signal }))());
       void source.ready().then(() => outer?.removeEventListener('abort', follow));
       return source;
     }

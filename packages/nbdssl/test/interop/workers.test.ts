@@ -282,4 +282,27 @@ describe.skipIf(skip)('nbdssl connections in worker threads', () => {
     );
     expect(out.trim()).toBe('closed');
   });
+
+  it('a process started with V8 or process-wide flags (--max-old-space-size, --expose-gc) still runs worker connections', async () => {
+    // A worker refuses those flags in its execArgv (they apply to the whole process already).
+    const dist = (p: string) => fileURLToPath(new URL(`../../../${p}/dist/index.js`, import.meta.url));
+    const script = `
+      const { openDisk } = await import(${JSON.stringify(dist('core'))});
+      const { nbdssl } = await import(${JSON.stringify(dist('nbdssl'))});
+      const disk = await openDisk(${JSON.stringify(uriOf(sock))}, { transports: [nbdssl({ connections: 2, workers: true })], readOnly: true });
+      for (let i = 0; disk.info().workerConnections !== 1; i++) {
+        if (i > 300) throw new Error('expected 1 worker connection');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const parts = await Promise.all([0, 1, 2, 3].map((i) => disk.read(i * ${2 * MiB}, ${2 * MiB})));
+      await disk.close();
+      console.log(JSON.stringify({ workers: 1, bytes: parts.reduce((n, p) => n + p.length, 0) }));`;
+    const flags = ['--max-old-space-size=512', '--expose-gc', '--stack-trace-limit=20'];
+    const out = await new Promise<string>((resolve, reject) =>
+      execFile(process.execPath, [...flags, '--input-type=module', '-e', script], { timeout: 30_000 }, (err, stdout, stderr) =>
+        err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout),
+      ),
+    );
+    expect(JSON.parse(out.trim())).toEqual({ workers: 1, bytes: 8 * MiB });
+  });
 });
