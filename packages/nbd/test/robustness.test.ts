@@ -117,6 +117,23 @@ async function until(f: () => boolean): Promise<void> {
   expect(f()).toBe(true);
 }
 
+/** A 1 MiB source filled with `fill` whose reads wait for `release()`; `reading` settles when one has begun. */
+function gatedSource(fill: number) {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let entered!: () => void;
+  const reading = new Promise<void>((r) => (entered = r));
+  const src = new MemorySource(MiB, { data: new Uint8Array(MiB).fill(fill) });
+  const slow = Object.assign(Object.create(src), {
+    _read: async (o: number, into: Uint8Array, opts: object) => {
+      entered();
+      await gate;
+      return src._read(o, into, opts);
+    },
+  });
+  return { slow, reading, release };
+}
+
 describe('NbdServer against broken and malicious clients', () => {
   it('closes on wrong magic, unknown flags, oversized options, oversized writes; a healthy client carries on', async () => {
     const { server, port } = await serve(memoryDisk(MiB));
@@ -279,18 +296,7 @@ describe('NbdServer against broken and malicious clients', () => {
   });
 
   it('shuts down gracefully: requests in flight finish, new options are refused', async () => {
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
-    let entered!: () => void;
-    const reading = new Promise<void>((r) => (entered = r));
-    const src = new MemorySource(MiB, { data: new Uint8Array(MiB).fill(9) });
-    const slow = Object.assign(Object.create(src), {
-      _read: async (o: number, into: Uint8Array, opts: object) => {
-        entered();
-        await gate;
-        return src._read(o, into, opts);
-      },
-    });
+    const { slow, reading, release } = gatedSource(9);
     const { server, port } = await serve(new Disk(slow));
     const c = new RawClient(port);
     await c.handshake();
@@ -312,18 +318,7 @@ describe('NbdServer against broken and malicious clients', () => {
   });
 
   it('a graceful close while a client disconnects (DISC sent, requests in flight) still answers them', async () => {
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
-    let entered!: () => void;
-    const reading = new Promise<void>((r) => (entered = r));
-    const src = new MemorySource(MiB, { data: new Uint8Array(MiB).fill(5) });
-    const slow = Object.assign(Object.create(src), {
-      _read: async (o: number, into: Uint8Array, opts: object) => {
-        entered();
-        await gate;
-        return src._read(o, into, opts);
-      },
-    });
+    const { slow, reading, release } = gatedSource(5);
     const { server, port } = await serve(new Disk(slow));
     const c = new RawClient(port);
     await c.handshake();
