@@ -70,6 +70,10 @@ try {
     }
     await fh.close();
   }
+  // The inputs were just written: put them on disk now, so the kernel's writeback of gigabytes of
+  // dirty pages does not land in the first timed runs (it costs CPU and favours whichever side
+  // runs on more threads).
+  spawnSync('sync');
   const sock = (n) => join(dir, `${n}.sock`);
   const pid = (n) => join(dir, `${n}.pid`);
   const plainUri = `nbd+unix:///?socket=${sock('plain')}`;

@@ -94,6 +94,10 @@ const dir = await mkdtemp(join(tmpdir(), 'vd-bench-vmdk-'));
 try {
   const raw = join(dir, 'in.raw');
   await makeInput(raw);
+  // The inputs were just written: put them on disk now, so the kernel's writeback of a gigabyte of
+  // dirty pages does not land in the first timed runs (it costs CPU and favours whichever side
+  // runs on more threads).
+  spawnSync('sync');
   console.log(`input: ${SIZE / MiB} MiB raw (⅓ text, ⅓ random, ⅓ zero), median of ${ROUNDS}`);
   /** `ours`: rounds() timings; `theirs`: qemu-img's own timings, one per round in the same order. */
   const report = (label, ours, theirs, extra = '') => {
@@ -126,6 +130,7 @@ try {
   );
 
   qemu('convert', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=monolithicSparse', raw, join(dir, 'sparse.vmdk'));
+  spawnSync('sync');
   for (const [label, src] of [
     ['streamOptimized → raw', join(dir, 'ours.vmdk')],
     ['monolithicSparse → raw', join(dir, 'sparse.vmdk')],
