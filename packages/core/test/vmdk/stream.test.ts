@@ -36,6 +36,30 @@ describe('streamOptimized writer and reader', () => {
     );
   });
 
+  it('compresses at any zlib level 0-9 (higher: no larger), and refuses others', async () => {
+    const src = memoryDisk(1 << 20);
+    // Compressible, not trivially: lines of words and numbers.
+    let text = '';
+    for (let i = 0; text.length < 1 << 20; i++) text += `line ${(i * 7919) % 10007} of grain ${i >> 6}: the quick brown fox\n`;
+    await src.write(0, new TextEncoder().encode(text).subarray(0, 1 << 20));
+    const sizes: number[] = [];
+    for (const level of [0, 1, 5, 9]) {
+      const r = new MemResolver();
+      const store = await r.create('s.vmdk');
+      const res = await writeStreamOptimized(src, store, { level });
+      sizes.push(res.bytesWritten);
+      const back = new Disk(await openVmdk(r, 's.vmdk', { readOnly: true }));
+      expect(Buffer.compare(await back.read(0, back.size), await src.read(0, src.size))).toBe(0);
+      await back.close();
+    }
+    expect(sizes[0]).toBeGreaterThan(sizes[1]!);
+    expect(sizes[1]).toBeGreaterThanOrEqual(sizes[3]!);
+    for (const level of [-2, 10, 1.5]) {
+      const r = new MemResolver();
+      await expect(writeStreamOptimized(src, await r.create('s.vmdk'), { level })).rejects.toMatchObject({ code: 'ERR_VD_INVALID_ARGUMENT' });
+    }
+  });
+
   it('stops with ERR_VD_ABORTED when its signal aborts, leaving no work running', async () => {
     const src = memoryDisk(8 << 20);
     await src.write(0, pattern(8 << 20, 3));

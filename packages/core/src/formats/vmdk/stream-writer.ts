@@ -1,6 +1,6 @@
 import { availableParallelism } from 'node:os';
 import { promisify } from 'node:util';
-import { deflate, constants as zc } from 'node:zlib';
+import { deflate } from 'node:zlib';
 import type { Disk } from '../../disk.js';
 import { throwIfAborted, VdError } from '../../errors.js';
 import type { ByteStore } from '../../spec.js';
@@ -25,6 +25,9 @@ import { newCid } from './link.js';
 import { baseOf } from './paths.js';
 import { encodeU32Array } from './sparse.js';
 
+/** Deflate level of new streamOptimized grains; see `StreamWriteOptions.level`. */
+export const DEFAULT_STREAM_LEVEL = 5;
+
 const deflateAsync = promisify(deflate) as (buf: Uint8Array, opts: { level: number; chunkSize: number }) => Promise<Uint8Array>;
 
 /** Where a stream goes: written strictly in order, so a pipe or an upload works as well as a file. */
@@ -36,7 +39,11 @@ export interface StreamWriteOptions {
   /** File name written into the descriptor's extent line (default: the sink's name, or `disk.vmdk`). */
   name?: string;
   grainSize?: number;
-  /** zlib level (default 6, zlib's default, as qemu uses). */
+  /**
+   * zlib level, 0–9 (default 5). qemu uses zlib's default, 6; level 5 costs 22–30% less CPU per
+   * grain for output about 1% larger (measured on text-like data and on Linux binaries), the best
+   * trade for a writer that is CPU-bound on every core it gets.
+   */
   level?: number;
   /** Grains being compressed at once (default 4 per CPU, at most 64): bounds memory to about 2× that many grains. */
   concurrency?: number;
@@ -254,7 +261,10 @@ export async function writeStreamOptimized(
   }
   const sectors = Math.ceil(source.size / SECTOR);
   if (sectors > MAX_SPARSE_SECTORS) throw new VdError('ERR_VD_OUT_OF_RANGE', 'stream writer: a streamOptimized disk holds at most 2 TiB');
-  const level = opts.level ?? zc.Z_DEFAULT_COMPRESSION;
+  const level = opts.level ?? DEFAULT_STREAM_LEVEL;
+  if (!Number.isSafeInteger(level) || level < 0 || level > 9) {
+    throw new VdError('ERR_VD_INVALID_ARGUMENT', `stream writer: zlib level ${level} is not 0 to 9`);
+  }
   const window = Math.max(1, Math.min(opts.concurrency ?? availableParallelism() * 4, 64));
   const name = opts.name ?? (isStore(sink) ? baseOf(sink.name) : 'disk.vmdk');
   const out = isStore(sink) ? storeSink(sink) : sink;
