@@ -24,6 +24,8 @@ export interface ConvertOptions {
   formatOptions?: Record<string, unknown>;
   /** Open the source in recovery mode (a streamOptimized VMDK cut short: read up to the cut). */
   recover?: boolean;
+  /** zlib level of a new streamOptimized VMDK (0–9; default the writer's). */
+  level?: number;
   /** Skip the final flush of the target (default: flushed, so the copy is on stable storage). */
   noSync?: boolean;
   verify?: boolean;
@@ -121,6 +123,7 @@ async function convertToStream(source: Disk, path: string, opts: ConvertOptions)
   const store = await FileStore.open(path, { create: true });
   try {
     const r = await writeStreamOptimized(source, store, {
+      level: opts.level,
       signal: opts.signal,
       onProgress: (p) =>
         opts.onProgress?.({

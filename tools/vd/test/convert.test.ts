@@ -141,4 +141,24 @@ describe('vd convert', () => {
       }
     });
   });
+
+  it('--level sets the zlib level of a streamOptimized target, and refuses a bad one', async () => {
+    await withTempDir(async (dir) => {
+      const src = join(dir, 'src.img');
+      let text = '';
+      for (let i = 0; text.length < 2 * MiB; i++) text += `row ${(i * 7919) % 10007}: the quick brown fox jumps\n`;
+      await writeFile(src, text.slice(0, 2 * MiB));
+      const sizes: number[] = [];
+      for (const level of ['0', '9']) {
+        const out = join(dir, `l${level}.vmdk`);
+        expect((await vd('convert', src, out, '--type', 'streamOptimized', '--level', level)).code).toBe(0);
+        expect((await vd('cmp', src, out)).code).toBe(0);
+        sizes.push((await stat(out)).size);
+      }
+      expect(sizes[0]).toBeGreaterThan(2 * sizes[1]!);
+      const bad = await vd('convert', src, join(dir, 'bad.vmdk'), '--type', 'streamOptimized', '--level', '12');
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toMatch(/--level 12/);
+    });
+  });
 });

@@ -2,6 +2,7 @@ import { VMDK_ADAPTERS, VMDK_SUBFORMATS } from '@vd/core';
 import { type Command, Option } from 'commander';
 import type { Context } from '../context.js';
 import { convertDisk } from '../convert.js';
+import { usageError } from '../errors.js';
 import { jsonOption } from '../options.js';
 import { formatFields, printJson, printLines } from '../output.js';
 import { createProgress, type Progress } from '../progress.js';
@@ -16,6 +17,7 @@ interface ConvertCliOptions {
   verify?: boolean;
   recover?: boolean;
   sync?: boolean;
+  level?: string;
   json?: boolean;
 }
 
@@ -26,6 +28,7 @@ export function define(cmd: Command, ctx: Context): void {
     .addOption(new Option('--adapter <adapter>', 'VMDK adapter type of the new disk').choices(VMDK_ADAPTERS))
     .option('--progress', 'show progress on stderr (a bar on a terminal, plain lines otherwise)')
     .option('--verify', 'read the new disk back and check it against what was copied')
+    .option('--level <0-9>', 'zlib level of a streamOptimized VMDK (default 5: about 1% larger than 6, a quarter less CPU)')
     .option('--no-sync', 'do not flush the new disk at the end (as qemu-img convert does by default): faster, not crash-safe')
     .option('--recover', 'read a streamOptimized VMDK that was cut short (no footer): grains up to the cut, holes after')
     .addOption(jsonOption())
@@ -51,6 +54,7 @@ Examples:
           verify: opts.verify,
           recover: opts.recover,
           noSync: opts.sync === false,
+          level: parseLevel(opts.level),
           signal: ctx.signal,
           onStart: (source) => {
             progress = createProgress(ctx, { enabled: opts.progress === true, total: source.size, label: 'converting' });
@@ -83,4 +87,10 @@ Examples:
         progress?.stop();
       }
     });
+}
+
+function parseLevel(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^[0-9]$/.test(v)) throw usageError(`--level ${v}: give a zlib level from 0 to 9`);
+  return Number(v);
 }
