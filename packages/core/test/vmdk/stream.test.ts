@@ -56,7 +56,9 @@ describe('streamOptimized writer and reader', () => {
     expect(sizes[1]).toBeGreaterThanOrEqual(sizes[3]!);
     for (const level of [-2, 10, 1.5]) {
       const r = new MemResolver();
-      await expect(writeStreamOptimized(src, await r.create('s.vmdk'), { level })).rejects.toMatchObject({ code: 'ERR_VD_INVALID_ARGUMENT' });
+      await expect(writeStreamOptimized(src, await r.create('s.vmdk'), { level })).rejects.toMatchObject({
+        code: 'ERR_VD_INVALID_ARGUMENT',
+      });
     }
   });
 
