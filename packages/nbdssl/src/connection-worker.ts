@@ -4,16 +4,18 @@
  * buffers of this thread's pool and is transferred (not copied) to the main thread, which copies
  * it into the caller's buffer and hands the buffer back.
  */
+import { createRequire } from 'node:module';
+import { pathToFileURL } from 'node:url';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { HandshakeOptions, NbdConnection } from '@vd/nbd';
 import { clientUpgrade } from './client-tls.js';
 import { type FromWorker, serializeError, type ToWorker, type WorkerSetup } from './worker-protocol.js';
 
 // Each worker loads its modules afresh, and @vd/nbd's index brings the server too: the connection
-// module alone (from the built package) halves a worker's start-up CPU.
-const { NbdConnection: Connection } = (await import(
-  new URL('./client/connection.js', import.meta.resolve('@vd/nbd')).href
-)) as typeof import('@vd/nbd');
+// module alone (from the built package) halves a worker's start-up CPU. (require.resolve, not
+// import.meta.resolve: Node 20 before 20.6 lacks the latter.)
+const nbdIndex = pathToFileURL(createRequire(import.meta.url).resolve('@vd/nbd'));
+const { NbdConnection: Connection } = (await import(new URL('./client/connection.js', nbdIndex).href)) as typeof import('@vd/nbd');
 
 const port = parentPort!;
 const setup = workerData as WorkerSetup;
