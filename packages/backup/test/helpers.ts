@@ -1,4 +1,3 @@
-import { execFileSync } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -8,20 +7,6 @@ import type { Disk } from '@vd/core';
 export async function tempDir(): Promise<{ dir: string; cleanup: () => Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), 'vd-backup-'));
   return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
-}
-
-export function hasPeer(cmd: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${cmd}`]);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Skip without the peers, unless VD_REQUIRE_PEERS=1 (then the tests run and fail loudly). */
-export function withoutPeer(...cmds: string[]): boolean {
-  return process.env.VD_REQUIRE_PEERS !== '1' && !cmds.every(hasPeer);
 }
 
 /** Every byte of a disk. */

@@ -1,11 +1,12 @@
 import { execFileSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { skipWithoutPeers, startPeer } from '@vd/conformance/peers';
 import { openDisk } from '@vd/core';
 import { nbd } from '@vd/nbd';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { backup, diskSource, openPoint, verifyPoint } from '../../src/index.js';
-import { contentOf, tempDir, withoutPeer } from '../helpers.js';
+import { contentOf, tempDir } from '../helpers.js';
 
 const MiB = 1024 * 1024;
 let dir: string;
@@ -18,25 +19,15 @@ const run = (cmd: string, ...args: string[]) => execFileSync(cmd, args, { stdio:
 /** Serves `image` read-only on a unix socket with bitmap `b0` for the duration of `fn`. */
 async function served<T>(image: string, fn: (uri: string) => Promise<T>): Promise<T> {
   const sock = join(dir, 'nbd.sock');
-  const pidFile = join(dir, 'qemu-nbd.pid');
-  run('qemu-nbd', '--fork', '--pid-file', pidFile, '-k', sock, '-r', '-f', 'qcow2', '-B', 'b0', image);
-  const pid = Number((await readFile(pidFile, 'utf8')).trim());
+  const peer = await startPeer('qemu-nbd', ['-k', sock, '-r', '-f', 'qcow2', '-B', 'b0', image], { socket: sock });
   try {
-    return await fn(`nbd+unix:///?socket=${encodeURIComponent(sock)}`);
+    return await fn(peer.uri);
   } finally {
-    process.kill(pid, 'SIGTERM');
-    for (let i = 0; i < 100; i++) {
-      try {
-        process.kill(pid, 0);
-        await new Promise((r) => setTimeout(r, 20));
-      } catch {
-        break;
-      }
-    }
+    await peer.stop();
   }
 }
 
-describe.skipIf(withoutPeer('qemu-img', 'qemu-io', 'qemu-nbd'))('incremental backup from qemu-nbd -B with a dirty bitmap', () => {
+describe.skipIf(skipWithoutPeers('qemu-img', 'qemu-io', 'qemu-nbd'))('incremental backup from qemu-nbd -B with a dirty bitmap', () => {
   it('full, then incrementals of exactly the bitmap, each restoring to what qemu-img reads', async () => {
     const image = join(dir, 'disk.qcow2');
     const repo = join(dir, 'repo');

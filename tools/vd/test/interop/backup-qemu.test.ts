@@ -1,7 +1,6 @@
 import { execFileSync } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { skipWithoutPeers } from '@vd/conformance/peers';
+import { skipWithoutPeers, startPeer } from '@vd/conformance/peers';
 import { describe, expect, it } from 'vitest';
 import { vd, withTempDir } from '../run.js';
 
@@ -10,22 +9,13 @@ const run = (cmd: string, ...args: string[]) => execFileSync(cmd, args, { stdio:
 
 /** Serves `image` read-only with dirty bitmap b0 on a unix socket while `fn` runs. */
 async function served<T>(dir: string, image: string, fn: (uri: string) => Promise<T>): Promise<T> {
-  const sock = join(dir, 'nbd.sock');
-  const pidFile = join(dir, 'qemu-nbd.pid');
-  run('qemu-nbd', '--fork', '--pid-file', pidFile, '-k', sock, '-r', '-f', 'qcow2', '-B', 'b0', image);
-  const pid = Number((await readFile(pidFile, 'utf8')).trim());
+  const peer = await startPeer('qemu-nbd', ['-k', join(dir, 'nbd.sock'), '-r', '-f', 'qcow2', '-B', 'b0', image], {
+    socket: join(dir, 'nbd.sock'),
+  });
   try {
-    return await fn(`nbd+unix:///?socket=${sock}`);
+    return await fn(peer.uri);
   } finally {
-    process.kill(pid, 'SIGTERM');
-    for (let i = 0; i < 100; i++) {
-      try {
-        process.kill(pid, 0);
-        await new Promise((r) => setTimeout(r, 20));
-      } catch {
-        break;
-      }
-    }
+    await peer.stop();
   }
 }
 
