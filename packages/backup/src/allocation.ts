@@ -1,4 +1,4 @@
-import { BASE_ALLOCATION, type BlockSource, type CopyRange, Disk, type Extent, type IoOptions } from '@vd/core';
+import { BASE_ALLOCATION, type BlockSource, type CopyRange, Disk, type Extent, type IoOptions, readOnlyCapabilities } from '@vd/core';
 
 /**
  * The source's allocation over the changed ranges, asked for many ranges at once. The copy engine
@@ -34,16 +34,7 @@ export async function allocationOf(
 export function withKnownAllocation(disk: Disk, known: readonly Extent[]): Disk {
   const source: BlockSource = {
     size: disk.size,
-    capabilities: {
-      ...disk.capabilities,
-      readOnly: true,
-      flush: false,
-      fua: 'none',
-      zero: 'none',
-      fastZero: false,
-      trim: 'none',
-      extents: [BASE_ALLOCATION],
-    },
+    capabilities: { ...readOnlyCapabilities(disk.capabilities), extents: [BASE_ALLOCATION] },
     _read: async (offset: number, into: Uint8Array, opts: IoOptions) => {
       await disk.readInto(offset, into, opts);
     },

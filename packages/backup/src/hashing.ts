@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { type BlockSource, Disk, type Extent, type IoOptions } from '@vd/core';
+import { type BlockSource, Disk, type Extent, type IoOptions, readOnlyCapabilities } from '@vd/core';
 
 /**
  * `disk` read-only, recording the SHA-256 of every read it serves: for writers that read the
@@ -10,7 +10,7 @@ export function hashingReader(disk: Disk): { disk: Disk; digests: [number, numbe
   let bytes = 0;
   const source: BlockSource = {
     size: disk.size,
-    capabilities: { ...disk.capabilities, readOnly: true, flush: false, fua: 'none', zero: 'none', fastZero: false, trim: 'none' },
+    capabilities: readOnlyCapabilities(disk.capabilities),
     _read: async (offset: number, into: Uint8Array, opts: IoOptions) => {
       await disk.readInto(offset, into, opts);
       bytes += into.length;

@@ -18,6 +18,11 @@ export const defaultCapabilities: Capabilities = {
   multiConn: false,
 };
 
+/** `c` with every write-side capability off: a read-only view of a source (snapshots, wrappers). */
+export function readOnlyCapabilities(c: Capabilities): Capabilities {
+  return { ...c, readOnly: true, flush: false, fua: 'none', zero: 'none', fastZero: false, trim: 'none', trimReadsZero: false };
+}
+
 function isPowerOfTwo(n: number): boolean {
   return Number.isSafeInteger(n) && n > 0 && (n & (n - 1)) === 0;
 }

@@ -1,4 +1,4 @@
-export { defaultCapabilities, effectiveCapabilities } from './capabilities.js';
+export { defaultCapabilities, effectiveCapabilities, readOnlyCapabilities } from './capabilities.js';
 export { type CopyChecksum, type CopyOptions, type CopyProgress, type CopyRange, type CopyResult, copyDisk } from './copy/index.js';
 export { type CreateDiskOptions, createDisk } from './create.js';
 export { channels, debug } from './diagnostics.js';

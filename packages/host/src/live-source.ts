@@ -5,6 +5,7 @@ import {
   type DiskInfo,
   type Extent,
   type IoOptions,
+  readOnlyCapabilities,
   VdError,
   type WriteOptions,
   type ZeroOptions,
@@ -217,14 +218,7 @@ export class FrozenSource implements BlockSource {
     this.size = base.size;
     const c = base.capabilities;
     this.capabilities = {
-      ...c,
-      readOnly: true,
-      flush: false,
-      fua: 'none',
-      zero: 'none',
-      fastZero: false,
-      trim: 'none',
-      trimReadsZero: false,
+      ...readOnlyCapabilities(c),
       extents: [BASE_ALLOCATION, ...Object.keys(extra.contexts)],
       multiConn: true,
     };
