@@ -1,6 +1,6 @@
 import { mkdir, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fromSystemError, VdError } from '@vd/core';
+import { fromSystemError, processAlive, VdError } from '@vd/core';
 import { type Manifest, parseManifest } from './manifest.js';
 
 /**
@@ -95,7 +95,7 @@ export class Repository {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw fromSystemError(err, `lock ${path}`);
       }
       const pid = Number.parseInt(await readFile(path, 'utf8').catch(() => ''), 10);
-      if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
+      if (pid !== process.pid && processAlive(pid)) {
         throw new VdError('ERR_VD_EXISTS', `the repository ${this.dir} is in use by process ${pid} (${path}); wait for it to finish`, {
           details: { pid, lock: path },
         });
@@ -199,15 +199,6 @@ export class Repository {
     await syncDir(from);
     await rename(from, join(this.pointsDir, id));
     await syncDir(this.pointsDir);
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

@@ -19,6 +19,7 @@ export * from './formats/vmdk/index.js';
 export { Limiter } from './limiter.js';
 export { MemorySource, type MemorySourceOptions, memoryDisk } from './memory.js';
 export { type OpenDiskOptions, openDisk, toLocation } from './open-disk.js';
+export { processAlive } from './process-alive.js';
 export * from './spec.js';
 export { fileResolver } from './stores/file-resolver.js';
 export { FileStore, type FileStoreOptions } from './stores/file-store.js';

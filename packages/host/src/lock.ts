@@ -1,6 +1,6 @@
 import { open, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { VdError } from '@vd/core';
+import { processAlive, VdError } from '@vd/core';
 
 /**
  * One host per datastore. Two hosts would each track the same disks and each overwrite the other's
@@ -21,20 +21,11 @@ export async function lockDatastore(hostDir: string): Promise<() => Promise<void
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw err;
     }
     const pid = Number.parseInt(await readFile(path, 'utf8').catch(() => ''), 10);
-    if (Number.isSafeInteger(pid) && pid > 0 && alive(pid)) {
+    if (processAlive(pid)) {
       throw new VdError('ERR_VD_EXISTS', `the datastore is already served by a host (pid ${pid}); stop that host first`, {
         details: { pid, lock: path },
       });
     }
     await unlink(path).catch(() => {});
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
