@@ -9,6 +9,8 @@ import { ENTRIES_PER_PAGE } from './sidecar-format.js';
 export class BlockMap {
   readonly blocks: number;
   readonly pageCount: number;
+  /** Pages holding a change (allocated); each is on the sidecar, or dirty on its way there. */
+  allocated = 0;
   readonly #pages: (Uint32Array | undefined)[];
   readonly #max: Uint32Array;
 
@@ -31,6 +33,7 @@ export class BlockMap {
     if (!page) {
       page = new Uint32Array(ENTRIES_PER_PAGE);
       this.#pages[p] = page;
+      this.allocated++;
     }
     page[block % ENTRIES_PER_PAGE] = point;
     if (point > this.#max[p]!) this.#max[p] = point;
@@ -43,6 +46,7 @@ export class BlockMap {
 
   /** Installs a page read from the sidecar. */
   load(index: number, entries: Uint32Array): void {
+    if (!this.#pages[index]) this.allocated++;
     this.#pages[index] = entries;
     let max = 0;
     for (let i = 0; i < entries.length; i++) if (entries[i]! > max) max = entries[i]!;

@@ -6,6 +6,10 @@
  * point n" counter of blocks i·1023 … i·1023+1022 as u32 little-endian, then a CRC-32. Every unit
  * is one page written by one `pwrite`, so a killed process leaves each page old or new, never
  * half; a host crash may tear one, and its CRC then fails and tracking resets.
+ *
+ * A page never written is a hole and reads as zeros, which no written page is (it holds at least
+ * one change). So that a written page zeroed or punched out in place is not taken for a hole
+ * ("no changes"), the header counts the pages written in the epoch (format 2).
  */
 import { crc32 } from 'node:zlib';
 import { VdError } from '@vd/core';
@@ -14,7 +18,7 @@ export const PAGE_SIZE = 4096;
 export const HEADER_SIZE = PAGE_SIZE;
 /** Block counters per page; the last 4 bytes are the CRC. */
 export const ENTRIES_PER_PAGE = (PAGE_SIZE - 4) / 4;
-export const FORMAT_VERSION = 1;
+export const FORMAT_VERSION = 2;
 /** `VDCBT`, CR LF, SUB: a text transfer or a truncated copy mangles it visibly (the PNG trick). */
 export const MAGIC = Uint8Array.of(0x56, 0x44, 0x43, 0x42, 0x54, 0x0d, 0x0a, 0x1a);
 export const MAX_FINGERPRINT = 1024;
@@ -39,6 +43,11 @@ export interface SidecarHeader {
   bootId: Uint8Array;
   /** What the fingerprint hook said at the clean close (empty otherwise). */
   fingerprint: string;
+  /**
+   * Counter pages written in this epoch. Written after the pages it counts, so the file may hold
+   * more (a crash in between) but never fewer: fewer non-hole pages means some were zeroed.
+   */
+  pages: number;
 }
 
 const off = {
@@ -52,8 +61,9 @@ const off = {
   diskSize: 32,
   epoch: 40,
   bootId: 56,
-  fingerprintLength: 72,
-  fingerprint: 76,
+  pages: 72,
+  fingerprintLength: 76,
+  fingerprint: 80,
   crc: PAGE_SIZE - 4,
 } as const;
 
@@ -82,6 +92,7 @@ export function encodeHeader(h: SidecarHeader): Uint8Array {
   v.setBigUint64(off.diskSize, BigInt(h.diskSize), true);
   out.set(h.epoch.subarray(0, 16), off.epoch);
   out.set(h.bootId.subarray(0, 16), off.bootId);
+  v.setUint32(off.pages, h.pages, true);
   v.setUint32(off.fingerprintLength, fp.length, true);
   out.set(fp, off.fingerprint);
   v.setUint32(off.crc, crc32(out.subarray(0, off.crc)), true);
@@ -96,6 +107,10 @@ export function decodeHeader(bytes: Uint8Array): SidecarHeader {
   for (let i = 0; i < MAGIC.length; i++) if (b[i] !== MAGIC[i]) throw damaged('bad magic');
   if (v.getUint32(off.crc, true) !== crc32(b.subarray(0, off.crc))) throw damaged('checksum mismatch');
   const version = v.getUint32(off.version, true);
+  if (version === 1) {
+    // Format 1 cannot tell a zeroed page from one never written; trusting it could under-report.
+    throw damaged('format 1, written by an older @vd/cbt that could not detect zeroed pages; tracking starts over once');
+  }
   if (version !== FORMAT_VERSION) throw damaged(`version ${version}; this reader knows ${FORMAT_VERSION}`);
   if (v.getUint32(off.headerSize, true) !== HEADER_SIZE || v.getUint32(off.pageSize, true) !== PAGE_SIZE) {
     throw damaged('unexpected header or page size');
@@ -108,6 +123,7 @@ export function decodeHeader(bytes: Uint8Array): SidecarHeader {
   if (point < 1) throw damaged('point 0');
   const size = v.getBigUint64(off.diskSize, true);
   if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw damaged(`disk size ${size} is not a safe integer`);
+  const pages = v.getUint32(off.pages, true);
   const fpLength = v.getUint32(off.fingerprintLength, true);
   if (fpLength > MAX_FINGERPRINT) throw damaged(`fingerprint length ${fpLength}`);
   let fingerprint: string;
@@ -124,6 +140,7 @@ export function decodeHeader(bytes: Uint8Array): SidecarHeader {
     epoch: b.slice(off.epoch, off.epoch + 16),
     bootId: b.slice(off.bootId, off.bootId + 16),
     fingerprint,
+    pages,
   };
 }
 
@@ -156,13 +173,18 @@ export function encodePage(epoch: Uint8Array, index: number, entries: Uint32Arra
   v.setUint32(PAGE_SIZE - 4, pageCrc(epoch, index, out.subarray(0, PAGE_SIZE - 4)), true);
 }
 
+/** Whether a page is all zeros: never written (a hole), or zeroed; only the header's page count tells which. */
+export function isZeroPage(bytes: Uint8Array): boolean {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, PAGE_SIZE).equals(ZERO_PAGE);
+}
+
 /**
- * Decodes page `index`. An all-zero page (never written: a hole) is `undefined`, as is a page
- * whose counters are all zero. A failed CRC is ERR_VD_CORRUPT.
+ * Decodes page `index`. An all-zero page (see `isZeroPage`) is `undefined`, as is a page whose
+ * counters are all zero. A failed CRC is ERR_VD_CORRUPT.
  */
 export function decodePage(epoch: Uint8Array, index: number, bytes: Uint8Array): Uint32Array | undefined {
   const page = bytes.subarray(0, PAGE_SIZE);
-  if (Buffer.from(page.buffer, page.byteOffset, PAGE_SIZE).equals(ZERO_PAGE)) return undefined;
+  if (isZeroPage(page)) return undefined;
   const v = new DataView(page.buffer, page.byteOffset, PAGE_SIZE);
   if (v.getUint32(PAGE_SIZE - 4, true) !== pageCrc(epoch, index, page.subarray(0, PAGE_SIZE - 4))) {
     throw new VdError('ERR_VD_CORRUPT', `CBT sidecar page ${index}: checksum mismatch`, { details: { page: index } });

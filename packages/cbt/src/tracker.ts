@@ -17,6 +17,7 @@ import {
   FLAG_SYNCED,
   HEADER_SIZE,
   isValidGranularity,
+  isZeroPage,
   PAGE_SIZE,
   pageOffset,
   type SidecarHeader,
@@ -147,6 +148,8 @@ export class Tracker {
   readonly #dirty = new Set<number>();
   readonly #pageGen: Uint32Array;
   #headerDirty = false;
+  /** The page count of the newest header written (see `SidecarHeader.pages`). */
+  #headerPages: number;
   #syncWanted = false;
   #nextGen = 1;
   #committedGen = 0;
@@ -187,6 +190,7 @@ export class Tracker {
     this.reset = init.reset;
     this.#fingerprint = init.fingerprint;
     this.#pageGen = new Uint32Array(init.map.pageCount);
+    this.#headerPages = init.header.pages;
     const sync = (init.store as SyncWritable | undefined)?.writeSync;
     if (init.durability === 'boot' && !init.readOnly && typeof sync === 'function') this.#writeSync = sync.bind(init.store);
   }
@@ -352,6 +356,7 @@ export class Tracker {
     // A write that continues a run marked in this point is probably sequential: reserve ahead.
     const sequential = first > 0 && map.get(first - 1) === point;
     const committed = this.#committedGen;
+    const allocated = map.allocated;
     let lastDirtied = false;
     for (let b = first; b <= last; b++) {
       const p = Math.floor(b / ENTRIES_PER_PAGE);
@@ -376,6 +381,8 @@ export class Tracker {
       }
     }
     if (lastDirtied && sequential) this.#reserve(last, last - first + 1, point, next);
+    // A page written for the first time in the epoch is counted in the header, written after it.
+    if (map.allocated !== allocated) this.#headerDirty = true;
     if (wait === 0) return undefined;
     if (this.#writeSync) {
       this.#writePagesNow(this.#writeSync);
@@ -432,6 +439,13 @@ export class Tracker {
       for (const p of pages) {
         this.#encode(p, buf);
         writeSync(pageOffset(p), buf);
+      }
+      const count = this.#map.allocated;
+      if (count !== this.#headerPages) {
+        // Once per page per epoch. The commit loop may still rewrite the header with an older
+        // count; a count too low only weakens the zeroed-page check until the next header.
+        writeSync(0, encodeHeader(this.#header(0)));
+        this.#headerPages = count;
       }
     } catch (err) {
       this.#fail(err);
@@ -492,6 +506,7 @@ export class Tracker {
         const pages = [...this.#dirty].sort((a, b) => a - b);
         this.#dirty.clear();
         const header = this.#headerDirty ? encodeHeader(this.#header(0)) : undefined;
+        const headerPages = this.#map.allocated;
         this.#headerDirty = false;
         const sync = this.durability === 'fsync' || this.#syncWanted;
         this.#syncWanted = false;
@@ -508,14 +523,16 @@ export class Tracker {
             writes.push(store.write(pageOffset(pages[i]!), buf.subarray(i * PAGE_SIZE, j * PAGE_SIZE)));
             i = j;
           }
-          if (header) writes.push(store.write(0, header));
           await settle(writes);
+          // After the pages it counts: a crash between leaves more pages than counted, not fewer.
+          if (header) await store.write(0, header);
           if (sync) await store.flush();
         } catch (err) {
           this.#fail(err);
           return;
         }
         this.#committedGen = gen;
+        if (header) this.#headerPages = headerPages;
         const still: Waiter[] = [];
         for (const w of this.#waiters) {
           if (w.gen <= gen) w.resolve();
@@ -548,6 +565,7 @@ export class Tracker {
       epoch: this.#epoch,
       bootId: flags & FLAG_CLEAN ? new Uint8Array(16) : (currentBootId() ?? new Uint8Array(16)),
       fingerprint,
+      pages: this.#map.allocated,
     };
   }
 
@@ -645,6 +663,7 @@ async function load(
       epoch: new Uint8Array(randomBytes(16)),
       bootId: new Uint8Array(16),
       fingerprint: '',
+      pages: 0,
     };
     map = new BlockMap(Math.ceil(diskSize / granularity));
   } else {
@@ -655,6 +674,7 @@ async function load(
     header.flags = durability === 'fsync' ? FLAG_SYNCED : 0;
     header.bootId = currentBootId() ?? new Uint8Array(16);
     header.fingerprint = '';
+    header.pages = map.allocated;
     if (reset) {
       // Pages of the old epoch must be gone before the new header can be found; then the file
       // takes its full length at once (sparse), so a later cut is told apart from "no changes".
@@ -706,16 +726,29 @@ async function loadPages(store: ByteStore, header: SidecarHeader, fileSize: numb
       },
     );
   }
+  let written = 0;
   const chunk = new Uint8Array(Math.min(LOAD_CHUNK, Math.max(PAGE_SIZE, fileSize - HEADER_SIZE)));
   for (let at = HEADER_SIZE; at < fileSize; at += chunk.length) {
     const want = Math.min(chunk.length, fileSize - at);
     const got = await readAll(store, at, chunk.subarray(0, want));
     if (got < want) throw new VdError('ERR_VD_CORRUPT', 'sidecar shrank while being read');
     for (let o = 0; o < want; o += PAGE_SIZE) {
+      const page = chunk.subarray(o, o + PAGE_SIZE);
+      if (isZeroPage(page)) continue;
+      written++;
       const index = (at - HEADER_SIZE + o) / PAGE_SIZE;
-      const entries = decodePage(header.epoch, index, chunk.subarray(o, o + PAGE_SIZE));
+      const entries = decodePage(header.epoch, index, page);
       if (entries) map.load(index, entries);
     }
+  }
+  // A written page never goes back to zeros; one that did was zeroed or punched out in place,
+  // and its changes would read as none.
+  if (written < header.pages) {
+    throw new VdError(
+      'ERR_VD_CORRUPT',
+      `sidecar holds ${written} written pages; its header counts ${header.pages} (pages were zeroed or punched out)`,
+      { details: { written, counted: header.pages } },
+    );
   }
   return map;
 }
