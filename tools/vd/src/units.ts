@@ -45,6 +45,46 @@ export function parseOffset(text: string, what = 'offset'): number {
   return parseBytes(text, what);
 }
 
+/**
+ * A duration on the command line, in whole seconds: a number of seconds (`90`), or numbers with
+ * units `s m h d`, each once, largest first (`15m`, `1h30m`, `1.5h`, `2d`). As with sizes, a
+ * fraction must come out as whole seconds (`1.5m` yes, `1.5s` no); zero, negatives and anything
+ * else are usage errors. The range a use allows (a lease: 1 s … 30 days) is checked where it applies.
+ */
+const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86_400 };
+const DURATION_PART = /(\d+)(?:\.(\d+))?([smhd])/y;
+
+export function parseDuration(text: string, what = 'duration'): number {
+  const s = String(text).trim().toLowerCase();
+  const notOne = () => usage(`${what} ${JSON.stringify(text)} is not a duration (examples: 90, 90s, 15m, 1h30m, 2d)`);
+  let seconds = 0;
+  if (/^\d+$/.test(s)) {
+    seconds = Number(s);
+  } else {
+    let previous = Number.POSITIVE_INFINITY;
+    for (let at = 0; at < s.length; ) {
+      DURATION_PART.lastIndex = at;
+      const m = DURATION_PART.exec(s);
+      if (!m) throw notOne();
+      const unit = DURATION_UNITS[m[3]!]!;
+      if (unit >= previous) throw usage(`${what} ${JSON.stringify(text)}: give each unit once, largest first (e.g. 1h30m)`);
+      previous = unit;
+      // Exact: digits × unit ÷ 10^decimals in integers, so 1.1m is 66 s, not 66.00000000000001.
+      const frac = m[2] ?? '';
+      const scaled = Number(m[1]! + frac) * unit;
+      const scale = 10 ** frac.length;
+      if (!Number.isSafeInteger(scaled)) throw usage(`${what} ${JSON.stringify(text)} is too long`);
+      if (scaled % scale !== 0) throw usage(`${what} ${JSON.stringify(text)} is not a whole number of seconds`);
+      seconds += scaled / scale;
+      at = DURATION_PART.lastIndex;
+    }
+    if (s === '') throw notOne();
+  }
+  if (!Number.isSafeInteger(seconds)) throw usage(`${what} ${JSON.stringify(text)} is too long`);
+  if (seconds <= 0) throw usage(`${what} must be longer than zero`);
+  return seconds;
+}
+
 function usage(message: string): VdError {
   return new VdError('ERR_VD_USAGE', message);
 }

@@ -1,6 +1,7 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import { mkdir, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { DEFAULT_SNAPSHOT_TTL } from '@vd/backup';
 import { openDisk } from '@vd/core';
 import { ApiServer, DiskHost, HostClient } from '@vd/host';
 import { createPki, nbdServerTls, nbdssl } from '@vd/nbdssl';
@@ -22,6 +23,13 @@ describe('vd backup against a vd host', () => {
       await host.listen({ host: '127.0.0.1', port: 0 });
       const token = randomBytes(16).toString('hex');
       await writeFile(join(dir, 'token'), `${token}\n`);
+      // The lease each backup asks for, as the host receives it.
+      const leases: (number | undefined)[] = [];
+      const createSnapshot = host.createSnapshot.bind(host);
+      host.createSnapshot = (disk, opts) => {
+        leases.push(opts?.ttl);
+        return createSnapshot(disk, opts);
+      };
       const api = new ApiServer(host, { token });
       const { url } = await api.listen();
       const vm = await openDisk(host.uriOf('disk.raw')!, { readOnly: false, transports: [nbdssl({ certificates: pki })] });
@@ -37,11 +45,16 @@ describe('vd backup against a vd host', () => {
           const state = join(dir, `state${i}.raw`);
           await writeFile(state, await vm.read(0, vm.size));
           states.push(state);
-          const r = await vd('backup', ...args);
+          const r = await vd('backup', ...args, ...(i === 2 ? ['--lease', '10m'] : []));
           expect(r.code, r.stderr).toBe(0);
           results.push(JSON.parse(r.stdout));
         }
         expect(results.map((r) => r.kind)).toEqual(['full', 'incremental', 'incremental']);
+        expect(leases).toEqual([DEFAULT_SNAPSHOT_TTL, DEFAULT_SNAPSHOT_TTL, 600]);
+        // A lease the host does not allow is its refusal, before anything is read.
+        const tooLong = await vd('backup', ...args, '--lease', '31d');
+        expect(tooLong.code).toBe(1);
+        expect(JSON.parse(tooLong.stdout).error.code).toBe('ERR_VD_INVALID_ARGUMENT');
         expect(results.every((r) => r.strategy === 'host-snapshot')).toBe(true);
         for (const r of results.slice(1)) expect(r.bytesRead).toBeLessThanOrEqual(0.03 * results[0]!.bytesRead);
         for (const [i, state] of states.entries()) {

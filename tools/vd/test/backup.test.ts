@@ -126,6 +126,19 @@ describe('vd backup, restore, verify', () => {
     });
   });
 
+  it('takes --lease only for a vd host, where a snapshot is taken', async () => {
+    await withTempDir(async (dir) => {
+      const img = join(dir, 'disk.raw');
+      await createDisk(img, { size: MiB });
+      const r = await vd('backup', img, join(dir, 'repo'), '--lease', '10m');
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/--lease is for a vd host's disk.*ERR_VD_USAGE/);
+      const bad = await vd('backup', img, join(dir, 'repo'), '--lease', 'a while');
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toContain('is not a duration');
+    });
+  });
+
   it('passes over transports this vd lacks, out loud', async () => {
     await withTempDir(async (dir) => {
       const img = join(dir, 'disk.raw');

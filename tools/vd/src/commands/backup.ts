@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { type BackupResult, type BackupSource, backup, diskSource, hostSource } from '@vd/backup';
+import { type BackupResult, type BackupSource, backup, DEFAULT_SNAPSHOT_TTL, diskSource, hostSource } from '@vd/backup';
 import { DIRTY_BITMAP_PREFIX } from '@vd/cbt';
 import { file, openDisk, type Transport, VdError } from '@vd/core';
 import { HostClient } from '@vd/host';
@@ -7,11 +7,11 @@ import { nbd } from '@vd/nbd';
 import { nbdssl } from '@vd/nbdssl';
 import { type Command, Option } from 'commander';
 import type { Context } from '../context.js';
-import { jsonOption } from '../options.js';
+import { argParser, jsonOption } from '../options.js';
 import { formatFields, printJson, printLines } from '../output.js';
 import { createProgress, type Progress } from '../progress.js';
 import { formats } from '../transports.js';
-import { formatBytes, formatRate } from '../units.js';
+import { formatBytes, formatRate, parseDuration } from '../units.js';
 
 /** Options every repository command that reads disks takes. */
 export interface TransportCliOptions {
@@ -94,6 +94,7 @@ interface BackupCliOptions extends TransportCliOptions {
   fullFormat?: 'monolithicSparse' | 'streamOptimized';
   tokenFile?: string;
   ca?: string;
+  lease?: number;
   progress?: boolean;
   json?: boolean;
 }
@@ -107,6 +108,7 @@ async function sourceFor(ctx: Context, uri: string, opts: BackupCliOptions): Pro
     url.pathname = url.pathname.replace(/\/?[^/]*\/*$/, '');
     const client = await apiClient(ctx, url.origin + url.pathname, opts);
     return hostSource(client, name, {
+      snapshotTtl: opts.lease,
       transports: chooseTransports(ctx, { ...opts, transports: opts.transports ?? 'nbdssl:nbd' }),
       // A host listening on every address names its exports 0.0.0.0 or ::; reach them where the API is.
       uri: (snapshotUri) => {
@@ -115,6 +117,12 @@ async function sourceFor(ctx: Context, uri: string, opts: BackupCliOptions): Pro
         return u.href;
       },
     });
+  }
+  if (opts.lease !== undefined) {
+    throw new VdError(
+      'ERR_VD_USAGE',
+      `--lease is for a vd host's disk (http(s)://api-host:port/<disk>), where a snapshot is taken; ${uri} is not one`,
+    );
   }
   const bitmap = opts.dirtyBitmap;
   const context = bitmap === undefined ? undefined : bitmap.startsWith(DIRTY_BITMAP_PREFIX) ? bitmap : DIRTY_BITMAP_PREFIX + bitmap;
@@ -154,6 +162,12 @@ export function define(cmd: Command, ctx: Context): void {
     )
     .option('--token-file <file>', 'for a vd host: file holding the API token (default: $VD_TOKEN)')
     .option('--ca <file>', 'for a vd host: PEM CA certificate of an https:// API')
+    .addOption(
+      new Option(
+        '--lease <duration>',
+        `for a vd host: the snapshot's lease (e.g. 10m), renewed every third of it while the backup runs; if vd dies, the host deletes the snapshot when it runs out (default ${DEFAULT_SNAPSHOT_TTL}s)`,
+      ).argParser(argParser(parseDuration, 'lease')),
+    )
     .addOption(tlsCertificatesOption())
     .addOption(tlsThumbprintOption())
     .option('--no-progress', 'no progress bar (one is shown on a terminal)')

@@ -91,7 +91,7 @@ export const commands: readonly CommandEntry[] = [
   },
   {
     name: 'snapshot',
-    description: "take, list and delete snapshots of a vd host's disk (vd serve --datastore … --api …)",
+    description: "take (optionally leased), renew, list and delete snapshots of a vd host's disk (vd serve --datastore … --api …)",
     subcommands: true,
     load: () => import('./snapshot.js'),
   },
