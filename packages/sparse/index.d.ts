@@ -34,6 +34,23 @@ export interface SendFileOptions {
  */
 export declare function sendFile(sockFd: number, fileFd: number, position: number, length: number, opts?: SendFileOptions): Promise<void>;
 
+/** One piece of a `sendFiles` batch: a header, then a file range. */
+export interface SendPiece {
+  /** Bytes sent before the range (at most 64; a protocol's reply header). */
+  header?: Uint8Array | null;
+  fileFd: number;
+  position: number;
+  length: number;
+}
+
+/**
+ * `sendFile` for several pieces in order, in one job on the pool: replies queued on a connection
+ * go out back to back, without a round trip through the event loop between them. At most 1024
+ * pieces. Same options, guarantees and failure modes as `sendFile`; a failure leaves the pieces
+ * before it sent and the one it stopped in partly sent.
+ */
+export declare function sendFiles(sockFd: number, pieces: readonly SendPiece[], opts?: Omit<SendFileOptions, 'header'>): Promise<void>;
+
 /** A new descriptor (close-on-exec) for the same open file as `fd`, which stays valid after `fd` is closed. */
 export declare function dup(fd: number): number;
 /** Closes a descriptor (one from `dup`). */

@@ -1,7 +1,7 @@
 /*
  * File-system and zero-copy calls Node has no API for: lseek(SEEK_DATA), lseek(SEEK_HOLE),
- * fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE), and sendfile(2) of a file range to a
- * socket behind a small header. Seeks are answered synchronously (an in-memory extent lookup);
+ * fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE), and sendfile(2) of file ranges to a
+ * socket, each behind a small header. Seeks are answered synchronously (an in-memory extent lookup);
  * punching and sending may take a while, so they run on libuv's thread pool and return promises.
  */
 #define _GNU_SOURCE
@@ -174,23 +174,32 @@ static napi_value punch_hole(napi_env env, napi_callback_info info) {
   return promise;
 }
 
-/* ---- sendFile: header + file range to a socket, zero-copy */
+/* ---- sendFiles: a batch of (header, file range) pieces to a socket, zero-copy */
 
 #define HEADER_MAX 64
+/* Pieces in one batch: bounds the allocation a call can ask for. */
+#define PIECES_MAX 1024
 /* How long one poll() waits for room before looking at the cancel flag again. */
 #define POLL_SLICE_MS 100
+
+typedef struct {
+  int file;
+  int64_t position, length;
+  size_t header_len;
+  unsigned char header[HEADER_MAX];
+} send_piece;
 
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
   napi_ref cancel_ref; /* keeps the cancel flag's SharedArrayBuffer alive */
   volatile int32_t *cancel;
-  int sock, file;
-  int64_t position, length, stall_ms;
-  size_t header_len;
-  unsigned char header[HEADER_MAX];
+  int sock;
+  int64_t stall_ms;
+  size_t count;
   int err;
   const char *syscall;
+  send_piece pieces[];
 } send_req;
 
 static int64_t now_ms(void) {
@@ -203,72 +212,77 @@ static int64_t now_ms(void) {
 static const unsigned char zeroes[65536];
 
 /*
- * Runs on the pool. The socket is non-blocking (node's), so a full send buffer answers EAGAIN:
- * then poll for room in short slices, so a cancel is seen within one slice and a peer that stops
- * reading costs the thread at most `stall_ms` (ETIMEDOUT) instead of forever.
+ * Runs on the pool, piece after piece: one pool round trip for the whole batch instead of one per
+ * reply. The socket is non-blocking (node's), so a full send buffer answers EAGAIN: then poll for
+ * room in short slices, so a cancel is seen within one slice and a peer that stops reading costs
+ * the thread at most `stall_ms` (ETIMEDOUT) instead of forever.
  */
 static void send_execute(napi_env env, void *data) {
   (void)env;
   send_req *r = data;
-  size_t hdone = 0;
-  int64_t done = 0;
-  off_t off = (off_t)r->position;
-  int eof = 0;
   int64_t last = now_ms();
   r->err = 0;
-  while (hdone < r->header_len || done < r->length) {
-    if (r->cancel && __atomic_load_n(r->cancel, __ATOMIC_ACQUIRE) != 0) {
-      r->err = ECANCELED;
-      r->syscall = "sendfile";
-      return;
-    }
-    ssize_t n;
-    int more = done < r->length ? MSG_MORE : 0;
-    if (hdone < r->header_len) {
-      r->syscall = "send";
-      n = send(r->sock, r->header + hdone, r->header_len - hdone, MSG_NOSIGNAL | more);
-      if (n > 0) hdone += (size_t)n;
-    } else if (!eof) {
-      r->syscall = "sendfile";
+  for (size_t i = 0; i < r->count; i++) {
+    send_piece *p = &r->pieces[i];
+    size_t hdone = 0;
+    int64_t done = 0;
+    off_t off = (off_t)p->position;
+    int eof = 0;
+    /* Later pieces follow: keep TCP from pushing a partial segment between them. */
+    int later = i + 1 < r->count ? MSG_MORE : 0;
+    while (hdone < p->header_len || done < p->length) {
+      if (r->cancel && __atomic_load_n(r->cancel, __ATOMIC_ACQUIRE) != 0) {
+        r->err = ECANCELED;
+        r->syscall = "sendfile";
+        return;
+      }
+      ssize_t n;
+      if (hdone < p->header_len) {
+        r->syscall = "send";
+        n = send(r->sock, p->header + hdone, p->header_len - hdone, MSG_NOSIGNAL | (done < p->length ? MSG_MORE : later));
+        if (n > 0) hdone += (size_t)n;
+      } else if (!eof) {
+        r->syscall = "sendfile";
 #ifdef __linux__
-      int64_t left = r->length - done;
-      n = sendfile(r->sock, r->file, &off, (size_t)(left > (1 << 30) ? (1 << 30) : left));
+        int64_t left = p->length - done;
+        n = sendfile(r->sock, p->file, &off, (size_t)(left > (1 << 30) ? (1 << 30) : left));
 #else
-      errno = ENOSYS;
-      n = -1;
+        errno = ENOSYS;
+        n = -1;
 #endif
-      if (n == 0) {
-        eof = 1;
+        if (n == 0) {
+          eof = 1;
+          continue;
+        }
+        if (n > 0) done += n;
+      } else {
+        r->syscall = "send";
+        int64_t left = p->length - done;
+        size_t chunk = (size_t)(left > (int64_t)sizeof zeroes ? (int64_t)sizeof zeroes : left);
+        /* The last piece goes without MSG_MORE, or TCP would hold it back. */
+        n = send(r->sock, zeroes, chunk, MSG_NOSIGNAL | ((int64_t)chunk < left ? MSG_MORE : later));
+        if (n > 0) done += n;
+      }
+      if (n > 0) {
+        last = now_ms();
         continue;
       }
-      if (n > 0) done += n;
-    } else {
-      r->syscall = "send";
-      int64_t left = r->length - done;
-      size_t chunk = (size_t)(left > (int64_t)sizeof zeroes ? (int64_t)sizeof zeroes : left);
-      /* The last piece goes without MSG_MORE, or TCP would hold it back. */
-      n = send(r->sock, zeroes, chunk, MSG_NOSIGNAL | ((int64_t)chunk < left ? MSG_MORE : 0));
-      if (n > 0) done += n;
-    }
-    if (n > 0) {
-      last = now_ms();
-      continue;
-    }
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) {
-      r->err = errno;
-      return;
-    }
-    int64_t wait = r->stall_ms - (now_ms() - last);
-    if (wait <= 0) {
-      r->err = ETIMEDOUT;
-      return;
-    }
-    struct pollfd p = {.fd = r->sock, .events = POLLOUT, .revents = 0};
-    if (poll(&p, 1, (int)(wait < POLL_SLICE_MS ? wait : POLL_SLICE_MS)) < 0 && errno != EINTR) {
-      r->err = errno;
-      r->syscall = "poll";
-      return;
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        r->err = errno;
+        return;
+      }
+      int64_t wait = r->stall_ms - (now_ms() - last);
+      if (wait <= 0) {
+        r->err = ETIMEDOUT;
+        return;
+      }
+      struct pollfd pfd = {.fd = r->sock, .events = POLLOUT, .revents = 0};
+      if (poll(&pfd, 1, (int)(wait < POLL_SLICE_MS ? wait : POLL_SLICE_MS)) < 0 && errno != EINTR) {
+        r->err = errno;
+        r->syscall = "poll";
+        return;
+      }
     }
   }
 }
@@ -288,80 +302,111 @@ static void send_complete(napi_env env, napi_status status, void *data) {
   free(r);
 }
 
+/* The typed array `v` of type `want`, or a TypeError naming `what`. */
+static int get_typed(napi_env env, napi_value v, napi_typedarray_type want, const char *what, void **data, size_t *len) {
+  bool is_ta = false;
+  napi_typedarray_type t;
+  napi_is_typedarray(env, v, &is_ta);
+  if (is_ta) napi_get_typedarray_info(env, v, &t, len, data, NULL, NULL);
+  if (!is_ta || t != want) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", what);
+    return 0;
+  }
+  return 1;
+}
+
 /*
- * sendFile(sockFd, header | null, fileFd, position, length, stallMs, cancel | undefined)
- *   -> Promise<void>. `cancel` is an Int32Array over a SharedArrayBuffer; non-zero element 0 stops
- * the send (ECANCELED) within one poll slice.
+ * sendFiles(sockFd, plan: Float64Array, headers: Uint8Array, stallMs, cancel | undefined)
+ *   -> Promise<void>. `plan` holds four numbers per piece: file fd, position, length and the
+ * length of its header, whose bytes follow the previous pieces' in `headers`. `cancel` is an
+ * Int32Array over a SharedArrayBuffer; non-zero element 0 stops the send (ECANCELED) within one
+ * poll slice.
  */
-static napi_value send_file(napi_env env, napi_callback_info info) {
-  static const char *names[] = {"sockFd", NULL, "fileFd", "position", "length", "stallMs"};
-  napi_value argv[7], promise, name;
-  size_t argc = 7;
-  int64_t v[6] = {0};
+static napi_value send_files(napi_env env, napi_callback_info info) {
+  napi_value argv[5], promise, name;
+  size_t argc = 5;
+  int64_t sock, stall;
+  double *plan;
+  unsigned char *headers;
+  size_t plan_len, headers_len;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 6) {
+  if (argc < 4) {
     napi_throw_type_error(env, "ERR_MISSING_ARGS", "missing arguments");
     return NULL;
   }
-  for (int i = 0; i < 6; i++) {
-    if (names[i] && !get_offset(env, argv[i], names[i], &v[i])) return NULL;
-  }
-  if (v[0] > INT32_MAX || v[2] > INT32_MAX) {
-    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "fd is out of range");
+  if (!get_offset(env, argv[0], "sockFd", &sock) || !get_offset(env, argv[3], "stallMs", &stall)) return NULL;
+  if (!get_typed(env, argv[1], napi_float64_array, "plan must be a Float64Array", (void **)&plan, &plan_len)) return NULL;
+  if (!get_typed(env, argv[2], napi_uint8_array, "headers must be a Uint8Array", (void **)&headers, &headers_len)) return NULL;
+  if (sock > INT32_MAX || stall > INT32_MAX) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "sockFd or stallMs is out of range");
     return NULL;
   }
-  if (v[3] + v[4] > MAX_SAFE_INTEGER || v[5] > INT32_MAX) {
-    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "position + length or stallMs is out of range");
+  size_t count = plan_len / 4;
+  if (plan_len % 4 != 0 || count == 0 || count > PIECES_MAX) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "plan must hold 1 to 1024 pieces of four numbers");
     return NULL;
   }
-  send_req *r = calloc(1, sizeof *r);
+  /* Every number is checked before anything is allocated from it. */
+  size_t header_total = 0;
+  for (size_t i = 0; i < count; i++) {
+    const double *q = plan + 4 * i;
+    for (int k = 0; k < 4; k++) {
+      if (!(q[k] >= 0) || q[k] > (double)MAX_SAFE_INTEGER || q[k] != (double)(int64_t)q[k]) {
+        napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "plan numbers must be non-negative safe integers");
+        return NULL;
+      }
+    }
+    if (q[0] > INT32_MAX || q[1] + q[2] > (double)MAX_SAFE_INTEGER || q[3] > HEADER_MAX) {
+      napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "a piece's fd, range or header length (at most 64) is out of range");
+      return NULL;
+    }
+    header_total += (size_t)q[3];
+  }
+  if (header_total != headers_len) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "headers does not hold the header bytes the plan names");
+    return NULL;
+  }
+  send_req *r = calloc(1, sizeof *r + count * sizeof(send_piece));
   if (r == NULL) {
     throw_errno(env, ENOMEM, "calloc");
     return NULL;
   }
-  napi_valuetype t;
-  napi_typeof(env, argv[1], &t);
-  if (t != napi_null && t != napi_undefined) {
-    bool is_ta = false;
-    napi_typedarray_type tt;
-    size_t len = 0;
-    void *p = NULL;
-    napi_is_typedarray(env, argv[1], &is_ta);
-    if (is_ta) napi_get_typedarray_info(env, argv[1], &tt, &len, &p, NULL, NULL);
-    if (!is_ta || tt != napi_uint8_array || len > HEADER_MAX) {
-      free(r);
-      napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "header must be a Uint8Array of at most 64 bytes, or null");
-      return NULL;
-    }
-    memcpy(r->header, p, len);
-    r->header_len = len;
+  size_t at = 0;
+  for (size_t i = 0; i < count; i++) {
+    const double *q = plan + 4 * i;
+    send_piece *p = &r->pieces[i];
+    p->file = (int)q[0];
+    p->position = (int64_t)q[1];
+    p->length = (int64_t)q[2];
+    p->header_len = (size_t)q[3];
+    memcpy(p->header, headers + at, p->header_len);
+    at += p->header_len;
   }
-  if (argc >= 7) {
-    napi_typeof(env, argv[6], &t);
+  if (argc >= 5) {
+    napi_valuetype t;
+    napi_typeof(env, argv[4], &t);
     if (t != napi_undefined && t != napi_null) {
-      bool is_ta = false;
-      napi_typedarray_type tt;
+      void *flag = NULL;
       size_t len = 0;
-      void *p = NULL;
-      napi_is_typedarray(env, argv[6], &is_ta);
       /* Asking for the data moves a small on-heap array's bytes off the heap, where they stay put. */
-      if (is_ta) napi_get_typedarray_info(env, argv[6], &tt, &len, &p, NULL, NULL);
-      if (!is_ta || tt != napi_int32_array || len < 1) {
+      if (!get_typed(env, argv[4], napi_int32_array, "cancel must be an Int32Array", &flag, &len)) {
         free(r);
-        napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "cancel must be an Int32Array");
         return NULL;
       }
-      r->cancel = (volatile int32_t *)p;
-      napi_create_reference(env, argv[6], 1, &r->cancel_ref);
+      if (len < 1) {
+        napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "cancel must hold one element");
+        free(r);
+        return NULL;
+      }
+      r->cancel = (volatile int32_t *)flag;
+      napi_create_reference(env, argv[4], 1, &r->cancel_ref);
     }
   }
-  r->sock = (int)v[0];
-  r->file = (int)v[2];
-  r->position = v[3];
-  r->length = v[4];
-  r->stall_ms = v[5];
+  r->sock = (int)sock;
+  r->stall_ms = stall;
+  r->count = count;
   napi_create_promise(env, &r->deferred, &promise);
-  napi_create_string_utf8(env, "vd:sendFile", NAPI_AUTO_LENGTH, &name);
+  napi_create_string_utf8(env, "vd:sendFiles", NAPI_AUTO_LENGTH, &name);
   napi_create_async_work(env, NULL, name, send_execute, send_complete, r, &r->work);
   napi_queue_async_work(env, r->work);
   return promise;
@@ -397,7 +442,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
       {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
       {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"sendFile", NULL, send_file, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"sendFiles", NULL, send_files, NULL, NULL, NULL, napi_enumerable, NULL},
       {"dup", NULL, dup_fd, NULL, NULL, NULL, napi_enumerable, NULL},
       {"close", NULL, close_fd, NULL, NULL, NULL, napi_enumerable, NULL},
   };

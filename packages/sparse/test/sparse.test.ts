@@ -95,7 +95,7 @@ function receive(client: Socket, n: number): Promise<Buffer> {
 }
 
 describe.skipIf(!loaded && !required)('@vd/sparse sendFile', () => {
-  const { sendFile, dup, close } = mod as typeof import('@vd/sparse');
+  const { sendFile, sendFiles, dup, close } = mod as typeof import('@vd/sparse');
   const size = 3 << 20;
   const content = Buffer.alloc(size);
   for (let i = 0; i < size; i++) content[i] = (i * 13 + (i >> 10)) & 255;
@@ -125,6 +125,48 @@ describe.skipIf(!loaded && !required)('@vd/sparse sendFile', () => {
       expect(got.subarray(a, b).equals(content.subarray(7, 107))).toBe(true);
       expect(got.subarray(b, c).equals(content.subarray(size - 1000))).toBe(true);
       expect(got.subarray(c).every((x) => x === 0)).toBe(true);
+    } finally {
+      close(sock);
+      closeSync(file);
+      server.destroy();
+      client.destroy();
+      listener.close();
+    }
+  });
+
+  it('sends a batch of pieces in order, each header before its range', async () => {
+    const { server, client, listener } = await socketPair('batch');
+    const file = openSync(filePath, 'r');
+    const sock = dup(fdOf(server));
+    try {
+      // Replies as an NBD server batches them: headers of assorted sizes, a range split over two
+      // pieces (the second without a header), a header alone, and a range past the end of the file.
+      const pieces = [
+        { header: Buffer.from('first'), fileFd: file, position: 0, length: 70_000 },
+        { fileFd: file, position: 1 << 20, length: 300 },
+        { header: Buffer.alloc(64, 7), fileFd: file, position: 5, length: 0 },
+        { header: Buffer.from('x'), fileFd: file, position: size - 10, length: 30 },
+        ...Array.from({ length: 40 }, (_, i) => ({ header: Buffer.from([i]), fileFd: file, position: i * 4099, length: 4099 })),
+      ];
+      const expected = Buffer.concat(
+        pieces.flatMap((p) => {
+          const body = Buffer.alloc(p.length);
+          content.copy(body, 0, p.position, Math.min(size, p.position + p.length));
+          return [p.header ?? Buffer.alloc(0), body];
+        }),
+      );
+      const arriving = receive(client, expected.length);
+      await sendFiles(sock, pieces);
+      expect((await arriving).equals(expected)).toBe(true);
+      expect(() => sendFiles(sock, [])).toThrow(RangeError);
+      expect(() =>
+        sendFiles(
+          sock,
+          Array.from({ length: 1025 }, () => ({ fileFd: file, position: 0, length: 1 })),
+        ),
+      ).toThrow(RangeError);
+      expect(() => sendFiles(sock, [{ fileFd: file, position: -1, length: 1 }])).toThrow(TypeError);
+      expect(() => sendFiles(sock, [{ fileFd: file, position: 0, length: 1, header: new Uint8Array(65) }])).toThrow(TypeError);
     } finally {
       close(sock);
       closeSync(file);

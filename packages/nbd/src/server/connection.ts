@@ -66,8 +66,26 @@ const ALLOWED_FLAGS: Record<number, number> = {
   [Cmd.BLOCK_STATUS]: CmdFlag.REQ_ONE,
 };
 
-/** Output waiting its turn: bytes for node to write, or a zero-copy send's turn at the socket. */
-type Pending = { data: Uint8Array; cb: (() => void) | undefined; turn?: undefined } | { turn: (mine: boolean) => void };
+/** A READ reply to go out zero-copy: its header, then its file spans. */
+interface ZeroCopyReply {
+  header: Uint8Array;
+  spans: readonly FileSpan[];
+  /** Told whether it went out (or the connection ended); false asks the READ to be copied. */
+  done: (sent: boolean) => void;
+}
+
+/** Output waiting its turn: bytes for node to write, or a reply for the addon to send. */
+type Pending = { data: Uint8Array; cb: (() => void) | undefined; send?: undefined } | { send: ZeroCopyReply };
+
+/**
+ * Zero-copy replies queued back to back leave in one job on the pool (one round trip through the
+ * event loop for all of them, not one each), up to these bounds: the job holds a pool thread and
+ * the socket, so it stays short enough to be fair to the server's other connections.
+ */
+const SEND_BATCH_REPLIES = 64;
+const SEND_BATCH_BYTES = 32 << 20;
+/** The addon's limit of pieces per call. */
+const SEND_PIECES_MAX = 1024;
 
 /** The 32-bit descriptor length limit of compact block status, kept aligned. */
 const COMPACT_EXTENT_MAX = 0x1_0000_0000 - 65536;
@@ -109,6 +127,8 @@ export class ServerConnection {
   #nodeWrites = 0;
   /** A zero-copy send owns the socket. */
   #addonOwns = false;
+  /** A batch of zero-copy sends starts on the next tick. */
+  #sendsDue = false;
   /** A dup of the socket's descriptor for the addon: node closing its own cannot let it reach a reused number. */
   #sendFd: number | undefined;
   /** Zero-copy is off for this connection (TLS, not a socket with a descriptor, dup failed). */
@@ -606,8 +626,7 @@ export class ServerConnection {
   }
 
   async #read(req: NbdRequest): Promise<void> {
-    const zc = this.#zeroCopyOps();
-    if (zc && (await this.#readZeroCopy(req, zc))) return;
+    if (this.#zeroCopyApplies() && (await this.#readZeroCopy(req))) return;
     this.#ctx.stats.copiedReads++;
     const pool = this.#ctx.pool;
     const buf = pool.get(req.length);
@@ -636,25 +655,24 @@ export class ServerConnection {
   }
 
   /**
-   * The sendfile calls, when this READ may use them: the addon loaded, a plain (not TLS) socket
-   * with a descriptor, and a send slot free now or held by this connection's earlier sends.
+   * Whether this READ may go zero-copy: the addon loaded, a plain (not TLS) socket with a
+   * descriptor, and a send slot free now or held by this connection's earlier sends.
    */
-  #zeroCopyOps(): ZeroCopyOps | undefined {
-    const zc = this.#ctx.zeroCopy;
-    if (!zc || this.#zeroCopyOff || this.#state !== 'transmission') return undefined;
+  #zeroCopyApplies(): boolean {
+    if (!this.#ctx.zeroCopy || this.#zeroCopyOff || this.#state !== 'transmission') return false;
     // All slots busy: copy, unless this connection already has zero-copy replies under way; then
     // this one queues behind them, and their slot is free again by its turn.
-    if (!this.#ctx.sendSlots.available && this.#zeroCopyPending === 0) return undefined;
+    if (!this.#ctx.sendSlots.available && this.#zeroCopyPending === 0) return false;
     if (this.#sendFd === undefined) {
       const s = this.#socket;
       const fd = (s as { _handle?: { fd?: unknown } })._handle?.fd;
       if (this.#tlsDone || !(s instanceof Socket) || s instanceof TLSSocket || typeof fd !== 'number' || fd < 0) {
         this.#zeroCopyOff = true;
         debug('nbd server: READ replies on this connection are copied (not a plain socket)');
-        return undefined;
+        return false;
       }
     }
-    return zc;
+    return true;
   }
 
   /** A dup of the socket's descriptor for the addon, made on the first zero-copy send. */
@@ -675,46 +693,78 @@ export class ServerConnection {
    * range or every send slot is busy: then the caller copies. A send that fails part-way leaves
    * a half-written reply, so the connection is dropped.
    */
-  async #readZeroCopy(req: NbdRequest, zc: ZeroCopyOps): Promise<boolean> {
+  async #readZeroCopy(req: NbdRequest): Promise<boolean> {
     const header = this.#readHeader(req);
     this.#zeroCopyPending++;
     try {
-      return (await this.#disk!.withFileSpans(req.offset, req.length, (spans) => this.#sendSpans(zc, header, spans))) === true;
+      return (await this.#disk!.withFileSpans(req.offset, req.length, (spans) => this.#sendSpans(header, spans))) === true;
     } finally {
       this.#zeroCopyPending--;
     }
   }
 
-  /** Waits for the socket, then sends; false (nothing sent) when no send slot is free by then. */
-  async #sendSpans(zc: ZeroCopyOps, header: Uint8Array, spans: readonly FileSpan[]): Promise<boolean> {
-    if (!(await this.#turn())) return true;
+  /**
+   * Queues the reply and resolves once it went out (true; also when the connection ended first),
+   * or false, having sent nothing, when no send slot was free by its turn.
+   */
+  #sendSpans(header: Uint8Array, spans: readonly FileSpan[]): Promise<boolean> {
+    if (this.#state === 'closed' || this.#socket.destroyed) return Promise.resolve(true);
+    return new Promise((done) => {
+      this.#out.push({ send: { header, spans, done } });
+      this.#flushOut();
+    });
+  }
+
+  /**
+   * The socket is the addon's now: sends the zero-copy replies at the head of the queue as one
+   * batch. Without a send slot they go back to their READs to be copied.
+   */
+  #startSends(): void {
+    const zc = this.#ctx.zeroCopy!;
+    const batch: ZeroCopyReply[] = [];
+    let bytes = 0;
+    while (batch.length < SEND_BATCH_REPLIES && bytes < SEND_BATCH_BYTES) {
+      const next = this.#out[0];
+      if (!next?.send) break;
+      this.#out.shift();
+      batch.push(next.send);
+      for (const span of next.send.spans) bytes += span.length;
+    }
     const slots = this.#ctx.sendSlots;
     const fd = this.#sendDescriptor(zc);
     if (fd === undefined || !slots.tryAcquire()) {
-      this.#releaseTurn();
-      return false;
+      for (const r of batch) r.done(false);
+      return;
     }
+    this.#addonOwns = true;
     this.#sending++;
-    try {
-      let first = true;
-      for (const span of spans) {
-        await zc.sendFile(fd, span.fd, span.position, span.length, {
-          header: first ? header : null,
-          stallTimeout: this.#ctx.limits.sendStallTimeout,
-          signal: this.#sendAbort.signal,
-        });
-        first = false;
-      }
-      this.#ctx.stats.zeroCopyReads++;
-    } catch (err) {
-      this.#abort(err);
-    } finally {
-      this.#sending--;
-      slots.release();
-      this.#releaseTurn();
-      this.#closeSendFd();
-    }
-    return true;
+    const pieces = batch.flatMap((r) =>
+      r.spans.map((span, i) => ({ header: i === 0 ? r.header : null, fileFd: span.fd, position: span.position, length: span.length })),
+    );
+    const opts = { stallTimeout: this.#ctx.limits.sendStallTimeout, signal: this.#sendAbort.signal };
+    (async () => {
+      for (let at = 0; at < pieces.length; at += SEND_PIECES_MAX) await zc.sendFiles(fd, pieces.slice(at, at + SEND_PIECES_MAX), opts);
+    })().then(
+      () => {
+        this.#ctx.stats.zeroCopyReads += batch.length;
+        this.#ctx.stats.zeroCopyBatches++;
+        this.#endSends(slots, batch);
+      },
+      (err) => {
+        this.#abort(err);
+        this.#endSends(slots, batch);
+      },
+    );
+  }
+
+  #endSends(slots: SendSlots, batch: readonly ZeroCopyReply[]): void {
+    this.#sending--;
+    slots.release();
+    this.#addonOwns = false;
+    for (const r of batch) r.done(true);
+    this.#closeSendFd();
+    this.#flushOut();
+    if (this.#state === 'transmission' && this.#out.length === 0) this.#pump();
   }
 
   async #blockStatus(req: NbdRequest): Promise<void> {
@@ -803,22 +853,7 @@ export class ServerConnection {
     });
   }
 
-  /** Resolves true when a zero-copy send may write to the socket, false when the connection ended. */
-  #turn(): Promise<boolean> {
-    if (this.#state === 'closed' || this.#socket.destroyed) return Promise.resolve(false);
-    return new Promise((resolve) => {
-      this.#out.push({ turn: resolve });
-      this.#flushOut();
-    });
-  }
-
-  #releaseTurn(): void {
-    this.#addonOwns = false;
-    this.#flushOut();
-    if (this.#state === 'transmission' && this.#out.length === 0) this.#pump();
-  }
-
-  /** Hands queued output on in order; a send's turn waits until node has written everything before it. */
+  /** Hands queued output on in order; zero-copy sends wait until node has written everything before them. */
   #flushOut(): void {
     const queued = this.#out.length;
     this.#drainOut();
@@ -833,15 +868,24 @@ export class ServerConnection {
         return;
       }
       const next = this.#out[0]!;
-      if (next.turn) {
+      if (next.send) {
         if (this.#nodeWrites > 0) return; // the last write's callback flushes again
         if (this.#socket.writableLength > 0) {
           setImmediate(() => this.#flushOut());
           return;
         }
-        this.#out.shift();
-        this.#addonOwns = true;
-        next.turn(true);
+        // Start on the next tick: the READs that arrived with this one queue their replies in the
+        // meantime and go in the same batch.
+        if (!this.#sendsDue) {
+          this.#sendsDue = true;
+          process.nextTick(() => {
+            this.#sendsDue = false;
+            const ready =
+              this.#state !== 'closed' && !this.#socket.destroyed && this.#nodeWrites === 0 && this.#socket.writableLength === 0;
+            if (!this.#addonOwns && ready && this.#out[0]?.send) this.#startSends();
+            this.#flushOut();
+          });
+        }
         return;
       }
       this.#out.shift();
@@ -852,7 +896,7 @@ export class ServerConnection {
   /** The connection is gone: waiting sends learn it, queued buffers go back. */
   #dropOut(): void {
     for (const p of this.#out.splice(0)) {
-      if (p.turn) p.turn(false);
+      if (p.send) p.send.done(true);
       else p.cb?.();
     }
   }

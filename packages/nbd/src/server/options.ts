@@ -87,6 +87,8 @@ export interface ResolvedLimits {
 export interface NbdServerStats {
   /** READ replies sent from the file with sendfile (page cache to socket). */
   zeroCopyReads: number;
+  /** Pool jobs those went out in: replies queued together on a connection share one. */
+  zeroCopyBatches: number;
   /** READ replies read into a buffer and written (no addon, TLS, a format that needs decoding, all send slots busy). */
   copiedReads: number;
 }

@@ -2,12 +2,10 @@ import { debug } from '@vd/core';
 
 /** The zero-copy calls of the optional native package `@vd/sparse`. */
 export interface ZeroCopyOps {
-  sendFile(
+  sendFiles(
     sockFd: number,
-    fileFd: number,
-    position: number,
-    length: number,
-    opts: { header?: Uint8Array | null; stallTimeout?: number; signal?: AbortSignal },
+    pieces: readonly { header?: Uint8Array | null; fileFd: number; position: number; length: number }[],
+    opts: { stallTimeout?: number; signal?: AbortSignal },
   ): Promise<void>;
   dup(fd: number): number;
   close(fd: number): void;
@@ -29,10 +27,10 @@ export function loadZeroCopy(): Promise<ZeroCopyOps | undefined> {
     const specifier = '@vd/sparse';
     try {
       const mod = (await import(/* @vite-ignore */ specifier)) as Partial<ZeroCopyOps>;
-      if (typeof mod.sendFile === 'function' && typeof mod.dup === 'function' && typeof mod.close === 'function') {
-        return { sendFile: mod.sendFile, dup: mod.dup, close: mod.close };
+      if (typeof mod.sendFiles === 'function' && typeof mod.dup === 'function' && typeof mod.close === 'function') {
+        return { sendFiles: mod.sendFiles, dup: mod.dup, close: mod.close };
       }
-      debug('nbd server: @vd/sparse lacks sendFile; READ replies are copied');
+      debug('nbd server: @vd/sparse lacks sendFiles (too old); READ replies are copied');
     } catch (err) {
       debug('nbd server: @vd/sparse not loaded (%s); READ replies are copied', (err as Error)?.message ?? err);
     }
