@@ -25,14 +25,17 @@ export interface SendFileOptions {
  * libuv's thread pool with sendfile(2): page cache to socket, no copy through user space. Loops
  * over partial writes; where the socket's buffer is full (a non-blocking socket answers EAGAIN)
  * it waits for room in 100 ms slices. Bytes past the end of a file that shrank are sent as
- * zeroes. Resolves when everything was handed to the kernel; rejects with a system error (`code`,
- * `errno`, `syscall`): ETIMEDOUT after `stallTimeout`, ECANCELED on abort, EPIPE/ECONNRESET when
- * the peer left. A failed send may have sent part of the bytes: the stream is then unusable.
+ * zeroes. A file sendfile refuses (EINVAL, as /proc files and some FUSE and network file systems
+ * answer) is read with pread into a buffer and sent from there instead, so the bytes still go out
+ * whole. Resolves, when everything was handed to the kernel, with the number of bytes sent that
+ * way (0 normally); rejects with a system error (`code`, `errno`, `syscall`, and `bytesSent`):
+ * ETIMEDOUT after `stallTimeout`, ECANCELED on abort, EPIPE/ECONNRESET when the peer left. A failed
+ * send may have sent part of the bytes (`bytesSent`): the stream is then unusable.
  *
  * The caller keeps both descriptors open until the promise settles, and nothing else may write to
  * the socket meanwhile.
  */
-export declare function sendFile(sockFd: number, fileFd: number, position: number, length: number, opts?: SendFileOptions): Promise<void>;
+export declare function sendFile(sockFd: number, fileFd: number, position: number, length: number, opts?: SendFileOptions): Promise<number>;
 
 /** One piece of a `sendFiles` batch: a header, then a file range. */
 export interface SendPiece {
@@ -49,7 +52,7 @@ export interface SendPiece {
  * pieces. Same options, guarantees and failure modes as `sendFile`; a failure leaves the pieces
  * before it sent and the one it stopped in partly sent.
  */
-export declare function sendFiles(sockFd: number, pieces: readonly SendPiece[], opts?: Omit<SendFileOptions, 'header'>): Promise<void>;
+export declare function sendFiles(sockFd: number, pieces: readonly SendPiece[], opts?: Omit<SendFileOptions, 'header'>): Promise<number>;
 
 /** A new descriptor (close-on-exec) for the same open file as `fd`, which stays valid after `fd` is closed. */
 export declare function dup(fd: number): number;

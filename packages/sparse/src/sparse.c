@@ -197,6 +197,8 @@ typedef struct {
   int sock;
   int64_t stall_ms;
   size_t count;
+  int64_t sent;   /* bytes handed to the socket, all pieces */
+  int64_t copied; /* of those, bytes read and sent through a buffer (sendfile refused the file) */
   int err;
   const char *syscall;
   send_piece pieces[];
@@ -210,6 +212,8 @@ static int64_t now_ms(void) {
 
 /* Bytes past the end of a file that shrank under us are sent as zeroes, as a read would give. */
 static const unsigned char zeroes[65536];
+/* The buffer of the copying fallback. */
+#define BOUNCE_SIZE (256 * 1024)
 
 /*
  * Runs on the pool, piece after piece: one pool round trip for the whole batch instead of one per
@@ -221,33 +225,39 @@ static void send_execute(napi_env env, void *data) {
   (void)env;
   send_req *r = data;
   int64_t last = now_ms();
+  /* Some files cannot be sendfile()d (EINVAL: /proc files, some FUSE and network file systems):
+   * then this job reads them into `bounce` and sends that, so the replies still go out whole. */
+  unsigned char *bounce = NULL;
+  size_t bpos = 0, blen = 0;
+  int copying = 0;
   r->err = 0;
-  for (size_t i = 0; i < r->count; i++) {
+  for (size_t i = 0; i < r->count && r->err == 0; i++) {
     send_piece *p = &r->pieces[i];
     size_t hdone = 0;
     int64_t done = 0;
     off_t off = (off_t)p->position;
     int eof = 0;
+    bpos = blen = 0;
     /* Later pieces follow: keep TCP from pushing a partial segment between them. */
     int later = i + 1 < r->count ? MSG_MORE : 0;
     while (hdone < p->header_len || done < p->length) {
       if (r->cancel && __atomic_load_n(r->cancel, __ATOMIC_ACQUIRE) != 0) {
         r->err = ECANCELED;
         r->syscall = "sendfile";
-        return;
+        break;
       }
       ssize_t n;
+      int64_t left = p->length - done;
       if (hdone < p->header_len) {
         r->syscall = "send";
-        n = send(r->sock, p->header + hdone, p->header_len - hdone, MSG_NOSIGNAL | (done < p->length ? MSG_MORE : later));
+        n = send(r->sock, p->header + hdone, p->header_len - hdone, MSG_NOSIGNAL | (left > 0 ? MSG_MORE : later));
         if (n > 0) hdone += (size_t)n;
-      } else if (!eof) {
+      } else if (!eof && !copying) {
         r->syscall = "sendfile";
 #ifdef __linux__
-        int64_t left = p->length - done;
         n = sendfile(r->sock, p->file, &off, (size_t)(left > (1 << 30) ? (1 << 30) : left));
 #else
-        errno = ENOSYS;
+        errno = EINVAL;
         n = -1;
 #endif
         if (n == 0) {
@@ -255,47 +265,85 @@ static void send_execute(napi_env env, void *data) {
           continue;
         }
         if (n > 0) done += n;
+        else if (errno == EINVAL || errno == ENOSYS) {
+          copying = 1;
+          continue;
+        }
+      } else if (!eof) {
+        if (bpos == blen) {
+          if (bounce == NULL && (bounce = malloc(BOUNCE_SIZE)) == NULL) {
+            r->err = ENOMEM;
+            r->syscall = "malloc";
+            break;
+          }
+          ssize_t m = pread(p->file, bounce, (size_t)(left > BOUNCE_SIZE ? BOUNCE_SIZE : left), off);
+          if (m < 0 && errno == EINTR) continue;
+          if (m < 0) {
+            r->err = errno;
+            r->syscall = "pread";
+            break;
+          }
+          if (m == 0) {
+            eof = 1;
+            continue;
+          }
+          off += m;
+          bpos = 0;
+          blen = (size_t)m;
+        }
+        r->syscall = "send";
+        n = send(r->sock, bounce + bpos, blen - bpos, MSG_NOSIGNAL | ((int64_t)(blen - bpos) < left ? MSG_MORE : later));
+        if (n > 0) {
+          bpos += (size_t)n;
+          done += n;
+          r->copied += n;
+        }
       } else {
         r->syscall = "send";
-        int64_t left = p->length - done;
         size_t chunk = (size_t)(left > (int64_t)sizeof zeroes ? (int64_t)sizeof zeroes : left);
         /* The last piece goes without MSG_MORE, or TCP would hold it back. */
         n = send(r->sock, zeroes, chunk, MSG_NOSIGNAL | ((int64_t)chunk < left ? MSG_MORE : later));
         if (n > 0) done += n;
       }
       if (n > 0) {
+        r->sent += n;
         last = now_ms();
         continue;
       }
       if (errno == EINTR) continue;
       if (errno != EAGAIN && errno != EWOULDBLOCK) {
         r->err = errno;
-        return;
+        break;
       }
       int64_t wait = r->stall_ms - (now_ms() - last);
       if (wait <= 0) {
         r->err = ETIMEDOUT;
-        return;
+        break;
       }
       struct pollfd pfd = {.fd = r->sock, .events = POLLOUT, .revents = 0};
       if (poll(&pfd, 1, (int)(wait < POLL_SLICE_MS ? wait : POLL_SLICE_MS)) < 0 && errno != EINTR) {
         r->err = errno;
         r->syscall = "poll";
-        return;
+        break;
       }
     }
   }
+  free(bounce);
 }
 
 static void send_complete(napi_env env, napi_status status, void *data) {
   send_req *r = data;
   int err = status != napi_ok ? ECANCELED : r->err;
   if (err == 0) {
-    napi_value undef;
-    napi_get_undefined(env, &undef);
-    napi_resolve_deferred(env, r->deferred, undef);
+    napi_value copied;
+    napi_create_int64(env, r->copied, &copied);
+    napi_resolve_deferred(env, r->deferred, copied);
   } else {
-    napi_reject_deferred(env, r->deferred, errno_error(env, err, r->syscall ? r->syscall : "sendfile"));
+    /* How much went out tells the caller whether the stream is still whole (nothing sent). */
+    napi_value error = errno_error(env, err, r->syscall ? r->syscall : "sendfile"), sent;
+    napi_create_int64(env, r->sent, &sent);
+    napi_set_named_property(env, error, "bytesSent", sent);
+    napi_reject_deferred(env, r->deferred, error);
   }
   if (r->cancel_ref) napi_delete_reference(env, r->cancel_ref);
   napi_delete_async_work(env, r->work);
@@ -317,7 +365,7 @@ static int get_typed(napi_env env, napi_value v, napi_typedarray_type want, cons
 
 /*
  * sendFiles(sockFd, plan: Float64Array, headers: Uint8Array, stallMs, cancel | undefined)
- *   -> Promise<void>. `plan` holds four numbers per piece: file fd, position, length and the
+ *   -> Promise<number>, the bytes that went through a buffer because sendfile refused the file. `plan` holds four numbers per piece: file fd, position, length and the
  * length of its header, whose bytes follow the previous pieces' in `headers`. `cancel` is an
  * Int32Array over a SharedArrayBuffer; non-zero element 0 stops the send (ECANCELED) within one
  * poll slice.

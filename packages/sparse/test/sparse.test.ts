@@ -1,5 +1,5 @@
 import { once } from 'node:events';
-import { closeSync, fstatSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -170,6 +170,36 @@ describe.skipIf(!loaded && !required)('@vd/sparse sendFile', () => {
     } finally {
       close(sock);
       closeSync(file);
+      server.destroy();
+      client.destroy();
+      listener.close();
+    }
+  });
+
+  it('sends a file sendfile refuses (EINVAL: a /proc file) through a buffer, whole, and says how much', async () => {
+    const { server, client, listener } = await socketPair('fallback');
+    const environ = openSync('/proc/self/environ', 'r');
+    const sock = dup(fdOf(server));
+    try {
+      const want = readFileSync('/proc/self/environ');
+      const header = Buffer.from('H');
+      const arriving = receive(client, 2 * (header.length + want.length + 10));
+      // Twice, the second range after a piece that went zero-copy; 10 bytes past the end come as zeroes.
+      const copied = await sendFiles(sock, [
+        { header, fileFd: environ, position: 0, length: want.length + 10 },
+        { header, fileFd: environ, position: 0, length: want.length + 10 },
+      ]);
+      expect(copied).toBe(2 * want.length);
+      const got = await arriving;
+      const one = Buffer.concat([header, want, Buffer.alloc(10)]);
+      expect(got.equals(Buffer.concat([one, one]))).toBe(true);
+      // A regular file goes zero-copy: nothing copied.
+      const regular = openSync(filePath, 'r');
+      expect(await sendFile(sock, regular, 0, 10)).toBe(0);
+      closeSync(regular);
+    } finally {
+      close(sock);
+      closeSync(environ);
       server.destroy();
       client.destroy();
       listener.close();

@@ -743,7 +743,11 @@ export class ServerConnection {
     );
     const opts = { stallTimeout: this.#ctx.limits.sendStallTimeout, signal: this.#sendAbort.signal };
     (async () => {
-      for (let at = 0; at < pieces.length; at += SEND_PIECES_MAX) await zc.sendFiles(fd, pieces.slice(at, at + SEND_PIECES_MAX), opts);
+      let copied = 0;
+      for (let at = 0; at < pieces.length; at += SEND_PIECES_MAX)
+        copied += await zc.sendFiles(fd, pieces.slice(at, at + SEND_PIECES_MAX), opts);
+      // A file sendfile refuses (EINVAL) went through the addon's buffer: whole, just not zero-copy.
+      if (copied > 0) debug('nbd server: sendfile refused the file; %d bytes were read and sent through a buffer', copied);
     })().then(
       () => {
         this.#ctx.stats.zeroCopyReads += batch.length;

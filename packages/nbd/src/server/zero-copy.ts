@@ -6,7 +6,7 @@ export interface ZeroCopyOps {
     sockFd: number,
     pieces: readonly { header?: Uint8Array | null; fileFd: number; position: number; length: number }[],
     opts: { stallTimeout?: number; signal?: AbortSignal },
-  ): Promise<void>;
+  ): Promise<number>;
   dup(fd: number): number;
   close(fd: number): void;
 }

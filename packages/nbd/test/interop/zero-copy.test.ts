@@ -1,11 +1,11 @@
 import { randomFillSync } from 'node:crypto';
 import { once } from 'node:events';
-import { readFile, writeFile } from 'node:fs/promises';
+import { open, readFile, writeFile } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { defineConformance } from '@vd/conformance';
 import { peerRequired, skipWithoutPeers } from '@vd/conformance/peers';
-import { type Disk, file, memoryDisk, openDisk, rawFormat } from '@vd/core';
+import { Disk, file, MemorySource, memoryDisk, openDisk, rawFormat } from '@vd/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdServer, type NbdServerOptions, nbd } from '../../src/index.js';
 import { Cmd, encodeClientFlags, encodeOption, HandshakeFlag, Opt, REQUEST_SIZE, writeRequestHeader } from '../../src/protocol.js';
@@ -155,6 +155,28 @@ describe.skipIf(skip)('NbdServer zero-copy READ replies', () => {
     expect(server.stats.copiedReads).toBeGreaterThan(0);
     await server.close();
     await mem.close();
+  });
+
+  it("serves a file sendfile refuses (EINVAL) whole, through the addon's buffer, without dropping the client", async () => {
+    // A disk whose bytes lie in /proc/self/environ: pread works on it, sendfile answers EINVAL.
+    const want = await readFile('/proc/self/environ');
+    const fh = await open('/proc/self/environ', 'r');
+    const source = new MemorySource(want.length);
+    source._withFileSpans = (offset, length, fn) => fn([{ fd: fh.fd, position: offset, length }]);
+    const server = new NbdServer({ exports: [{ name: 'proc', disk: new Disk(source, { readOnly: true }) }] });
+    servers.push(server);
+    const { uri } = await server.listen({ path: join(tmp.dir, 'proc.sock') });
+    const remote = await openDisk(uri, { transports: [nbd({ connections: 1 })], readOnly: true });
+    try {
+      for (let i = 0; i < 3; i++) expect(Buffer.from(await remote.read(0, want.length)).equals(want)).toBe(true);
+      expect(Buffer.from(await remote.read(7, 50)).equals(want.subarray(7, 57))).toBe(true);
+      while (server.stats.zeroCopyReads + server.stats.copiedReads < 4) await new Promise((r) => setTimeout(r, 5));
+      expect(server.stats).toMatchObject({ zeroCopyReads: 4, copiedReads: 0 });
+    } finally {
+      await remote.close();
+      await server.close();
+      await fh.close();
+    }
   });
 
   it('drops a client that stops reading, while another client is served in full', async () => {
