@@ -444,7 +444,7 @@ export class Tracker {
       if (count !== this.#headerPages) {
         // Once per page per epoch. The commit loop may still rewrite the header with an older
         // count; a count too low only weakens the zeroed-page check until the next header.
-        writeSync(0, encodeHeader(this.#header(0)));
+        writeSync(0, encodeHeader(this.#header(0, count)));
         this.#headerPages = count;
       }
     } catch (err) {
@@ -505,10 +505,12 @@ export class Tracker {
         const gen = this.#nextGen++;
         const pages = [...this.#dirty].sort((a, b) => a - b);
         this.#dirty.clear();
-        const header = this.#headerDirty ? encodeHeader(this.#header(0)) : undefined;
         const headerPages = this.#map.allocated;
+        const header = this.#headerDirty ? encodeHeader(this.#header(0, headerPages)) : undefined;
         this.#headerDirty = false;
-        const sync = this.durability === 'fsync' || this.#syncWanted;
+        const fsync = this.durability === 'fsync';
+        /** A mark's commit: its header (the new point) must be on stable storage. */
+        const marking = this.#syncWanted;
         this.#syncWanted = false;
         // Serialize now, synchronously: a change made while this commit writes belongs to the next one.
         const buf = new Uint8Array(pages.length * PAGE_SIZE);
@@ -524,9 +526,12 @@ export class Tracker {
             i = j;
           }
           await settle(writes);
-          // After the pages it counts: a crash between leaves more pages than counted, not fewer.
+          // The header counts this commit's pages, so it goes after them, and with `fsync` after
+          // they are synced: neither a killed process nor a power loss leaves it counting more.
+          const pagesSynced = header !== undefined && fsync && pages.length > 0;
+          if (pagesSynced) await store.flush();
           if (header) await store.write(0, header);
-          if (sync) await store.flush();
+          if (marking || (fsync && !pagesSynced)) await store.flush();
         } catch (err) {
           this.#fail(err);
           return;
@@ -556,7 +561,8 @@ export class Tracker {
     this.#waiters = [];
   }
 
-  #header(flags: number, fingerprint = ''): SidecarHeader {
+  /** The header as written now; `pages` must count only pages already on the file (see `#commitLoop`). */
+  #header(flags: number, pages: number, fingerprint = ''): SidecarHeader {
     return {
       flags: flags | (this.durability === 'fsync' ? FLAG_SYNCED : 0),
       granularity: this.granularity,
@@ -565,7 +571,7 @@ export class Tracker {
       epoch: this.#epoch,
       bootId: flags & FLAG_CLEAN ? new Uint8Array(16) : (currentBootId() ?? new Uint8Array(16)),
       fingerprint,
-      pages: this.#map.allocated,
+      pages,
     };
   }
 
@@ -586,7 +592,7 @@ export class Tracker {
         if (!this.#failed) {
           await store.flush();
           const fingerprint = this.#fingerprint ? await this.#fingerprint() : '';
-          await store.write(0, encodeHeader(this.#header(FLAG_CLEAN, fingerprint)));
+          await store.write(0, encodeHeader(this.#header(FLAG_CLEAN, this.#map.allocated, fingerprint)));
           await store.flush();
         }
       }

@@ -296,6 +296,65 @@ describe('write-ahead order', () => {
   );
 });
 
+describe('the header counts only pages already on the file', () => {
+  it.each([
+    ['fsync', false],
+    ['boot', false],
+    ['boot', true],
+  ] as const)('%s (synchronous page writes: %s): never ahead of the pages, and synced ones with fsync', async (durability, sync) => {
+    const log: string[] = [];
+    const file = (await openSidecarFile(join(dir, `count${n++}.cbt`), false))!;
+    const logWrite = (p: number, d: Uint8Array) => {
+      if (p === 0) log.push(`header ${decodeHeader(d).pages}`);
+      else for (let i = 0; i < d.length / PAGE_SIZE; i++) log.push(`page ${(p - HEADER_SIZE) / PAGE_SIZE + i}`);
+    };
+    const writeSync = (file as unknown as { writeSync(p: number, d: Uint8Array): void }).writeSync.bind(file);
+    const store: ByteStore & { writeSync?: (p: number, d: Uint8Array) => void } = {
+      name: file.name,
+      readOnly: false,
+      size: () => file.size(),
+      read: (p, into) => file.read(p, into),
+      truncate: (size) => file.truncate!(size),
+      close: () => file.close(),
+      write: async (p, d) => {
+        await file.write(p, d);
+        logWrite(p, d);
+      },
+      flush: async () => {
+        await file.flush();
+        log.push('sync');
+      },
+      ...(sync
+        ? {
+            writeSync: (p: number, d: Uint8Array) => {
+              writeSync(p, d);
+              logWrite(p, d);
+            },
+          }
+        : {}),
+    };
+    // 4096 blocks of 512 bytes: 5 counter pages.
+    const disk = await track(new Disk(new MemorySource(4096 * 512)), { store, granularity: 512, durability });
+    const write = (block: number) => disk.write(block * 512, new Uint8Array(512).fill(1));
+    await Promise.all([write(0), write(1500), write(2500)]);
+    await mark(disk);
+    await Promise.all([write(1), write(3500), write(4095), mark(disk)]);
+    await disk.close();
+    const headers = log.flatMap((e, i) => (e.startsWith('header ') ? [[i, Number(e.slice(7))] as const] : []));
+    expect(headers.length).toBeGreaterThan(0);
+    for (const [i, count] of headers) {
+      const written = new Set(log.slice(0, i).filter((e) => e.startsWith('page ')));
+      expect(written.size, `header ${count} at ${i} ahead of the pages: ${log.join(', ')}`).toBeGreaterThanOrEqual(count);
+      if (durability === 'fsync') {
+        const synced = new Set(log.slice(0, log.lastIndexOf('sync', i)).filter((e) => e.startsWith('page ')));
+        expect(synced.size, `header ${count} at ${i} ahead of the synced pages: ${log.join(', ')}`).toBeGreaterThanOrEqual(count);
+      }
+    }
+    // The clean close counts every page that holds a change.
+    expect(headers.at(-1)![1]).toBe(5);
+  });
+});
+
 describe('defaults', () => {
   it('fingerprints a disk opened from a file: location, and says so on the vd:cbt:reset channel', async () => {
     const img = join(dir, `auto${n++}.img`);
