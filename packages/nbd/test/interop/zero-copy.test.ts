@@ -5,7 +5,7 @@ import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { defineConformance } from '@vd/conformance';
 import { peerRequired, skipWithoutPeers } from '@vd/conformance/peers';
-import { Disk, file, MemorySource, memoryDisk, openDisk, rawFormat } from '@vd/core';
+import { type BlockSource, Disk, file, MemorySource, memoryDisk, openDisk, rawFormat } from '@vd/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdServer, type NbdServerOptions, nbd } from '../../src/index.js';
 import { Cmd, encodeClientFlags, encodeOption, HandshakeFlag, Opt, REQUEST_SIZE, writeRequestHeader } from '../../src/protocol.js';
@@ -161,7 +161,7 @@ describe.skipIf(skip)('NbdServer zero-copy READ replies', () => {
     // A disk whose bytes lie in /proc/self/environ: pread works on it, sendfile answers EINVAL.
     const want = await readFile('/proc/self/environ');
     const fh = await open('/proc/self/environ', 'r');
-    const source = new MemorySource(want.length);
+    const source: BlockSource = new MemorySource(want.length);
     source._withFileSpans = (offset, length, fn) => fn([{ fd: fh.fd, position: offset, length }]);
     const server = new NbdServer({ exports: [{ name: 'proc', disk: new Disk(source, { readOnly: true }) }] });
     servers.push(server);
