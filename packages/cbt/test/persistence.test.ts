@@ -233,38 +233,61 @@ describe('marks reserved ahead of sequential writes', () => {
   }
 });
 
+/**
+ * The real sidecar file as a store that reports each write (after it is done) and sync; with
+ * `writeSync`, it also offers the synchronous page writes the tracker uses for `boot` durability.
+ */
+async function observedSidecar(
+  path: string,
+  on: { write(position: number, data: Uint8Array): void; sync(): void },
+  writeSync = false,
+): Promise<ByteStore> {
+  const file = (await openSidecarFile(path, false))!;
+  const store: ByteStore & { writeSync?: (position: number, data: Uint8Array) => void } = {
+    name: file.name,
+    readOnly: false,
+    size: () => file.size(),
+    read: (p, into) => file.read(p, into),
+    truncate: (size) => file.truncate!(size),
+    close: () => file.close(),
+    write: async (p, d) => {
+      await file.write(p, d);
+      on.write(p, d);
+    },
+    flush: async () => {
+      await file.flush();
+      on.sync();
+    },
+  };
+  if (writeSync) {
+    const sync = (file as ByteStore & { writeSync(position: number, data: Uint8Array): void }).writeSync.bind(file);
+    store.writeSync = (p, d) => {
+      sync(p, d);
+      on.write(p, d);
+    };
+  }
+  return store;
+}
+
 describe('write-ahead order', () => {
   it.each(['fsync', 'boot'] as const)(
     '%s: a block is marked on the sidecar (synced for fsync) before the write that changes it is issued',
     async (durability) => {
       const log: string[] = [];
       const path = join(dir, `order${n++}.cbt`);
-      const file = (await openSidecarFile(path, false))!;
-      // The real sidecar file, with its calls logged.
-      const store: ByteStore = {
-        name: file.name,
-        readOnly: false,
-        size: () => file.size(),
-        read: (p, into) => file.read(p, into),
-        truncate: (s) => file.truncate!(s),
-        close: () => file.close(),
-        write: async (p, d) => {
-          await file.write(p, d);
-          if (p >= HEADER_SIZE) {
-            const v = new DataView(d.buffer, d.byteOffset, d.byteLength);
-            for (let page = 0; page < d.length / PAGE_SIZE; page++) {
-              for (let i = 0; i < ENTRIES_PER_PAGE; i++) {
-                const at = page * PAGE_SIZE + i * 4;
-                if (v.getUint32(at, true) !== 0) log.push(`mark ${((p - HEADER_SIZE) / PAGE_SIZE + page) * ENTRIES_PER_PAGE + i}`);
-              }
+      const store = await observedSidecar(path, {
+        write: (p, d) => {
+          if (p < HEADER_SIZE) return;
+          const v = new DataView(d.buffer, d.byteOffset, d.byteLength);
+          for (let page = 0; page < d.length / PAGE_SIZE; page++) {
+            for (let i = 0; i < ENTRIES_PER_PAGE; i++) {
+              const at = page * PAGE_SIZE + i * 4;
+              if (v.getUint32(at, true) !== 0) log.push(`mark ${((p - HEADER_SIZE) / PAGE_SIZE + page) * ENTRIES_PER_PAGE + i}`);
             }
           }
         },
-        flush: async () => {
-          await file.flush();
-          log.push('sync');
-        },
-      };
+        sync: () => log.push('sync'),
+      });
       const mem = new MemorySource(64 * 512);
       const logged: BlockSource = {
         size: mem.size,
@@ -303,36 +326,17 @@ describe('the header counts only pages already on the file', () => {
     ['boot', true],
   ] as const)('%s (synchronous page writes: %s): never ahead of the pages, and synced ones with fsync', async (durability, sync) => {
     const log: string[] = [];
-    const file = (await openSidecarFile(join(dir, `count${n++}.cbt`), false))!;
-    const logWrite = (p: number, d: Uint8Array) => {
-      if (p === 0) log.push(`header ${decodeHeader(d).pages}`);
-      else for (let i = 0; i < d.length / PAGE_SIZE; i++) log.push(`page ${(p - HEADER_SIZE) / PAGE_SIZE + i}`);
-    };
-    const writeSync = (file as unknown as { writeSync(p: number, d: Uint8Array): void }).writeSync.bind(file);
-    const store: ByteStore & { writeSync?: (p: number, d: Uint8Array) => void } = {
-      name: file.name,
-      readOnly: false,
-      size: () => file.size(),
-      read: (p, into) => file.read(p, into),
-      truncate: (size) => file.truncate!(size),
-      close: () => file.close(),
-      write: async (p, d) => {
-        await file.write(p, d);
-        logWrite(p, d);
+    const store = await observedSidecar(
+      join(dir, `count${n++}.cbt`),
+      {
+        write: (p, d) => {
+          if (p === 0) log.push(`header ${decodeHeader(d).pages}`);
+          else for (let i = 0; i < d.length / PAGE_SIZE; i++) log.push(`page ${(p - HEADER_SIZE) / PAGE_SIZE + i}`);
+        },
+        sync: () => log.push('sync'),
       },
-      flush: async () => {
-        await file.flush();
-        log.push('sync');
-      },
-      ...(sync
-        ? {
-            writeSync: (p: number, d: Uint8Array) => {
-              writeSync(p, d);
-              logWrite(p, d);
-            },
-          }
-        : {}),
-    };
+      sync,
+    );
     // 4096 blocks of 512 bytes: 5 counter pages.
     const disk = await track(new Disk(new MemorySource(4096 * 512)), { store, granularity: 512, durability });
     const write = (block: number) => disk.write(block * 512, new Uint8Array(512).fill(1));
