@@ -526,9 +526,10 @@ export class Tracker {
             i = j;
           }
           await settle(writes);
-          // The header counts this commit's pages, so it goes after them, and with `fsync` after
-          // they are synced: neither a killed process nor a power loss leaves it counting more.
-          const pagesSynced = header !== undefined && fsync && pages.length > 0;
+          // The header may count this commit's pages, so it goes after them, and with `fsync`
+          // after they are synced if it counts new ones: neither a killed process nor a power
+          // loss leaves it counting more pages than the file holds.
+          const pagesSynced = header !== undefined && fsync && pages.length > 0 && headerPages !== this.#headerPages;
           if (pagesSynced) await store.flush();
           if (header) await store.write(0, header);
           if (marking || (fsync && !pagesSynced)) await store.flush();
