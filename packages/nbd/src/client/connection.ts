@@ -110,6 +110,12 @@ interface Receiver {
   direct?: (() => Uint8Array | undefined) | undefined;
   /** That many bytes landed in the buffer `direct` gave. */
   filled?: ((n: number) => void) | undefined;
+  /**
+   * How much of the scratch buffer the next read may fill when no data is due (0: all of it).
+   * While READ replies are expected, only up to where the next one's data would start: a large
+   * read would pull that data into scratch, from where it must be copied again.
+   */
+  lookahead?: (() => number) | undefined;
 }
 
 /**
@@ -127,6 +133,8 @@ export class NbdConnection {
   readonly #extended: boolean;
   readonly #headerSize: number;
   #cookie = 0;
+  /** READ requests in flight (their replies carry data). */
+  #reads = 0;
   #corked = false;
   #dead: VdError | undefined;
   readonly #onDeath: ((err: VdError) => void)[] = [];
@@ -160,6 +168,9 @@ export class NbdConnection {
     receiver.deliver = (chunk, borrowed) => this.#onData(chunk, borrowed);
     receiver.direct = () => (this.#dead ? undefined : decoder.directTarget());
     receiver.filled = (n) => this.#onDirect(n);
+    // Reply header plus a data chunk's offset field: 16 (simple), 20 + 8 (structured), 32 + 8 (extended).
+    const head = info.extended ? 40 : info.structured ? 28 : 16;
+    receiver.lookahead = () => (this.#reads > 0 ? head : 0);
     socket.on('data', (chunk: Uint8Array) => this.#onData(chunk, false));
     socket.on('error', (err) => this.#die(connectionLost(uri, err)));
     socket.on('close', () => this.#die(connectionLost(uri)));
@@ -266,6 +277,7 @@ export class NbdConnection {
     const cookie = this.#nextCookie();
     const h = Buffer.allocUnsafe(this.#headerSize);
     writeRequestHeader(h, 0, this.#extended, flags, command, cookie, offset, length);
+    if (command === Cmd.READ) this.#reads++;
     return new Promise((resolve, reject) => {
       this.#pending.set(cookie, {
         command,
@@ -398,6 +410,7 @@ export class NbdConnection {
 
   #complete(cookie: number, p: Pending): void {
     this.#pending.delete(cookie);
+    if (p.command === Cmd.READ) this.#reads--;
     let broken: VdError | undefined;
     if (p.error) p.reject(p.error);
     else if (p.command === Cmd.READ && p.covered !== p.length) {
@@ -422,6 +435,7 @@ export class NbdConnection {
     const reason = err.code === 'ERR_VD_PROTOCOL' ? err : this.#dead;
     for (const p of this.#pending.values()) p.reject(reason);
     this.#pending.clear();
+    this.#reads = 0;
     for (const w of this.#waiters.splice(0)) w();
     if (first) for (const f of this.#onDeath) f(err);
   }
@@ -504,11 +518,19 @@ class Handshake {
    */
   #readInto(): NbdReadInto {
     const scratch = Buffer.allocUnsafe(READ_BUFFER);
+    let head = scratch.subarray(0, 0);
     const receiver = this.receiver;
     return {
-      buffer: () => receiver.direct?.() ?? scratch,
+      buffer: () => {
+        const direct = receiver.direct?.();
+        if (direct) return direct;
+        const n = receiver.lookahead?.() ?? 0;
+        if (n === 0) return scratch;
+        if (head.length !== n) head = scratch.subarray(0, n);
+        return head;
+      },
       callback: (n: number, buf: Uint8Array): boolean => {
-        if (buf === scratch) receiver.deliver(buf.subarray(0, n), true);
+        if (buf === scratch || buf === head) receiver.deliver(buf.subarray(0, n), true);
         else receiver.filled?.(n);
         return true;
       },
