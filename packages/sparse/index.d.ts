@@ -56,5 +56,11 @@ export declare function sendFiles(sockFd: number, pieces: readonly SendPiece[], 
 
 /** A new descriptor (close-on-exec) for the same open file as `fd`, which stays valid after `fd` is closed. */
 export declare function dup(fd: number): number;
+/**
+ * Asks for a send buffer of `bytes` on the socket `fd` (SO_SNDBUF, which Node offers only for UDP);
+ * returns the size the socket got: the kernel doubles the request for its bookkeeping and caps it
+ * at `net.core.wmem_max`. On TCP this turns the kernel's buffer autotuning off.
+ */
+export declare function setSendBuffer(fd: number, bytes: number): number;
 /** Closes a descriptor (one from `dup`). */
 export declare function close(fd: number): void;

@@ -8,6 +8,7 @@ export const seekHole = binding.seekHole;
 export const punchHole = binding.punchHole;
 export const dup = binding.dup;
 export const close = binding.close;
+export const setSendBuffer = binding.setSendBuffer;
 
 const DEFAULT_STALL = 30_000;
 const HEADER_MAX = 64;

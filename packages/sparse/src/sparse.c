@@ -485,6 +485,33 @@ static napi_value close_fd(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/*
+ * setSendBuffer(fd, bytes) -> number: asks for a socket send buffer of `bytes` (SO_SNDBUF; the
+ * kernel caps it at net.core.wmem_max) and answers what the socket got. Node has no such call
+ * for stream sockets.
+ */
+static napi_value set_send_buffer(napi_env env, napi_callback_info info) {
+  int64_t a[2];
+  napi_value result;
+  if (!get_args(env, info, 2, a)) return NULL;
+  if (a[1] > INT32_MAX) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "bytes is out of range");
+    return NULL;
+  }
+  int want = (int)a[1], got = 0;
+  socklen_t len = sizeof got;
+  if (setsockopt((int)a[0], SOL_SOCKET, SO_SNDBUF, &want, sizeof want) < 0) {
+    throw_errno(env, errno, "setsockopt");
+    return NULL;
+  }
+  if (getsockopt((int)a[0], SOL_SOCKET, SO_SNDBUF, &got, &len) < 0) {
+    throw_errno(env, errno, "getsockopt");
+    return NULL;
+  }
+  napi_create_int32(env, got, &result);
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -492,6 +519,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sendFiles", NULL, send_files, NULL, NULL, NULL, napi_enumerable, NULL},
       {"dup", NULL, dup_fd, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"setSendBuffer", NULL, set_send_buffer, NULL, NULL, NULL, napi_enumerable, NULL},
       {"close", NULL, close_fd, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

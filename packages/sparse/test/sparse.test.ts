@@ -95,7 +95,7 @@ function receive(client: Socket, n: number): Promise<Buffer> {
 }
 
 describe.skipIf(!loaded && !required)('@vd/sparse sendFile', () => {
-  const { sendFile, sendFiles, dup, close } = mod as typeof import('@vd/sparse');
+  const { sendFile, sendFiles, setSendBuffer, dup, close } = mod as typeof import('@vd/sparse');
   const size = 3 << 20;
   const content = Buffer.alloc(size);
   for (let i = 0; i < size; i++) content[i] = (i * 13 + (i >> 10)) & 255;
@@ -200,6 +200,25 @@ describe.skipIf(!loaded && !required)('@vd/sparse sendFile', () => {
     } finally {
       close(sock);
       closeSync(environ);
+      server.destroy();
+      client.destroy();
+      listener.close();
+    }
+  });
+
+  it('sizes a socket send buffer as the kernel grants it (doubled, capped at wmem_max)', async () => {
+    const { server, client, listener } = await socketPair('sndbuf');
+    const sock = dup(fdOf(server));
+    try {
+      const max = Number(readFileSync('/proc/sys/net/core/wmem_max', 'utf8'));
+      expect(setSendBuffer(sock, 65536)).toBe(2 * Math.min(65536, max));
+      expect(setSendBuffer(sock, 64 << 20)).toBe(2 * Math.min(64 << 20, max));
+      const gone = openSync(filePath, 'r');
+      expect(() => setSendBuffer(gone, 65536)).toThrow(expect.objectContaining({ code: 'ENOTSOCK', syscall: 'setsockopt' }));
+      closeSync(gone);
+      expect(() => setSendBuffer(sock, 2 ** 31)).toThrow(RangeError);
+    } finally {
+      close(sock);
       server.destroy();
       client.destroy();
       listener.close();

@@ -684,6 +684,16 @@ export class ServerConnection {
     } catch (err) {
       this.#zeroCopyOff = true;
       debug('nbd server: cannot dup the socket (%s); READ replies are copied', errMessage(err));
+      return undefined;
+    }
+    // A unix socket (no remote address) gets a larger send buffer; TCP keeps its autotuning.
+    const want = this.#ctx.limits.sendBuffer;
+    if (want > 0 && (this.#socket as Socket).remoteAddress === undefined) {
+      try {
+        debug('nbd server: socket send buffer %d bytes', zc.setSendBuffer(this.#sendFd, want));
+      } catch (err) {
+        debug('nbd server: cannot size the socket send buffer: %s', errMessage(err));
+      }
     }
     return this.#sendFd;
   }

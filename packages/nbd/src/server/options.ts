@@ -43,6 +43,15 @@ export interface NbdServerLimits {
    * the connection is dropped (default 30 s). Bounds how long a stalled client holds a thread.
    */
   sendStallTimeout?: number;
+  /**
+   * Bytes of socket send buffer asked for on unix-socket connections whose READs go zero-copy
+   * (default 2 MiB; 0 leaves the kernel's default). Each wakeup of the reader then takes more
+   * data: 25-30% faster full reads measured. The kernel doubles the figure for its bookkeeping
+   * and caps it at `net.core.wmem_max` (Debian's default, 208 KiB, makes this a no-op); sendfile'd
+   * bytes in the buffer are page-cache references, not copies. TCP is left to the kernel's
+   * autotuning, which asking for a size would turn off.
+   */
+  sendBuffer?: number;
 }
 
 /**
@@ -81,6 +90,7 @@ export interface ResolvedLimits {
   maxExtents: number;
   zeroCopySends: number;
   sendStallTimeout: number;
+  sendBuffer: number;
 }
 
 /** How the server answered READ requests, for tests and monitoring. */
@@ -105,5 +115,6 @@ export function resolveLimits(l: NbdServerLimits = {}): ResolvedLimits {
     maxExtents: l.maxExtents ?? 65536,
     zeroCopySends: l.zeroCopySends ?? defaultZeroCopySends(),
     sendStallTimeout: l.sendStallTimeout ?? 30_000,
+    sendBuffer: l.sendBuffer ?? 2 << 20,
   };
 }

@@ -66,6 +66,10 @@ export class NbdServer {
     if (!Number.isSafeInteger(zeroCopySends) || zeroCopySends < 0 || !Number.isSafeInteger(sendStallTimeout) || sendStallTimeout < 1) {
       throw new VdError('ERR_VD_INVALID_ARGUMENT', 'limits.zeroCopySends must be an integer >= 0 and limits.sendStallTimeout one >= 1');
     }
+    const { sendBuffer } = this.#limits;
+    if (!Number.isSafeInteger(sendBuffer) || sendBuffer < 0 || sendBuffer > 0x3fffffff) {
+      throw new VdError('ERR_VD_INVALID_ARGUMENT', 'limits.sendBuffer must be an integer from 0 (the kernel default) to 1 GiB');
+    }
     this.#zeroCopyLoading =
       zeroCopySends > 0
         ? loadZeroCopy().then((z) => {

@@ -1,4 +1,6 @@
+import { memoryDisk } from '@vd/core';
 import { afterEach, describe, expect, it } from 'vitest';
+import { NbdServer } from './server.js';
 import { defaultZeroCopySends } from './zero-copy.js';
 
 describe('defaultZeroCopySends', () => {
@@ -27,5 +29,23 @@ describe('defaultZeroCopySends', () => {
       const pool = Number(size) > 0 ? Number(size) : 4;
       expect(got).toBeLessThan(pool);
     }
+  });
+});
+
+describe('zero-copy limits', () => {
+  it('refuses send limits that are not whole numbers in range, with a coded error', () => {
+    const disk = memoryDisk(1 << 20);
+    for (const limits of [
+      { zeroCopySends: -1 },
+      { zeroCopySends: 1.5 },
+      { sendStallTimeout: 0 },
+      { sendBuffer: -1 },
+      { sendBuffer: 2 ** 31 },
+    ]) {
+      expect(() => new NbdServer({ exports: { name: 'd', disk }, limits }), JSON.stringify(limits)).toThrow(
+        expect.objectContaining({ code: 'ERR_VD_INVALID_ARGUMENT' }),
+      );
+    }
+    expect(() => new NbdServer({ exports: { name: 'd', disk }, limits: { sendBuffer: 0 } })).not.toThrow();
   });
 });

@@ -9,6 +9,7 @@ export interface ZeroCopyOps {
   ): Promise<number>;
   dup(fd: number): number;
   close(fd: number): void;
+  setSendBuffer(fd: number, bytes: number): number;
 }
 
 let loading: Promise<ZeroCopyOps | undefined> | undefined;
@@ -27,8 +28,14 @@ export function loadZeroCopy(): Promise<ZeroCopyOps | undefined> {
     const specifier = '@vd/sparse';
     try {
       const mod = (await import(/* @vite-ignore */ specifier)) as Partial<ZeroCopyOps>;
-      if (typeof mod.sendFiles === 'function' && typeof mod.dup === 'function' && typeof mod.close === 'function') {
-        return { sendFiles: mod.sendFiles, dup: mod.dup, close: mod.close };
+      const { sendFiles, dup, close, setSendBuffer } = mod;
+      if (
+        typeof sendFiles === 'function' &&
+        typeof dup === 'function' &&
+        typeof close === 'function' &&
+        typeof setSendBuffer === 'function'
+      ) {
+        return { sendFiles, dup, close, setSendBuffer };
       }
       debug('nbd server: @vd/sparse lacks sendFiles (too old); READ replies are copied');
     } catch (err) {
