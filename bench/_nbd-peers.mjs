@@ -77,9 +77,8 @@ export async function peer(cmd, args, sock, pid) {
 const bufferSets = new Map();
 function buffers(chunk, n) {
   const key = `${chunk}x${n}`;
-  let set = bufferSets.get(key);
-  if (!set) bufferSets.set(key, (set = Array.from({ length: n }, () => new Uint8Array(chunk))));
-  return set;
+  if (!bufferSets.has(key)) bufferSets.set(key, Array.from({ length: n }, () => new Uint8Array(chunk)));
+  return bufferSets.get(key);
 }
 
 /** Reads the whole disk through our client, `inFlight` requests of `chunk` bytes into reused buffers. */
