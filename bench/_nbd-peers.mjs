@@ -77,7 +77,11 @@ export async function peer(cmd, args, sock, pid) {
 const bufferSets = new Map();
 function buffers(chunk, n) {
   const key = `${chunk}x${n}`;
-  if (!bufferSets.has(key)) bufferSets.set(key, Array.from({ length: n }, () => new Uint8Array(chunk)));
+  if (!bufferSets.has(key))
+    bufferSets.set(
+      key,
+      Array.from({ length: n }, () => new Uint8Array(chunk)),
+    );
   return bufferSets.get(key);
 }
 
