@@ -1,5 +1,6 @@
-import { execFile } from 'node:child_process';
-import { readFile, writeFile } from 'node:fs/promises';
+import { execFile, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { lstat, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { skipWithoutPeers } from '@vd/conformance/peers';
@@ -58,11 +59,15 @@ describe('vd serve', () => {
     });
   });
 
-  it('--read-only refuses writes; --socket serves a unix socket', async () => {
+  it('--read-only refuses writes; --socket serves a unix socket, replacing the stale one of a killed server', async () => {
     await withTempDir(async (dir) => {
       const a = join(dir, 'a.img');
       await writeFile(a, new Uint8Array(1 << 20));
       const sock = join(dir, 's.sock');
+      // A server killed without closing leaves its socket file behind.
+      const code = `require('node:net').createServer().listen(${JSON.stringify(sock)}, () => process.kill(process.pid, 'SIGKILL'))`;
+      await once(spawn(process.execPath, ['-e', code], { stdio: 'ignore' }), 'exit');
+      expect((await lstat(sock)).isSocket()).toBe(true);
       const s = await serve('--socket', sock, '--read-only', a);
       try {
         expect(s.uris).toEqual([`nbd+unix:///a.img?socket=${encodeURIComponent(sock)}`]);
@@ -72,6 +77,21 @@ describe('vd serve', () => {
       } finally {
         await s.stop();
       }
+      await expect(lstat(sock)).rejects.toMatchObject({ code: 'ENOENT' });
+    });
+  });
+
+  it('--socket on a path that is not a socket fails, names it and leaves it alone', async () => {
+    await withTempDir(async (dir) => {
+      const a = join(dir, 'a.img');
+      await writeFile(a, new Uint8Array(1 << 20));
+      const notSocket = join(dir, 'notes.txt');
+      await writeFile(notSocket, 'keep me');
+      const r = await vd('serve', '--socket', notSocket, a);
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toContain(notSocket);
+      expect(r.stderr).toContain('not a socket');
+      expect(await readFile(notSocket, 'utf8')).toBe('keep me');
     });
   });
 

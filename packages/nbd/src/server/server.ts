@@ -1,4 +1,3 @@
-import { once } from 'node:events';
 import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { debug, VdError } from '@vd/core';
@@ -12,6 +11,7 @@ import {
   type ResolvedLimits,
   resolveLimits,
 } from './options.js';
+import { removeStaleSocket } from './unix-socket.js';
 import { loadZeroCopy, SendSlots, type ZeroCopyOps } from './zero-copy.js';
 
 export type ListenOptions = { host?: string; port?: number } | { path: string } | { fd: number };
@@ -136,17 +136,22 @@ export class NbdServer {
     await this.#zeroCopyLoading;
     const server = createServer({ noDelay: true, pauseOnConnect: false }, (s) => this.handle(s));
     server.on('error', (err) => debug('nbd server: listener error: %s', err.message));
-    if ('fd' in opts) server.listen({ fd: opts.fd });
-    else if ('path' in opts) server.listen({ path: opts.path });
-    else server.listen({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 0 });
-    await Promise.race([once(server, 'listening'), once(server, 'error').then(([e]) => Promise.reject(e))]).catch(
-      (err: NodeJS.ErrnoException) => {
+    const where =
+      'fd' in opts ? { fd: opts.fd } : 'path' in opts ? { path: opts.path } : { host: opts.host ?? '127.0.0.1', port: opts.port ?? 0 };
+    await listenOn(server, where)
+      .catch(async (err: NodeJS.ErrnoException) => {
+        // A socket file left by a server that was killed: remove it (only if dead) and try once more.
+        if (err.code !== 'EADDRINUSE' || !('path' in opts)) throw err;
+        await removeStaleSocket(opts.path);
+        await listenOn(server, where);
+      })
+      .catch((err: NodeJS.ErrnoException) => {
+        if (err instanceof VdError) throw err;
         throw new VdError(err.code === 'EADDRINUSE' ? 'ERR_VD_EXISTS' : 'ERR_VD_IO', `NBD server cannot listen: ${err.message}`, {
           cause: err,
           details: { errno: err.code },
         });
-      },
-    );
+      });
     this.#servers.push(server);
     const name = encodeURIComponent(this.#exports[0]!.name);
     let address: NbdServerAddress;
@@ -217,4 +222,19 @@ export class NbdServer {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
+}
+
+/** Resolves once `server` listens, rejects with the error listening failed with (then it may listen again). */
+function listenOn(server: Server, where: ListenOptions): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const failed = (err: Error) => {
+      server.off('listening', listening);
+      reject(err);
+    };
+    const listening = () => {
+      server.off('error', failed);
+      resolve();
+    };
+    server.once('error', failed).once('listening', listening).listen(where);
+  });
 }

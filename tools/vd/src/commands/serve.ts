@@ -27,7 +27,7 @@ interface ServeOptions extends TlsCliOptions {
 export function define(cmd: Command, ctx: Context): void {
   addTlsOptions(cmd)
     .option('--listen <host:port>', 'TCP address to listen on (default 127.0.0.1:10809; port 0 picks a free one)')
-    .option('--socket <path>', 'unix socket to listen on instead of TCP')
+    .option('--socket <path>', 'unix socket to listen on instead of TCP (a stale socket of a killed server is replaced)')
     .option('--read-only', 'refuse writes')
     .option('--name <export>', 'export name for the next disk, in order (repeatable; default: the file name)', collect, [])
     .option(
@@ -41,6 +41,8 @@ export function define(cmd: Command, ctx: Context): void {
       `
 Prints the URI of every export, then serves until Ctrl-C (in-flight requests finish first).
 Started by systemd or libnbd socket activation (LISTEN_FDS), it serves the inherited socket.
+With --socket, a socket file left by a server that was killed is removed first; a path where a
+server still listens, or one that is not a socket, is refused and left alone.
 Reads of raw files go from the page cache to the socket with sendfile (no copy through the
 server) when the optional @vd/sparse addon is built and TLS is off; VD_NBD_ZEROCOPY=0 turns
 that off.
