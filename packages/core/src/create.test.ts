@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -133,6 +133,49 @@ describe('createDisk', () => {
     expect(isVdError(err, 'ERR_VD_IO')).toBe(true);
     expect((err as Error).message).toContain('no room for a header');
     expect(await exists(path)).toBe(false);
+  });
+
+  describe('a multi-file VMDK that fails partway leaves no file behind', () => {
+    const GiB = 1024 * MiB;
+    // Split VMDKs cut at 2047 MiB: 5 GiB makes three extents, -f001..-f003 (or -s001..-s003).
+    const cases = [
+      { subformat: 'twoGbMaxExtentFlat', taken: 'd-f003.vmdk' },
+      { subformat: 'twoGbMaxExtentSparse', taken: 'd-s002.vmdk' },
+    ];
+    for (const { subformat, taken } of cases) {
+      it(`${subformat}: a later extent that exists is ERR_VD_EXISTS; the files made before it are removed, it is kept`, async () => {
+        const sub = await mkdtemp(join(dir, 'split-'));
+        await writeFile(join(sub, taken), 'precious');
+        const err = await createDisk(join(sub, 'd.vmdk'), { size: 5 * GiB, format: 'vmdk', formatOptions: { subformat } }).catch(
+          (e: unknown) => e,
+        );
+        expect(isVdError(err, 'ERR_VD_EXISTS'), String(err)).toBe(true);
+        expect((err as Error).message).toContain(taken);
+        expect(await readdir(sub)).toEqual([taken]);
+        expect(await readFile(join(sub, taken), 'utf8')).toBe('precious');
+        // With the name free the same call succeeds and makes all four files.
+        await rm(join(sub, taken));
+        await createDisk(join(sub, 'd.vmdk'), { size: 5 * GiB, format: 'vmdk', formatOptions: { subformat } });
+        expect((await readdir(sub)).length).toBe(4);
+      });
+    }
+
+    it('with overwrite, files that existed before are never removed; the ones it made are', async () => {
+      const sub = await mkdtemp(join(dir, 'split-'));
+      await writeFile(join(sub, 'd.vmdk'), 'old descriptor');
+      await writeFile(join(sub, 'd-f001.vmdk'), 'old extent');
+      // A directory where the third extent goes: no overwrite replaces that.
+      await mkdir(join(sub, 'd-f003.vmdk'));
+      const err = await createDisk(join(sub, 'd.vmdk'), {
+        size: 5 * GiB,
+        format: 'vmdk',
+        formatOptions: { subformat: 'twoGbMaxExtentFlat' },
+        overwrite: true,
+      }).catch((e: unknown) => e);
+      expect(isVdError(err, 'ERR_VD_INVALID_ARGUMENT'), String(err)).toBe(true);
+      expect((err as Error).message).toContain('d-f003.vmdk is a directory');
+      expect((await readdir(sub)).sort()).toEqual(['d-f001.vmdk', 'd-f003.vmdk', 'd.vmdk']);
+    });
   });
 
   it('reports a missing directory as ERR_VD_NOT_FOUND', async () => {

@@ -1,8 +1,8 @@
-import { unlink } from 'node:fs/promises';
+import { lstat, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { fromSystemError, throwIfAborted, VdError } from './errors.js';
 import { toLocation } from './open-disk.js';
-import type { FormatDriver, IoOptions } from './spec.js';
+import type { FormatDriver, IoOptions, StoreResolver } from './spec.js';
 import { fileResolver } from './stores/file-resolver.js';
 import { FileStore } from './stores/file-store.js';
 import { defaultFormats, filePath } from './transports/file.js';
@@ -22,8 +22,9 @@ export interface CreateDiskOptions extends IoOptions {
 
 /**
  * Creates an empty disk image at a local path or `file:` URL: for `raw`, a sparse file of `size`
- * bytes. Open it afterwards with `openDisk(path, { transports: [file()] })`. A failed creation
- * removes the half-made file.
+ * bytes. Open it afterwards with `openDisk(path, { transports: [file()] })`. All or nothing: a
+ * failed creation removes every file it made (a VMDK's extents too), never one that was there
+ * before (with `overwrite`, a replaced file is left as the failure left it), and rethrows.
  */
 export async function createDisk(path: string | URL, opts: CreateDiskOptions): Promise<void> {
   if (!opts || !Number.isSafeInteger(opts.size) || opts.size <= 0) {
@@ -45,25 +46,66 @@ export async function createDisk(path: string | URL, opts: CreateDiskOptions): P
   }
   const file = filePath(toLocation(path));
   throwIfAborted(opts.signal, 'create');
-  const store = await FileStore.open(file, { create: true, overwrite: opts.overwrite === true });
+  const overwrite = opts.overwrite === true;
+  const existed = overwrite && (await pathExists(file));
+  const store = await FileStore.open(file, { create: true, overwrite });
   if (store.kind !== 'file') {
     await store.close();
     throw new VdError('ERR_VD_INVALID_ARGUMENT', `createDisk: ${file} is a block device; createDisk makes image files`, {
       details: { path: file },
     });
   }
+  const siblings = recordCreated(fileResolver(dirname(file), { overwrite }), overwrite);
   try {
     await driver.create(store, {
       size: opts.size,
       formatOptions: opts.formatOptions,
-      resolver: fileResolver(dirname(file), { overwrite: opts.overwrite }),
+      resolver: siblings.resolver,
       signal: opts.signal,
     });
     await store.flush();
     await store.close();
   } catch (err) {
+    // All or nothing: remove what this call made (extents too), never a file that was there before.
     await store.close().catch(() => {});
-    await unlink(file).catch(() => {});
+    await siblings.remove();
+    if (!existed) await unlink(file).catch(() => {});
     throw fromSystemError(err, `create ${file}`);
   }
+}
+
+/**
+ * Wraps a file resolver so the files its `create` brings into existence (VMDK extents) can be
+ * removed again. Without overwrite every create made a new file (it opens with O_EXCL); with
+ * overwrite, one that existed before is not counted.
+ */
+function recordCreated(inner: StoreResolver, overwrite: boolean): { resolver: StoreResolver; remove: () => Promise<void> } {
+  const made: string[] = [];
+  const create = inner.create?.bind(inner);
+  const resolver: StoreResolver = {
+    open: (name, o) => inner.open(name, o),
+    ...(inner.exists ? { exists: inner.exists.bind(inner) } : {}),
+    ...(create
+      ? {
+          async create(name: string) {
+            const before = overwrite && (await inner.exists?.(name)) === true;
+            const store = await create(name);
+            // A file store's name is the path it opened.
+            if (!before) made.push(store.name);
+            return store;
+          },
+        }
+      : {}),
+  };
+  const remove = async () => {
+    for (const p of made.reverse()) await unlink(p).catch(() => {});
+  };
+  return { resolver, remove };
+}
+
+function pathExists(path: string): Promise<boolean> {
+  return lstat(path).then(
+    () => true,
+    () => false,
+  );
 }

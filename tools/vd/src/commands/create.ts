@@ -17,6 +17,9 @@ export function define(cmd: Command, ctx: Context): void {
     .addHelpText(
       'after',
       `
+All or nothing: if creating fails partway (a VMDK extent name is taken, the disk is full), the
+files it made are removed; files that were there before are never touched.
+
 Examples:
   vd create disk.img --size 4G
   vd create /var/lib/images/big.raw --size 1.5T --format raw
