@@ -23,4 +23,5 @@ export { processAlive } from './process-alive.js';
 export * from './spec.js';
 export { fileResolver } from './stores/file-resolver.js';
 export { FileStore, type FileStoreOptions } from './stores/file-store.js';
+export { loadSparseAddon, type SparseAddon } from './stores/sparse.js';
 export { defaultFormats, type FileTransportOptions, file } from './transports/file.js';

@@ -1,7 +1,7 @@
-import { memoryDisk } from '@vd/core';
-import { afterEach, describe, expect, it } from 'vitest';
+import { loadSparseAddon, memoryDisk } from '@vd/core';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { NbdServer } from './server.js';
-import { defaultZeroCopySends } from './zero-copy.js';
+import { defaultZeroCopySends, loadZeroCopy } from './zero-copy.js';
 
 describe('defaultZeroCopySends', () => {
   const saved = process.env.UV_THREADPOOL_SIZE;
@@ -47,5 +47,35 @@ describe('zero-copy limits', () => {
       );
     }
     expect(() => new NbdServer({ exports: { name: 'd', disk }, limits: { sendBuffer: 0 } })).not.toThrow();
+  });
+});
+
+describe('loadZeroCopy', () => {
+  it("takes the sendfile calls from @vd/core's one load of @vd/sparse", async () => {
+    const addon = await loadSparseAddon();
+    const ops = await loadZeroCopy();
+    if (process.env.VD_NBD_ZEROCOPY === '0' || typeof addon?.sendFiles !== 'function') {
+      expect(ops).toBeUndefined();
+      return;
+    }
+    expect(ops?.sendFiles).toBe(addon.sendFiles);
+    expect(ops?.dup).toBe(addon.dup);
+    expect(ops?.close).toBe(addon.close);
+    expect(ops?.setSendBuffer).toBe(addon.setSendBuffer);
+  });
+
+  it('VD_NBD_ZEROCOPY=0 turns it off even with the addon loaded', async () => {
+    const saved = process.env.VD_NBD_ZEROCOPY;
+    process.env.VD_NBD_ZEROCOPY = '0';
+    try {
+      // A fresh module: the answer is cached once per process.
+      vi.resetModules();
+      const fresh = (await import('./zero-copy.js')) as typeof import('./zero-copy.js');
+      expect(await fresh.loadZeroCopy()).toBeUndefined();
+    } finally {
+      if (saved === undefined) delete process.env.VD_NBD_ZEROCOPY;
+      else process.env.VD_NBD_ZEROCOPY = saved;
+      vi.resetModules();
+    }
   });
 });

@@ -1,4 +1,4 @@
-import { debug } from '@vd/core';
+import { debug, loadSparseAddon } from '@vd/core';
 
 /** The zero-copy calls of the optional native package `@vd/sparse`. */
 export interface ZeroCopyOps {
@@ -15,8 +15,9 @@ export interface ZeroCopyOps {
 let loading: Promise<ZeroCopyOps | undefined> | undefined;
 
 /**
- * Loads `@vd/sparse` once for sendfile. Absent, unbuilt, too old, or switched off with
- * `VD_NBD_ZEROCOPY=0`, it resolves undefined and READ replies are read into a buffer and written.
+ * The sendfile calls of `@vd/sparse` (loaded once, by `@vd/core`). Absent, unbuilt, too old, or
+ * switched off with `VD_NBD_ZEROCOPY=0`, it resolves undefined and READ replies are read into a
+ * buffer and written.
  */
 export function loadZeroCopy(): Promise<ZeroCopyOps | undefined> {
   loading ??= (async () => {
@@ -24,23 +25,21 @@ export function loadZeroCopy(): Promise<ZeroCopyOps | undefined> {
       debug('nbd server: zero-copy reads are off (VD_NBD_ZEROCOPY=0)');
       return undefined;
     }
-    // A variable specifier: the package is optional, so neither tsc nor a bundler may insist on it.
-    const specifier = '@vd/sparse';
-    try {
-      const mod = (await import(/* @vite-ignore */ specifier)) as Partial<ZeroCopyOps>;
-      const { sendFiles, dup, close, setSendBuffer } = mod;
-      if (
-        typeof sendFiles === 'function' &&
-        typeof dup === 'function' &&
-        typeof close === 'function' &&
-        typeof setSendBuffer === 'function'
-      ) {
-        return { sendFiles, dup, close, setSendBuffer };
-      }
-      debug('nbd server: @vd/sparse lacks sendFiles (too old); READ replies are copied');
-    } catch (err) {
-      debug('nbd server: @vd/sparse not loaded (%s); READ replies are copied', (err as Error)?.message ?? err);
+    const mod = await loadSparseAddon();
+    const { sendFiles, dup, close, setSendBuffer } = (mod ?? {}) as Partial<ZeroCopyOps>;
+    if (
+      typeof sendFiles === 'function' &&
+      typeof dup === 'function' &&
+      typeof close === 'function' &&
+      typeof setSendBuffer === 'function'
+    ) {
+      return { sendFiles, dup, close, setSendBuffer };
     }
+    debug(
+      mod
+        ? 'nbd server: @vd/sparse lacks sendFiles/dup/close/setSendBuffer (too old); READ replies are copied'
+        : 'nbd server: READ replies are copied (@vd/sparse not loaded)',
+    );
     return undefined;
   })();
   return loading;
