@@ -494,6 +494,25 @@ export class ServerStreamDecoder extends Decoder<ServerMessage> {
     return st.target.subarray(st.got);
   }
 
+  /**
+   * Bytes still to come of a reply chunk whose header is in but whose payload is not (block
+   * status, error): a reader may take that many at once. 0 when not known (a header still
+   * incomplete) or when read data is due.
+   */
+  payloadDue(): number {
+    const q = this.q;
+    if (this.#state !== 'reply' || this.#reply.s !== 'header' || q.length < 4 || this.failed) return 0;
+    const [m, mat] = q.peek(4);
+    const magic = m.getUint32(mat);
+    const headerSize = magic === EXTENDED_REPLY_MAGIC ? EXTENDED_REPLY_SIZE : magic === STRUCTURED_REPLY_MAGIC ? STRUCTURED_REPLY_SIZE : 0;
+    if (headerSize === 0 || q.length < headerSize) return 0;
+    const [v, at] = q.peek(headerSize);
+    if (v.getUint16(at + 6) === Chunk.OFFSET_DATA) return 0;
+    const len = this.#extended ? u64(v, at + 24) : v.getUint32(at + 16);
+    if (len > this.maxChunkPayload) return 0;
+    return Math.max(0, headerSize + len - q.length);
+  }
+
   /** `n` bytes were read straight into `directTarget()`; the next `next()` reports a finished chunk. */
   filledDirect(n: number): void {
     const st = this.#reply;

@@ -168,9 +168,11 @@ export class NbdConnection {
     receiver.deliver = (chunk, borrowed) => this.#onData(chunk, borrowed);
     receiver.direct = () => (this.#dead ? undefined : decoder.directTarget());
     receiver.filled = (n) => this.#onDirect(n);
-    // Reply header plus a data chunk's offset field: 16 (simple), 20 + 8 (structured), 32 + 8 (extended).
+    // Reply header plus a data chunk's offset field: 16 (simple), 20 + 8 (structured), 32 + 8 (extended);
+    // and the rest of a block status or error chunk already begun, which would otherwise come in
+    // header-sized reads.
     const head = info.extended ? 40 : info.structured ? 28 : 16;
-    receiver.lookahead = () => (this.#reads > 0 ? head : 0);
+    receiver.lookahead = () => (this.#reads > 0 ? head + decoder.payloadDue() : 0);
     socket.on('data', (chunk: Uint8Array) => this.#onData(chunk, false));
     socket.on('error', (err) => this.#die(connectionLost(uri, err)));
     socket.on('close', () => this.#die(connectionLost(uri)));
@@ -525,12 +527,14 @@ class Handshake {
         const direct = receiver.direct?.();
         if (direct) return direct;
         const n = receiver.lookahead?.() ?? 0;
-        if (n === 0) return scratch;
+        if (n === 0 || n >= scratch.length) return scratch;
+        // The usual size is kept, so a read costs no allocation.
         if (head.length !== n) head = scratch.subarray(0, n);
         return head;
       },
       callback: (n: number, buf: Uint8Array): boolean => {
-        if (buf === scratch || buf === head) receiver.deliver(buf.subarray(0, n), true);
+        // Any view of scratch (its own memory: 256 KiB is never pooled) holds borrowed bytes.
+        if (buf.buffer === scratch.buffer) receiver.deliver(buf.subarray(0, n), true);
         else receiver.filled?.(n);
         return true;
       },
