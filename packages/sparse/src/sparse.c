@@ -229,7 +229,9 @@ static void send_execute(napi_env env, void *data) {
    * then this job reads them into `bounce` and sends that, so the replies still go out whole. */
   unsigned char *bounce = NULL;
   size_t bpos = 0, blen = 0;
-  int copying = 0;
+  /* The descriptor sendfile refused last: its later pieces are copied at once; other files in
+   * the batch still go zero-copy. */
+  int refused = -1;
   r->err = 0;
   for (size_t i = 0; i < r->count && r->err == 0; i++) {
     send_piece *p = &r->pieces[i];
@@ -238,6 +240,7 @@ static void send_execute(napi_env env, void *data) {
     off_t off = (off_t)p->position;
     int eof = 0;
     bpos = blen = 0;
+    int copying = p->file == refused;
     /* Later pieces follow: keep TCP from pushing a partial segment between them. */
     int later = i + 1 < r->count ? MSG_MORE : 0;
     while (hdone < p->header_len || done < p->length) {
@@ -267,6 +270,7 @@ static void send_execute(napi_env env, void *data) {
         if (n > 0) done += n;
         else if (errno == EINVAL || errno == ENOSYS) {
           copying = 1;
+          refused = p->file;
           continue;
         }
       } else if (!eof) {
@@ -492,10 +496,17 @@ static napi_value close_fd(napi_env env, napi_callback_info info) {
  */
 static napi_value set_send_buffer(napi_env env, napi_callback_info info) {
   int64_t a[2];
-  napi_value result;
-  if (!get_args(env, info, 2, a)) return NULL;
-  if (a[1] > INT32_MAX) {
-    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "bytes is out of range");
+  napi_value argv[2], result;
+  size_t argc = 2;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 2) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "missing arguments");
+    return NULL;
+  }
+  /* Not get_args: its messages name a file position, not a buffer size. */
+  if (!get_offset(env, argv[0], "fd", &a[0]) || !get_offset(env, argv[1], "bytes", &a[1])) return NULL;
+  if (a[0] > INT32_MAX || a[1] > INT32_MAX) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "fd or bytes is out of range");
     return NULL;
   }
   int want = (int)a[1], got = 0;
