@@ -87,6 +87,20 @@ const SEND_BATCH_BYTES = 32 << 20;
 /** The addon's limit of pieces per call. */
 const SEND_PIECES_MAX = 1024;
 
+/**
+ * Whether a source's spans hold exactly `length` bytes: the reply header already promises that
+ * many, so spans short (or long, or malformed) would leave the client reading the next reply as data.
+ */
+function spansCover(spans: readonly FileSpan[], length: number): boolean {
+  let total = 0;
+  for (const s of spans) {
+    if (!(Number.isSafeInteger(s.fd) && s.fd >= 0 && Number.isSafeInteger(s.position) && s.position >= 0)) return false;
+    if (!(Number.isSafeInteger(s.length) && s.length >= 0)) return false;
+    total += s.length;
+  }
+  return total === length;
+}
+
 /** The 32-bit descriptor length limit of compact block status, kept aligned. */
 const COMPACT_EXTENT_MAX = 0x1_0000_0000 - 65536;
 
@@ -707,7 +721,12 @@ export class ServerConnection {
     const header = this.#readHeader(req);
     this.#zeroCopyPending++;
     try {
-      return (await this.#disk!.withFileSpans(req.offset, req.length, (spans) => this.#sendSpans(header, spans))) === true;
+      const send = (spans: readonly FileSpan[]) => {
+        if (spansCover(spans, req.length)) return this.#sendSpans(header, spans);
+        debug("nbd server: the disk's file spans for %d+%d do not cover it; the READ is copied", req.offset, req.length);
+        return Promise.resolve(false);
+      };
+      return (await this.#disk!.withFileSpans(req.offset, req.length, send)) === true;
     } finally {
       this.#zeroCopyPending--;
     }
