@@ -205,7 +205,11 @@ function serverStream(extended: boolean): { bytes: Uint8Array; expected: unknown
   return { bytes: concat(parts), expected, reads, data };
 }
 
-function decodeServer(chunks: Uint8Array[], extended: boolean, reads: Map<number, Pending>): unknown[] {
+/**
+ * With `borrowed`, every chunk arrives in one reused buffer, as the client's socket reads do:
+ * released after its messages are taken, then scribbled over before the next read.
+ */
+function decodeServer(chunks: Uint8Array[], extended: boolean, reads: Map<number, Pending>, borrowed = false): unknown[] {
   const d = new ServerStreamDecoder();
   const targets: ReplyTargets = {
     simpleTarget: (cookie, error) => (error === 0 ? reads.get(cookie)?.buf : undefined),
@@ -216,13 +220,20 @@ function decodeServer(chunks: Uint8Array[], extended: boolean, reads: Map<number
     },
   };
   const out: unknown[] = [];
+  const shared = new Uint8Array(Math.max(1, ...chunks.map((c) => c.length)));
   for (const c of chunks) {
-    d.push(c);
+    const input = borrowed ? shared.subarray(0, c.length) : c;
+    if (borrowed) input.set(c);
+    d.push(input);
     for (let m: ServerMessage | undefined = d.next(); m; m = d.next()) {
       if (m.kind === 'optionReply') {
         out.push({ ...m, data: [...m.data] });
         if (m.option === Opt.GO && m.reply === Rep.ACK) d.enterTransmission(extended, targets);
       } else out.push(m);
+    }
+    if (borrowed) {
+      d.releaseInput();
+      shared.fill(0xaa);
     }
   }
   expect(d.buffered).toBe(0);
@@ -250,6 +261,17 @@ describe.each([false, true])('split-chunk decoding (extended headers: %s)', (ext
       expect(Buffer.compare(reads.get(10)!.buf, want)).toBe(0);
       if (!extended) expect(Buffer.compare(reads.get(14)!.buf, data.subarray(0, 100))).toBe(0);
     }
+  });
+
+  it('property: any cuts decode to the same messages when each read lands in one reused buffer', () => {
+    const s = serverStream(extended);
+    fc.assert(
+      fc.property(fc.array(fc.nat(s.bytes.length), { maxLength: 40 }), (sc) => {
+        const { reads } = serverStream(extended);
+        expect(decodeServer(cut(s.bytes, sc), extended, reads, true)).toEqual(s.expected);
+      }),
+      { numRuns: 200 },
+    );
   });
 
   it('property: any cuts decode to the same messages', () => {

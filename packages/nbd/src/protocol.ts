@@ -127,6 +127,8 @@ export function protocolError(message: string, details: Record<string, unknown> 
 class ByteQueue {
   readonly #chunks: Uint8Array[] = [];
   #head = 0;
+  /** Chunks before this index are copies of our own (see `own`); those after may be a caller's. */
+  #ownedUpTo = 0;
   length = 0;
   readonly #scratch = new Uint8Array(64);
   readonly #scratchView = new DataView(this.#scratch.buffer);
@@ -137,14 +139,28 @@ class ByteQueue {
     this.length += chunk.length;
   }
 
-  /** Copies what is still queued into memory of its own, so the pushed buffers may be reused. */
+  /**
+   * Copies what is still queued into memory of its own, so the pushed buffers may be reused. Only
+   * the chunks pushed since the last call are copied: a large message arriving in many reads is
+   * copied once, not once per read.
+   */
   own(): void {
-    if (this.length === 0) return;
-    const copy = new Uint8Array(this.length);
-    this.#copyOut(copy, 0, this.length, false);
-    this.#chunks.length = 0;
-    this.#chunks.push(copy);
-    this.#head = 0;
+    const from = this.#ownedUpTo;
+    const chunks = this.#chunks;
+    if (from >= chunks.length) return;
+    let n = 0;
+    for (let i = from; i < chunks.length; i++) n += chunks[i]!.length - (i === 0 ? this.#head : 0);
+    const copy = new Uint8Array(n);
+    let at = 0;
+    for (let i = from; i < chunks.length; i++) {
+      const c = chunks[i]!;
+      const part = i === 0 ? c.subarray(this.#head) : c;
+      copy.set(part, at);
+      at += part.length;
+    }
+    chunks.splice(from, chunks.length - from, copy);
+    if (from === 0) this.#head = 0;
+    this.#ownedUpTo = chunks.length;
   }
 
   /**
@@ -192,6 +208,7 @@ class ByteQueue {
     if (first && this.#head === first.length) {
       this.#chunks.shift();
       this.#head = 0;
+      if (this.#ownedUpTo > 0) this.#ownedUpTo--;
     }
   }
 
