@@ -13,13 +13,19 @@ export const setSendBuffer = binding.setSendBuffer;
 const DEFAULT_STALL = 30_000;
 const HEADER_MAX = 64;
 
+/** What an abort before the start answers: the error a cancel during the send gives, nothing sent. */
+function canceled(reason) {
+  const err = new Error('operation canceled, sendfile', { cause: reason });
+  return Object.assign(err, { code: 'ECANCELED', errno: -125, syscall: 'sendfile', bytesSent: 0 });
+}
+
 export function sendFile(sockFd, fileFd, position, length, opts = {}) {
   return sendFiles(sockFd, [{ header: opts.header, fileFd, position, length }], opts);
 }
 
 export function sendFiles(sockFd, pieces, opts = {}) {
   const { stallTimeout = DEFAULT_STALL, signal } = opts;
-  if (signal?.aborted) return Promise.reject(signal.reason ?? new Error('aborted'));
+  if (signal?.aborted) return Promise.reject(canceled(signal.reason));
   // Packed for the addon: four numbers per piece, the headers' bytes back to back.
   const plan = new Float64Array(4 * pieces.length);
   let headerBytes = 0;

@@ -259,7 +259,12 @@ describe.skipIf(!loaded && !required)('@vd/sparse sendFile', () => {
       setTimeout(() => ac.abort(), 200);
       await expect(sending).rejects.toMatchObject({ code: 'ECANCELED', syscall: 'sendfile' });
       // An already aborted signal never starts.
-      await expect(sendFile(sock, bfd, 0, 1, { signal: ac.signal })).rejects.toBeDefined();
+      await expect(sendFile(sock, bfd, 0, 1, { signal: ac.signal })).rejects.toMatchObject({
+        code: 'ECANCELED',
+        syscall: 'sendfile',
+        bytesSent: 0,
+        cause: ac.signal.reason,
+      });
     } finally {
       close(sock);
       closeSync(bfd);

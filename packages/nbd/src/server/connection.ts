@@ -162,6 +162,7 @@ export class ServerConnection {
       this.#resolveClosed = r;
     });
     (socket as Socket).setNoDelay?.(true);
+    this.#sizeSendBuffer(socket);
     this.#handshakeTimer = setTimeout(() => this.#abort('handshake not finished in time'), ctx.limits.handshakeTimeout);
     this.#handshakeTimer.unref?.();
     this.#attach(socket);
@@ -689,6 +690,21 @@ export class ServerConnection {
     return true;
   }
 
+  /**
+   * A unix socket gets a larger send buffer (`limits.sendBuffer`), whether its READs go zero-copy,
+   * copied, or over TLS: each wakeup of the reader then takes more. TCP keeps its autotuning.
+   */
+  #sizeSendBuffer(socket: Duplex): void {
+    const want = this.#ctx.limits.sendBuffer;
+    const handle = (socket as { _handle?: { fd?: unknown; constructor?: { name?: string } } })._handle;
+    if (want === 0 || !this.#ctx.zeroCopy || handle?.constructor?.name !== 'Pipe' || typeof handle.fd !== 'number' || handle.fd < 0) return;
+    try {
+      debug('nbd server: socket send buffer %d bytes', this.#ctx.zeroCopy.setSendBuffer(handle.fd, want));
+    } catch (err) {
+      debug('nbd server: cannot size the socket send buffer: %s', errMessage(err));
+    }
+  }
+
   /** A dup of the socket's descriptor for the addon, made on the first zero-copy send. */
   #sendDescriptor(zc: ZeroCopyOps): number | undefined {
     if (this.#sendFd !== undefined) return this.#sendFd;
@@ -699,15 +715,6 @@ export class ServerConnection {
       this.#zeroCopyOff = true;
       debug('nbd server: cannot dup the socket (%s); READ replies are copied', errMessage(err));
       return undefined;
-    }
-    // A unix socket (no remote address) gets a larger send buffer; TCP keeps its autotuning.
-    const want = this.#ctx.limits.sendBuffer;
-    if (want > 0 && (this.#socket as Socket).remoteAddress === undefined) {
-      try {
-        debug('nbd server: socket send buffer %d bytes', zc.setSendBuffer(this.#sendFd, want));
-      } catch (err) {
-        debug('nbd server: cannot size the socket send buffer: %s', errMessage(err));
-      }
     }
     return this.#sendFd;
   }

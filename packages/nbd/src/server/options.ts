@@ -44,8 +44,8 @@ export interface NbdServerLimits {
    */
   sendStallTimeout?: number;
   /**
-   * Bytes of socket send buffer asked for on unix-socket connections whose READs go zero-copy
-   * (default 2 MiB; 0 leaves the kernel's default). Each wakeup of the reader then takes more
+   * Bytes of socket send buffer asked for on unix-socket connections, plain or TLS, when
+   * `@vd/sparse` is loaded (default 2 MiB; 0 leaves the kernel's default). Each wakeup of the reader then takes more
    * data: 25-30% faster full reads measured. The kernel doubles the figure for its bookkeeping
    * and caps it at `net.core.wmem_max` (Debian's default, 208 KiB, makes this a no-op); sendfile'd
    * bytes in the buffer are page-cache references, not copies. TCP is left to the kernel's
