@@ -373,6 +373,12 @@ export class DiskHost {
           details: { disk: name, id },
         });
       }
+      // Ran out but not yet collected by the periodic check: too late, as if it were gone.
+      if (r.expires !== undefined && Date.parse(r.expires) <= Date.now()) {
+        throw new VdError('ERR_VD_NOT_FOUND', `the lease of snapshot ${id} of ${name} ran out at ${r.expires}; take a new one`, {
+          details: { disk: name, id, expired: r.expires },
+        });
+      }
       const ttl = asked ?? r.ttl;
       if (ttl === undefined) {
         throw new VdError('ERR_VD_INVALID_ARGUMENT', `snapshot ${id} of ${name} has no lease; pass a ttl to give it one`, {

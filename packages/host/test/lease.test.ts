@@ -53,6 +53,16 @@ async function changesSince(client: HostClient, since: string): Promise<{ start:
 }
 
 describe('snapshot leases', () => {
+  it('a lease that ran out cannot be renewed, even before the periodic check has deleted the snapshot', async () => {
+    const host = await DiskHost.open({ datastore: dir, leaseCheckInterval: 3_600_000 });
+    opened.push(host);
+    const snap = await host.createSnapshot('disk.img', { ttl: 1 });
+    // A live lease renews.
+    expect((await host.renewSnapshot('disk.img', snap.id)).expires).toBeDefined();
+    await sleep(1100);
+    await expect(host.renewSnapshot('disk.img', snap.id)).rejects.toMatchObject({ code: 'ERR_VD_NOT_FOUND', details: { id: snap.id } });
+  });
+
   it('a snapshot never released is dropped after its lease, and tracking still reports every change', async () => {
     const { host, client } = await startHost();
     const disk = host.exportedDisk('disk.img');
