@@ -102,125 +102,125 @@ describe.skipIf(!loaded && !required)('@vd/sparse sendFile', () => {
   const filePath = join(dir, 'payload.bin');
   writeFileSync(filePath, content);
 
-  it('sends the header, then exactly the file range, through a dup of the socket', async () => {
-    const { server, client, listener } = await socketPair('a');
-    const file = openSync(filePath, 'r');
+  /**
+   * Runs `fn` with a connected unix socket pair and `sock`, a dup of the server end (the
+   * descriptor the addon writes to); closes them all afterwards.
+   */
+  async function withSockets(name: string, fn: (s: { sock: number; server: Socket; client: Socket }) => Promise<void>): Promise<void> {
+    const { server, client, listener } = await socketPair(name);
     const sock = dup(fdOf(server));
     try {
-      expect(sock).not.toBe(fdOf(server));
-      const header = Buffer.from('HEADER-0123456789');
-      const arriving = receive(client, header.length + (2 << 20) + 100 + 4096);
-      await sendFile(sock, file, 12345, 2 << 20, { header });
-      await sendFile(sock, file, 7, 100);
-      // Past the end of the file: the missing bytes arrive as zeroes.
-      await sendFile(sock, file, size - 1000, 4096, { header: null });
-      const got = await arriving;
-      expect(got.length).toBe(header.length + (2 << 20) + 100 + 4096);
-      const h = header.length;
-      const a = h + (2 << 20);
-      const b = a + 100;
-      const c = b + 1000;
-      expect(got.subarray(0, h).equals(header)).toBe(true);
-      expect(got.subarray(h, a).equals(content.subarray(12345, 12345 + (2 << 20)))).toBe(true);
-      expect(got.subarray(a, b).equals(content.subarray(7, 107))).toBe(true);
-      expect(got.subarray(b, c).equals(content.subarray(size - 1000))).toBe(true);
-      expect(got.subarray(c).every((x) => x === 0)).toBe(true);
+      await fn({ sock, server, client });
     } finally {
       close(sock);
-      closeSync(file);
       server.destroy();
       client.destroy();
       listener.close();
     }
-  });
+  }
 
-  it('sends a batch of pieces in order, each header before its range', async () => {
-    const { server, client, listener } = await socketPair('batch');
-    const file = openSync(filePath, 'r');
-    const sock = dup(fdOf(server));
-    try {
-      // Replies as an NBD server batches them: headers of assorted sizes, a range split over two
-      // pieces (the second without a header), a header alone, and a range past the end of the file.
-      const pieces = [
-        { header: Buffer.from('first'), fileFd: file, position: 0, length: 70_000 },
-        { fileFd: file, position: 1 << 20, length: 300 },
-        { header: Buffer.alloc(64, 7), fileFd: file, position: 5, length: 0 },
-        { header: Buffer.from('x'), fileFd: file, position: size - 10, length: 30 },
-        ...Array.from({ length: 40 }, (_, i) => ({ header: Buffer.from([i]), fileFd: file, position: i * 4099, length: 4099 })),
-      ];
-      const expected = Buffer.concat(
-        pieces.flatMap((p) => {
-          const body = Buffer.alloc(p.length);
-          content.copy(body, 0, p.position, Math.min(size, p.position + p.length));
-          return [p.header ?? Buffer.alloc(0), body];
-        }),
-      );
-      const arriving = receive(client, expected.length);
-      await sendFiles(sock, pieces);
-      expect((await arriving).equals(expected)).toBe(true);
-      expect(() => sendFiles(sock, [])).toThrow(RangeError);
-      expect(() =>
-        sendFiles(
-          sock,
-          Array.from({ length: 1025 }, () => ({ fileFd: file, position: 0, length: 1 })),
-        ),
-      ).toThrow(RangeError);
-      expect(() => sendFiles(sock, [{ fileFd: file, position: -1, length: 1 }])).toThrow(TypeError);
-      expect(() => sendFiles(sock, [{ fileFd: file, position: 0, length: 1, header: new Uint8Array(65) }])).toThrow(TypeError);
-    } finally {
-      close(sock);
-      closeSync(file);
-      server.destroy();
-      client.destroy();
-      listener.close();
-    }
-  });
+  it('sends the header, then exactly the file range, through a dup of the socket', () =>
+    withSockets('a', async ({ sock, client, server }) => {
+      const file = openSync(filePath, 'r');
+      try {
+        expect(sock).not.toBe(fdOf(server));
+        const header = Buffer.from('HEADER-0123456789');
+        const arriving = receive(client, header.length + (2 << 20) + 100 + 4096);
+        await sendFile(sock, file, 12345, 2 << 20, { header });
+        await sendFile(sock, file, 7, 100);
+        // Past the end of the file: the missing bytes arrive as zeroes.
+        await sendFile(sock, file, size - 1000, 4096, { header: null });
+        const got = await arriving;
+        expect(got.length).toBe(header.length + (2 << 20) + 100 + 4096);
+        const h = header.length;
+        const a = h + (2 << 20);
+        const b = a + 100;
+        const c = b + 1000;
+        expect(got.subarray(0, h).equals(header)).toBe(true);
+        expect(got.subarray(h, a).equals(content.subarray(12345, 12345 + (2 << 20)))).toBe(true);
+        expect(got.subarray(a, b).equals(content.subarray(7, 107))).toBe(true);
+        expect(got.subarray(b, c).equals(content.subarray(size - 1000))).toBe(true);
+        expect(got.subarray(c).every((x) => x === 0)).toBe(true);
+      } finally {
+        closeSync(file);
+      }
+    }));
 
-  it('sends a file sendfile refuses (EINVAL: a /proc file) through a buffer, whole, and says how much', async () => {
-    const { server, client, listener } = await socketPair('fallback');
-    const environ = openSync('/proc/self/environ', 'r');
-    const sock = dup(fdOf(server));
-    try {
-      const want = readFileSync('/proc/self/environ');
-      const header = Buffer.from('H');
-      const arriving = receive(client, 2 * (header.length + want.length + 10));
-      // Twice, the second range after a piece that went zero-copy; 10 bytes past the end come as zeroes.
-      const copied = await sendFiles(sock, [
-        { header, fileFd: environ, position: 0, length: want.length + 10 },
-        { header, fileFd: environ, position: 0, length: want.length + 10 },
-      ]);
-      expect(copied).toBe(2 * want.length);
-      const got = await arriving;
-      const one = Buffer.concat([header, want, Buffer.alloc(10)]);
-      expect(got.equals(Buffer.concat([one, one]))).toBe(true);
-      // A regular file goes zero-copy: nothing copied, also behind a refused file in one batch.
-      const regular = openSync(filePath, 'r');
-      const ten = receive(client, 10);
-      expect(await sendFile(sock, regular, 0, 10)).toBe(0);
-      await ten;
-      const mixed = receive(client, want.length + 4096 + 1 + want.length);
-      expect(
-        await sendFiles(sock, [
-          { fileFd: environ, position: 0, length: want.length },
-          { header, fileFd: regular, position: 4096, length: 4096 },
-          { fileFd: environ, position: 0, length: want.length },
-        ]),
-      ).toBe(2 * want.length);
-      expect((await mixed).equals(Buffer.concat([want, header, content.subarray(4096, 8192), want]))).toBe(true);
-      closeSync(regular);
-    } finally {
-      close(sock);
-      closeSync(environ);
-      server.destroy();
-      client.destroy();
-      listener.close();
-    }
-  });
+  it('sends a batch of pieces in order, each header before its range', () =>
+    withSockets('batch', async ({ sock, client }) => {
+      const file = openSync(filePath, 'r');
+      try {
+        // Replies as an NBD server batches them: headers of assorted sizes, a range split over two
+        // pieces (the second without a header), a header alone, and a range past the end of the file.
+        const pieces = [
+          { header: Buffer.from('first'), fileFd: file, position: 0, length: 70_000 },
+          { fileFd: file, position: 1 << 20, length: 300 },
+          { header: Buffer.alloc(64, 7), fileFd: file, position: 5, length: 0 },
+          { header: Buffer.from('x'), fileFd: file, position: size - 10, length: 30 },
+          ...Array.from({ length: 40 }, (_, i) => ({ header: Buffer.from([i]), fileFd: file, position: i * 4099, length: 4099 })),
+        ];
+        const expected = Buffer.concat(
+          pieces.flatMap((p) => {
+            const body = Buffer.alloc(p.length);
+            content.copy(body, 0, p.position, Math.min(size, p.position + p.length));
+            return [p.header ?? Buffer.alloc(0), body];
+          }),
+        );
+        const arriving = receive(client, expected.length);
+        await sendFiles(sock, pieces);
+        expect((await arriving).equals(expected)).toBe(true);
+        expect(() => sendFiles(sock, [])).toThrow(RangeError);
+        expect(() =>
+          sendFiles(
+            sock,
+            Array.from({ length: 1025 }, () => ({ fileFd: file, position: 0, length: 1 })),
+          ),
+        ).toThrow(RangeError);
+        expect(() => sendFiles(sock, [{ fileFd: file, position: -1, length: 1 }])).toThrow(TypeError);
+        expect(() => sendFiles(sock, [{ fileFd: file, position: 0, length: 1, header: new Uint8Array(65) }])).toThrow(TypeError);
+      } finally {
+        closeSync(file);
+      }
+    }));
 
-  it('sizes a socket send buffer as the kernel grants it (doubled, capped at wmem_max)', async () => {
-    const { server, client, listener } = await socketPair('sndbuf');
-    const sock = dup(fdOf(server));
-    try {
+  it('sends a file sendfile refuses (EINVAL: a /proc file) through a buffer, whole, and says how much', () =>
+    withSockets('fallback', async ({ sock, client }) => {
+      const environ = openSync('/proc/self/environ', 'r');
+      try {
+        const want = readFileSync('/proc/self/environ');
+        const header = Buffer.from('H');
+        const arriving = receive(client, 2 * (header.length + want.length + 10));
+        // Twice, the second range after a piece that went zero-copy; 10 bytes past the end come as zeroes.
+        const copied = await sendFiles(sock, [
+          { header, fileFd: environ, position: 0, length: want.length + 10 },
+          { header, fileFd: environ, position: 0, length: want.length + 10 },
+        ]);
+        expect(copied).toBe(2 * want.length);
+        const got = await arriving;
+        const one = Buffer.concat([header, want, Buffer.alloc(10)]);
+        expect(got.equals(Buffer.concat([one, one]))).toBe(true);
+        // A regular file goes zero-copy: nothing copied, also behind a refused file in one batch.
+        const regular = openSync(filePath, 'r');
+        const ten = receive(client, 10);
+        expect(await sendFile(sock, regular, 0, 10)).toBe(0);
+        await ten;
+        const mixed = receive(client, want.length + 4096 + 1 + want.length);
+        expect(
+          await sendFiles(sock, [
+            { fileFd: environ, position: 0, length: want.length },
+            { header, fileFd: regular, position: 4096, length: 4096 },
+            { fileFd: environ, position: 0, length: want.length },
+          ]),
+        ).toBe(2 * want.length);
+        expect((await mixed).equals(Buffer.concat([want, header, content.subarray(4096, 8192), want]))).toBe(true);
+        closeSync(regular);
+      } finally {
+        closeSync(environ);
+      }
+    }));
+
+  it('sizes a socket send buffer as the kernel grants it (doubled, capped at wmem_max)', () =>
+    withSockets('sndbuf', async ({ sock }) => {
       const max = Number(readFileSync('/proc/sys/net/core/wmem_max', 'utf8'));
       expect(setSendBuffer(sock, 65536)).toBe(2 * Math.min(65536, max));
       expect(setSendBuffer(sock, 64 << 20)).toBe(2 * Math.min(64 << 20, max));
@@ -230,66 +230,51 @@ describe.skipIf(!loaded && !required)('@vd/sparse sendFile', () => {
       expect(() => setSendBuffer(sock, 2 ** 31)).toThrow(RangeError);
       expect(() => setSendBuffer(sock, -1)).toThrow(/^bytes must be a non-negative safe integer$/);
       expect(() => setSendBuffer(2 ** 31, 4096)).toThrow(RangeError);
-    } finally {
-      close(sock);
-      server.destroy();
-      client.destroy();
-      listener.close();
-    }
-  });
+    }));
 
-  it('gives up on a peer that stops reading: ETIMEDOUT after the stall limit, ECANCELED on abort', async () => {
-    const { server, client, listener } = await socketPair('b');
-    client.pause();
-    const big = join(dir, 'big.bin');
-    const bfd = openSync(big, 'w+');
-    writeSync(bfd, new Uint8Array(1), 0, 1, (64 << 20) - 1);
-    const sock = dup(fdOf(server));
-    try {
-      // The socket's buffer took part of it before the stall: the error says how much.
-      const stalled = (await sendFile(sock, bfd, 0, 64 << 20, { stallTimeout: 300 }).catch((e) => e)) as {
-        code: string;
-        bytesSent: number;
-      };
-      expect(stalled.code).toBe('ETIMEDOUT');
-      expect(stalled.bytesSent).toBeGreaterThan(0);
-      expect(stalled.bytesSent).toBeLessThan(64 << 20);
-      const ac = new AbortController();
-      const sending = sendFile(sock, bfd, 0, 64 << 20, { stallTimeout: 60_000, signal: ac.signal });
-      setTimeout(() => ac.abort(), 200);
-      await expect(sending).rejects.toMatchObject({ code: 'ECANCELED', syscall: 'sendfile' });
-      // An already aborted signal never starts.
-      await expect(sendFile(sock, bfd, 0, 1, { signal: ac.signal })).rejects.toMatchObject({
-        code: 'ECANCELED',
-        syscall: 'sendfile',
-        bytesSent: 0,
-        cause: ac.signal.reason,
-      });
-    } finally {
-      close(sock);
-      closeSync(bfd);
-      server.destroy();
-      client.destroy();
-      listener.close();
-    }
-  });
+  it('gives up on a peer that stops reading: ETIMEDOUT after the stall limit, ECANCELED on abort', () =>
+    withSockets('b', async ({ sock, client }) => {
+      client.pause();
+      const big = join(dir, 'big.bin');
+      const bfd = openSync(big, 'w+');
+      writeSync(bfd, new Uint8Array(1), 0, 1, (64 << 20) - 1);
+      try {
+        // The socket's buffer took part of it before the stall: the error says how much.
+        const stalled = (await sendFile(sock, bfd, 0, 64 << 20, { stallTimeout: 300 }).catch((e) => e)) as {
+          code: string;
+          bytesSent: number;
+        };
+        expect(stalled.code).toBe('ETIMEDOUT');
+        expect(stalled.bytesSent).toBeGreaterThan(0);
+        expect(stalled.bytesSent).toBeLessThan(64 << 20);
+        const ac = new AbortController();
+        const sending = sendFile(sock, bfd, 0, 64 << 20, { stallTimeout: 60_000, signal: ac.signal });
+        setTimeout(() => ac.abort(), 200);
+        await expect(sending).rejects.toMatchObject({ code: 'ECANCELED', syscall: 'sendfile' });
+        // An already aborted signal never starts.
+        await expect(sendFile(sock, bfd, 0, 1, { signal: ac.signal })).rejects.toMatchObject({
+          code: 'ECANCELED',
+          syscall: 'sendfile',
+          bytesSent: 0,
+          cause: ac.signal.reason,
+        });
+      } finally {
+        closeSync(bfd);
+      }
+    }));
 
-  it('reports a peer that left as EPIPE or ECONNRESET, without a signal killing the process', async () => {
-    const { server, client, listener } = await socketPair('c');
-    const file = openSync(filePath, 'r');
-    const sock = dup(fdOf(server));
-    try {
-      client.destroy();
-      await once(client, 'close');
-      const err = await sendFile(sock, file, 0, size, { header: Buffer.from('x') }).catch((e: NodeJS.ErrnoException) => e);
-      expect(['EPIPE', 'ECONNRESET']).toContain((err as NodeJS.ErrnoException).code);
-    } finally {
-      close(sock);
-      closeSync(file);
-      server.destroy();
-      listener.close();
-    }
-  });
+  it('reports a peer that left as EPIPE or ECONNRESET, without a signal killing the process', () =>
+    withSockets('c', async ({ sock, client }) => {
+      const file = openSync(filePath, 'r');
+      try {
+        client.destroy();
+        await once(client, 'close');
+        const err = await sendFile(sock, file, 0, size, { header: Buffer.from('x') }).catch((e: NodeJS.ErrnoException) => e);
+        expect(['EPIPE', 'ECONNRESET']).toContain((err as NodeJS.ErrnoException).code);
+      } finally {
+        closeSync(file);
+      }
+    }));
 
   it('checks its arguments and reports bad descriptors as coded system errors', async () => {
     const file = openSync(filePath, 'r');
