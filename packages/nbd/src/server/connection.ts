@@ -782,12 +782,15 @@ export class ServerConnection {
       let copied = 0;
       for (let at = 0; at < pieces.length; at += SEND_PIECES_MAX)
         copied += await zc.sendFiles(fd, pieces.slice(at, at + SEND_PIECES_MAX), opts);
-      // A file sendfile refuses (EINVAL) went through the addon's buffer: whole, just not zero-copy.
-      if (copied > 0) debug('nbd server: sendfile refused the file; %d bytes were read and sent through a buffer', copied);
+      return copied;
     })().then(
-      () => {
-        this.#ctx.stats.zeroCopyReads += batch.length;
-        this.#ctx.stats.zeroCopyBatches++;
+      (copied) => {
+        const stats = this.#ctx.stats;
+        stats.zeroCopyReads += batch.length;
+        stats.zeroCopyBatches++;
+        // A file sendfile refuses (EINVAL) went through the addon's buffer: whole, just not zero-copy.
+        if (copied > 0) debug('nbd server: sendfile refused the file; %d bytes were read and sent through a buffer', copied);
+        stats.bufferedSendBytes += copied;
         this.#endSends(slots, batch);
       },
       (err) => {

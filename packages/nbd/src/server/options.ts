@@ -99,6 +99,11 @@ export interface NbdServerStats {
   zeroCopyReads: number;
   /** Pool jobs those went out in: replies queued together on a connection share one. */
   zeroCopyBatches: number;
+  /**
+   * Of those replies' data, the bytes the addon had to read and send through a buffer because
+   * sendfile refused the file (EINVAL: /proc files, some FUSE and network file systems).
+   */
+  bufferedSendBytes: number;
   /** READ replies read into a buffer and written (no addon, TLS, a format that needs decoding, all send slots busy). */
   copiedReads: number;
 }

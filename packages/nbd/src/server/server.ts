@@ -41,7 +41,7 @@ export class NbdServer {
   readonly #addresses: NbdServerAddress[] = [];
   readonly #connections = new Set<ServerConnection>();
   readonly #ctx: ServerContext;
-  readonly #stats: NbdServerStats = { zeroCopyReads: 0, zeroCopyBatches: 0, copiedReads: 0 };
+  readonly #stats: NbdServerStats = { zeroCopyReads: 0, zeroCopyBatches: 0, bufferedSendBytes: 0, copiedReads: 0 };
   #zeroCopy: ZeroCopyOps | undefined;
   readonly #zeroCopyLoading: Promise<unknown>;
   #closing: Promise<void> | undefined;
