@@ -1,12 +1,11 @@
-import { readFile } from 'node:fs/promises';
 import { type BackupResult, type BackupSource, backup, DEFAULT_SNAPSHOT_TTL, diskSource, hostSource } from '@vd/backup';
 import { DIRTY_BITMAP_PREFIX } from '@vd/cbt';
 import { file, openDisk, type Transport, VdError } from '@vd/core';
-import { HostClient } from '@vd/host';
 import { nbd } from '@vd/nbd';
 import { nbdssl } from '@vd/nbdssl';
 import { type Command, Option } from 'commander';
 import type { Context } from '../context.js';
+import { type HostClientOptions, hostClient } from '../host-client.js';
 import { argParser, jsonOption } from '../options.js';
 import { formatFields, printJson, printLines } from '../output.js';
 import { createProgress, type Progress } from '../progress.js';
@@ -64,23 +63,6 @@ export function chooseTransports(ctx: Context, opts: TransportCliOptions, extra:
   return out;
 }
 
-/**
- * The host API client for `--token-file` (first line) or VD_TOKEN, trusting `--ca` for https.
- * (Same rules as `vd snapshot`.)
- */
-async function apiClient(ctx: Context, url: string, opts: { tokenFile?: string; ca?: string }): Promise<HostClient> {
-  let token = ctx.io.env.VD_TOKEN?.trim();
-  if (opts.tokenFile !== undefined) {
-    const text = await readFile(opts.tokenFile, 'utf8').catch((err) => {
-      throw new VdError('ERR_VD_NOT_FOUND', `cannot read the token file ${opts.tokenFile}`, { cause: err });
-    });
-    token = text.split('\n')[0]!.trim();
-  }
-  if (!token) throw new VdError('ERR_VD_UNAUTHORIZED', 'no API token: pass --token-file FILE or set VD_TOKEN');
-  const ca = opts.ca === undefined ? undefined : await readFile(opts.ca, 'utf8');
-  return new HostClient({ url, token, ca });
-}
-
 /** `<repo>` or `<repo>@<point>`: a point is digits (or `latest`); any other `@` belongs to the path. */
 export function parseRepoArg(arg: string): { repo: string; point: string | undefined } {
   const m = /^(.*)@(\d+|latest)$/.exec(arg);
@@ -88,12 +70,10 @@ export function parseRepoArg(arg: string): { repo: string; point: string | undef
   return { repo: m[1]!, point: m[2] === 'latest' ? undefined : m[2] };
 }
 
-interface BackupCliOptions extends TransportCliOptions {
+interface BackupCliOptions extends TransportCliOptions, HostClientOptions {
   dirtyBitmap?: string;
   full?: boolean;
   fullFormat?: 'monolithicSparse' | 'streamOptimized';
-  tokenFile?: string;
-  ca?: string;
   lease?: number;
   progress?: boolean;
   json?: boolean;
@@ -106,7 +86,7 @@ async function sourceFor(ctx: Context, uri: string, opts: BackupCliOptions): Pro
     const name = decodeURIComponent(url.pathname.replace(/^\/+/, '').split('/').pop() ?? '');
     if (!name) throw new VdError('ERR_VD_USAGE', `${uri}: name the disk after the API URL, e.g. http://127.0.0.1:8080/disk.img`);
     url.pathname = url.pathname.replace(/\/?[^/]*\/*$/, '');
-    const client = await apiClient(ctx, url.origin + url.pathname, opts);
+    const client = await hostClient(ctx, url.origin + url.pathname, opts);
     return hostSource(client, name, {
       snapshotTtl: opts.lease,
       transports: chooseTransports(ctx, { ...opts, transports: opts.transports ?? 'nbdssl:nbd' }),
