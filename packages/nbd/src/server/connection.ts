@@ -139,7 +139,7 @@ export class ServerConnection {
   readonly #out: Pending[] = [];
   /** Node writes whose callback has not come yet (bytes possibly still in node or libuv). */
   #nodeWrites = 0;
-  /** A zero-copy send owns the socket. */
+  /** A batch of zero-copy sends owns the socket (and uses the dup'd descriptor). */
   #addonOwns = false;
   /** A batch of zero-copy sends starts on the next tick. */
   #sendsDue = false;
@@ -147,7 +147,6 @@ export class ServerConnection {
   #sendFd: number | undefined;
   /** Zero-copy is off for this connection (TLS, not a socket with a descriptor, dup failed). */
   #zeroCopyOff = false;
-  #sending = 0;
   /** Zero-copy READs of this connection between choosing the path and their send's end. */
   #zeroCopyPending = 0;
   readonly #sendAbort = new AbortController();
@@ -773,7 +772,6 @@ export class ServerConnection {
       return;
     }
     this.#addonOwns = true;
-    this.#sending++;
     const pieces = batch.flatMap((r) =>
       r.spans.map((span, i) => ({ header: i === 0 ? r.header : null, fileFd: span.fd, position: span.position, length: span.length })),
     );
@@ -801,7 +799,6 @@ export class ServerConnection {
   }
 
   #endSends(slots: SendSlots, batch: readonly ZeroCopyReply[]): void {
-    this.#sending--;
     slots.release();
     this.#addonOwns = false;
     for (const r of batch) r.done(true);
@@ -897,14 +894,15 @@ export class ServerConnection {
   }
 
   /** Hands queued output on in order; zero-copy sends wait until node has written everything before them. */
-  #flushOut(): void {
+  #flushOut(startSends = false): void {
     const queued = this.#out.length;
-    this.#drainOut();
+    this.#drainOut(startSends);
     // #pump stops reading requests while too much output waits here; carry on once it went out.
     if (this.#out.length < queued && this.#state === 'transmission' && this.#socket.isPaused()) process.nextTick(() => this.#pump());
   }
 
-  #drainOut(): void {
+  /** `startSends`: the tick that lets a batch gather has passed; zero-copy replies at the head go now. */
+  #drainOut(startSends: boolean): void {
     while (!this.#addonOwns && this.#out.length > 0) {
       if (this.#state === 'closed' || this.#socket.destroyed) {
         this.#dropOut();
@@ -917,16 +915,17 @@ export class ServerConnection {
           setImmediate(() => this.#flushOut());
           return;
         }
+        if (startSends) {
+          this.#startSends();
+          continue;
+        }
         // Start on the next tick: the READs that arrived with this one queue their replies in the
         // meantime and go in the same batch.
         if (!this.#sendsDue) {
           this.#sendsDue = true;
           process.nextTick(() => {
             this.#sendsDue = false;
-            const ready =
-              this.#state !== 'closed' && !this.#socket.destroyed && this.#nodeWrites === 0 && this.#socket.writableLength === 0;
-            if (!this.#addonOwns && ready && this.#out[0]?.send) this.#startSends();
-            this.#flushOut();
+            this.#flushOut(true);
           });
         }
         return;
@@ -946,7 +945,7 @@ export class ServerConnection {
 
   /** Closes the dup'd descriptor once the connection is over and no send uses it. */
   #closeSendFd(): void {
-    if (this.#sendFd === undefined || this.#sending > 0 || this.#state !== 'closed') return;
+    if (this.#sendFd === undefined || this.#addonOwns || this.#state !== 'closed') return;
     const fd = this.#sendFd;
     this.#sendFd = undefined;
     try {
