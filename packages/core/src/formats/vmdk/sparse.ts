@@ -503,15 +503,13 @@ export class SparseExtent implements VmdkExtent {
     // Not zero-filled: the read overwrites it, and readFully zero-fills a short tail itself.
     const buf = Buffer.allocUnsafeSlow(end - start);
     await readFully(this.#store, start, buf);
-    await Promise.all(
-      group.map(async (p) => {
-        const grain = await this.#inflateGrain(p.g, p.gte, buf.subarray(p.gte * SECTOR - start));
-        if (p.n < this.grainBytes) this.#remember(p.g, grain);
-        into.set(grain.subarray(p.within, p.within + p.n), p.dst);
-      }),
-    );
+    await this.#inflateBatchHere(group, buf, start, into);
   }
 
+  /**
+   * Inflates grains whose records start in `buf` (read from `start`) into the caller's buffer, one
+   * after another: a failure stops the rest, so nothing writes into `into` after this settles.
+   */
   async #inflateBatchHere(batch: CompressedPart[], buf: Uint8Array, start: number, into: Uint8Array): Promise<void> {
     for (const p of batch) {
       const grain = await this.#inflateGrain(p.g, p.gte, buf.subarray(p.gte * SECTOR - start));
