@@ -195,6 +195,10 @@ export class DiskHost {
 
   /** Opens every disk of `opts.datastore`, recovers snapshots from the state file, resumes interrupted deletions. */
   static async open(opts: DiskHostOptions): Promise<DiskHost> {
+    const every = opts.leaseCheckInterval ?? DEFAULT_LEASE_CHECK;
+    if (!Number.isSafeInteger(every) || every < 1) {
+      throw new VdError('ERR_VD_INVALID_ARGUMENT', `leaseCheckInterval ${every} is not a positive number of milliseconds`);
+    }
     const datastore = await Datastore.open(opts.datastore);
     await datastore.makeHostDir();
     const unlock = await lockDatastore(datastore.hostDir);
@@ -227,11 +231,6 @@ export class DiskHost {
       if (deleting) host.#startConsolidation(s, deleting);
     }
     // Leases that ran out while the host was down go now; the rest when they run out.
-    const every = opts.leaseCheckInterval ?? DEFAULT_LEASE_CHECK;
-    if (!Number.isSafeInteger(every) || every < 1) {
-      await host.close();
-      throw new VdError('ERR_VD_INVALID_ARGUMENT', `leaseCheckInterval ${every} is not a positive number of milliseconds`);
-    }
     host.#expireLeases();
     host.#leaseTimer = setInterval(() => host.#expireLeases(), every);
     host.#leaseTimer.unref();
