@@ -320,11 +320,7 @@ export class SparseExtent implements VmdkExtent {
     if (cached) return cached;
     const sector = this.#gd[i];
     if (sector === undefined || sector === 0) return undefined;
-    const load = (async () => {
-      const bytes = new Uint8Array(GT_BYTES);
-      await readFully(this.#store, sector * SECTOR, bytes);
-      return readU32Array(bytes, GTES_PER_GT);
-    })();
+    const load = this.#readTable(sector);
     load.then(
       (gt) => {
         if (this.#gts.get(i) === load) this.#gts.set(i, gt);
@@ -377,12 +373,14 @@ export class SparseExtent implements VmdkExtent {
   async #redundantGte(i: number, g: number): Promise<number | undefined> {
     const sector = this.#rgd?.[i];
     if (!sector || sector === this.#gd[i] || sector * SECTOR + GT_BYTES > this.#fileSize) return undefined;
-    const gt = await cachedLoad(this.#rgts, i, GT_CACHE, async () => {
-      const bytes = new Uint8Array(GT_BYTES);
-      await readFully(this.#store, sector * SECTOR, bytes);
-      return readU32Array(bytes, GTES_PER_GT);
-    });
+    const gt = await cachedLoad(this.#rgts, i, GT_CACHE, () => this.#readTable(sector));
     return gt[g % GTES_PER_GT];
+  }
+
+  async #readTable(sector: number): Promise<Uint32Array> {
+    const bytes = new Uint8Array(GT_BYTES);
+    await readFully(this.#store, sector * SECTOR, bytes);
+    return readU32Array(bytes, GTES_PER_GT);
   }
 
   #checkGrain(g: number, gte: number): void {
