@@ -85,19 +85,27 @@ function buffers(chunk, n) {
   return bufferSets.get(key);
 }
 
-/** Reads the whole disk through our client, `inFlight` requests of `chunk` bytes into reused buffers. */
-export async function readAll(disk, chunk = 2 * MiB, inFlight = 16) {
+/** `[offset, length]` pieces of at most `chunk` bytes covering `length` bytes from `offset`. */
+function pieces(offset, length, chunk, out = []) {
+  for (let at = offset; at < offset + length; at += chunk) out.push([at, Math.min(chunk, offset + length - at)]);
+  return out;
+}
+
+/** Reads `ranges` through our client, `inFlight` at a time, into reused buffers of `chunk` bytes. */
+async function readRanges(disk, ranges, chunk, inFlight) {
   let next = 0;
-  const bufs = buffers(chunk, inFlight);
   const worker = async (buf) => {
-    while (next < disk.size) {
-      const at = next;
-      next += chunk;
-      const n = Math.min(chunk, disk.size - at);
+    while (next < ranges.length) {
+      const [at, n] = ranges[next++];
       await disk.readInto(at, n === chunk ? buf : buf.subarray(0, n));
     }
   };
-  await Promise.all(bufs.map(worker));
+  await Promise.all(buffers(chunk, inFlight).map(worker));
+}
+
+/** Reads the whole disk through our client, `inFlight` requests of `chunk` bytes. */
+export function readAll(disk, chunk = 2 * MiB, inFlight = 16) {
+  return readRanges(disk, pieces(0, disk.size, chunk), chunk, inFlight);
 }
 
 /**
@@ -107,16 +115,6 @@ export async function readAll(disk, chunk = 2 * MiB, inFlight = 16) {
  */
 export async function readAllocated(disk, chunk = 2 * MiB, inFlight = 16) {
   const ranges = [];
-  for await (const e of disk.extents({ offset: 0, length: disk.size })) {
-    if (e.type !== 'data') continue;
-    for (let at = e.offset; at < e.offset + e.length; at += chunk) ranges.push([at, Math.min(chunk, e.offset + e.length - at)]);
-  }
-  let next = 0;
-  const worker = async (buf) => {
-    while (next < ranges.length) {
-      const [at, n] = ranges[next++];
-      await disk.readInto(at, n === chunk ? buf : buf.subarray(0, n));
-    }
-  };
-  await Promise.all(buffers(chunk, inFlight).map(worker));
+  for await (const e of disk.extents({ offset: 0, length: disk.size })) if (e.type === 'data') pieces(e.offset, e.length, chunk, ranges);
+  await readRanges(disk, ranges, chunk, inFlight);
 }
