@@ -147,6 +147,11 @@ function checkTtl(ttl: unknown): number | undefined {
   return ttl;
 }
 
+/** Whether a snapshot's lease has run out (one without a lease never does). */
+function leaseRanOut(r: SnapshotRecord): boolean {
+  return r.expires !== undefined && Date.parse(r.expires) <= Date.now();
+}
+
 /**
  * A disk host: the disks of a datastore directory served over NBD (and NBDSSL with `tls`), each
  * read-write under its file name and change-tracked; snapshots freeze a disk's state (new writes
@@ -373,7 +378,7 @@ export class DiskHost {
         });
       }
       // Ran out but not yet collected by the periodic check: too late, as if it were gone.
-      if (r.expires !== undefined && Date.parse(r.expires) <= Date.now()) {
+      if (leaseRanOut(r)) {
         throw new VdError('ERR_VD_NOT_FOUND', `the lease of snapshot ${id} of ${name} ran out at ${r.expires}; take a new one`, {
           details: { disk: name, id, expired: r.expires },
         });
@@ -419,8 +424,7 @@ export class DiskHost {
   /** Deletes every active snapshot whose lease has run out (checked again in the disk's queue: a renewal may come first). */
   #expireLeases(): void {
     if (this.#closing) return;
-    const expired = (snap: Snapshot) =>
-      snap.record.status === 'active' && snap.record.expires !== undefined && Date.parse(snap.record.expires) <= Date.now();
+    const expired = (snap: Snapshot) => snap.record.status === 'active' && leaseRanOut(snap.record);
     for (const s of this.#served.values()) {
       for (const snap of s.snapshots) {
         if (!expired(snap)) continue;
