@@ -228,7 +228,6 @@ static void send_execute(napi_env env, void *data) {
   /* Some files cannot be sendfile()d (EINVAL: /proc files, some FUSE and network file systems):
    * then this job reads them into `bounce` and sends that, so the replies still go out whole. */
   unsigned char *bounce = NULL;
-  size_t bpos = 0, blen = 0;
   /* The descriptor sendfile refused last: its later pieces are copied at once; other files in
    * the batch still go zero-copy. */
   int refused = -1;
@@ -239,7 +238,7 @@ static void send_execute(napi_env env, void *data) {
     int64_t done = 0;
     off_t off = (off_t)p->position;
     int eof = 0;
-    bpos = blen = 0;
+    size_t bpos = 0, blen = 0; /* what of `bounce` is read and not yet sent */
     int copying = p->file == refused;
     /* Later pieces follow: keep TCP from pushing a partial segment between them. */
     int later = i + 1 < r->count ? MSG_MORE : 0;
