@@ -17,6 +17,7 @@ import {
   hasRedundantGd,
   hasZeroedGte,
   isCompressed,
+  type Marker,
   parseMarker,
   parseSparseHeader,
   type SparseHeader,
@@ -121,7 +122,6 @@ export async function readEffectiveHeader(
  */
 async function scanStream(store: ByteStore, name: string, header: SparseHeader, fileSize: number): Promise<Map<number, Uint32Array>> {
   const gb = header.grainSize * SECTOR;
-  const grains = Math.ceil(header.capacity / header.grainSize);
   const tables = new Map<number, Uint32Array>();
   const end = Math.floor(fileSize / SECTOR);
   const CHUNK = 1 << 20;
@@ -137,21 +137,24 @@ async function scanStream(store: ByteStore, name: string, header: SparseHeader, 
   };
   let s = Math.max(1, header.overHead);
   while (s < end) {
-    const view = new DataView((await sectorAt(s)).slice().buffer);
-    const value = view.getBigUint64(0, true);
-    const size = view.getUint32(8, true);
+    const sector = await sectorAt(s);
+    let marker: Marker;
+    try {
+      marker = parseMarker(sector, name);
+    } catch {
+      break; // a value past 2^53: no record of this file
+    }
+    const { value, size, type } = marker;
     if (size === 0) {
-      const type = view.getUint32(12, true);
-      if (type === MARKER_EOS || value > BigInt(end)) break;
+      if (type === MARKER_EOS || value > end) break;
       if (type !== MARKER_GT && type !== MARKER_GD && type !== MARKER_FOOTER) break;
-      s += 1 + Number(value);
+      s += 1 + value;
       continue;
     }
-    const sectors = Math.ceil((12 + size) / SECTOR);
-    const lba = value;
-    if (size > gb * 2 + 1024 || s + sectors > end || lba % BigInt(header.grainSize) !== 0n || lba >= BigInt(header.capacity)) break;
-    const g = Number(lba / BigInt(header.grainSize));
-    if (g >= grains) break;
+    // A grain marker: `value` is the grain's LBA.
+    const sectors = Math.ceil((grainHeaderSize(true) + size) / SECTOR);
+    if (size > gb * 2 + 1024 || s + sectors > end || value % header.grainSize !== 0 || value >= header.capacity) break;
+    const g = value / header.grainSize;
     const t = Math.floor(g / GTES_PER_GT);
     let gt = tables.get(t);
     if (!gt) {
