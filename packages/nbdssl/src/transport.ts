@@ -45,8 +45,18 @@ export interface NbdsslOptions extends Omit<NbdTransportOptions, 'tls'> {
 
 const schemes = ['nbds', 'nbds+unix'] as const;
 
-const on = /^(1|true|yes|on)$/i;
-const off = /^(0|false|no|off)$/i;
+/** A yes/no setting (1/true/yes/on, 0/false/no/off); `setting` says which, and where, in the error. */
+function parseFlag(value: string, setting: string): boolean {
+  if (/^(1|true|yes|on)$/i.test(value)) return true;
+  if (/^(0|false|no|off)$/i.test(value)) return false;
+  throw new VdError('ERR_VD_INVALID_ARGUMENT', `${setting}: expected true or false`);
+}
+
+/** The URI's query parameter `name` as a yes/no setting; undefined when it is absent. */
+function queryFlag(location: URL, name: string): boolean | undefined {
+  const v = location.searchParams.get(name);
+  return v === null ? undefined : parseFlag(v, `${name}=${v} in ${location.href}`);
+}
 
 /**
  * Whether this disk's multi-conn connections (all but the first) run in worker threads: the URI's
@@ -56,17 +66,12 @@ const off = /^(0|false|no|off)$/i;
  * of what it reads) makes the read slower; see the README's figures.
  */
 export function useWorkers(location: URL, options: NbdsslOptions): boolean {
-  const choice = (v: string | boolean | number | undefined): boolean | undefined => {
-    if (v === undefined) return undefined;
-    if (typeof v !== 'string') return v !== false && v !== 0;
-    if (on.test(v)) return true;
-    if (off.test(v)) return false;
-    throw new VdError('ERR_VD_INVALID_ARGUMENT', `workers=${v}: expected true or false`);
-  };
+  const option = options.workers;
+  const env = process.env.VD_NBDSSL_WORKERS;
   const wanted =
-    choice(location.searchParams.get('workers') ?? undefined) ??
-    choice(options.workers) ??
-    choice(process.env.VD_NBDSSL_WORKERS || undefined) ??
+    queryFlag(location, 'workers') ??
+    (option === undefined ? undefined : option !== false && option !== 0) ??
+    (env ? parseFlag(env, `VD_NBDSSL_WORKERS=${env}`) : undefined) ??
     availableParallelism() > 2;
   return wanted && workersAvailable();
 }
@@ -102,13 +107,6 @@ async function isDirectory(path: string): Promise<boolean> {
 /** The TLS settings for one URI: options, then the URI's query (libnbd's keys plus tls-thumbprint). */
 export async function clientTlsFor(location: URL, options: NbdsslOptions): Promise<ClientTlsOptions & { certificates?: string }> {
   const q = location.searchParams;
-  const flag = (name: string): boolean | undefined => {
-    const v = q.get(name);
-    if (v === null) return undefined;
-    if (/^(1|true|yes|on)$/i.test(v)) return true;
-    if (/^(0|false|no|off)$/i.test(v)) return false;
-    throw new VdError('ERR_VD_INVALID_ARGUMENT', `${name}=${v} in ${location.href}: expected true or false`);
-  };
   let certificates = q.get('tls-certificates') ?? options.certificates;
   if (certificates === undefined) {
     // Like libnbd's ~/.pki/libnbd: the directory `vd serve --tls` fills on this machine.
@@ -119,7 +117,7 @@ export async function clientTlsFor(location: URL, options: NbdsslOptions): Promi
   checkThumbprintOption(thumbprint);
   const tls: ClientTlsOptions & { certificates?: string } = {
     thumbprint,
-    verifyPeer: flag('tls-verify-peer') ?? options.verifyPeer,
+    verifyPeer: queryFlag(location, 'tls-verify-peer') ?? options.verifyPeer,
     hostname: q.get('tls-hostname') ?? options.hostname,
     handshakeTimeout: options.tlsHandshakeTimeout,
     ca: options.ca,
