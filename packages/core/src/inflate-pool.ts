@@ -208,7 +208,7 @@ export class InflatePool {
       if (!slot || slot.busy.size >= DEPTH) break;
       const job = this.#queue.shift()!;
       const need = job.batch.grainBytes * (job.batch.spans.length / 2);
-      const out = this.#takeBuffer(need);
+      const out = this.#take(this.#spare, need);
       const src = job.batch.src;
       // Transfer the whole backing store (the caller owns it); a view that starts inside one is copied.
       const whole = src.byteOffset === 0 && !(src.buffer instanceof SharedArrayBuffer);
@@ -231,12 +231,12 @@ export class InflatePool {
    * back from a worker when one fits, so batch after batch reuses the same pages.
    */
   sourceBuffer(bytes: number): Uint8Array {
-    const buf = takeFrom(this.#spareSrc, bytes) ?? new ArrayBuffer(Math.max(bytes, Math.min(this.maxBatchBytes, bytes * 2)));
-    return new Uint8Array(buf, 0, bytes);
+    return new Uint8Array(this.#take(this.#spareSrc, bytes), 0, bytes);
   }
 
-  #takeBuffer(bytes: number): ArrayBuffer {
-    return takeFrom(this.#spare, bytes) ?? new ArrayBuffer(Math.max(bytes, Math.min(this.maxBatchBytes, bytes * 2)));
+  /** A kept buffer of at least `bytes` from `list`, else a new one with room to grow (up to a batch). */
+  #take(list: ArrayBuffer[], bytes: number): ArrayBuffer {
+    return takeFrom(list, bytes) ?? new ArrayBuffer(Math.max(bytes, Math.min(this.maxBatchBytes, bytes * 2)));
   }
 
   /** Keeps a buffer for reuse; huge ones (grains of several MiB) are left to the GC, so memory stays bounded. */
