@@ -19,6 +19,8 @@ export class WorkerConnection implements NbdClientConnection {
   readonly uri: string;
   readonly #thread: Worker;
   readonly #pending = new Map<number, Pending>();
+  /** Woken when no request is in flight any more (disconnect waits for that). */
+  readonly #drained: (() => void)[] = [];
   #id = 0;
   #dead: VdError | undefined;
 
@@ -145,7 +147,7 @@ export class WorkerConnection implements NbdClientConnection {
 
   /** Soft disconnect: waits for requests in flight, then the worker sends DISC, closes and ends. */
   async disconnect(): Promise<void> {
-    while (this.#pending.size > 0 && !this.#dead) await Promise.allSettled([...this.#pending.values()].map((p) => p.settled));
+    while (this.#pending.size > 0 && !this.#dead) await new Promise<void>((r) => this.#drained.push(r));
     if (this.#dead) return;
     this.#dead = new VdError('ERR_VD_CLOSED', `NBD connection to ${this.uri} is closed`);
     const thread = this.#thread;
@@ -170,11 +172,7 @@ export class WorkerConnection implements NbdClientConnection {
       resolve = res;
       reject = rej;
     });
-    const settled = promise.then(
-      () => {},
-      () => {},
-    );
-    this.#pending.set(id, { resolve, reject, into, settled });
+    this.#pending.set(id, { resolve, reject, into });
     this.#thread.postMessage(m, transfer ?? []);
     return promise;
   }
@@ -188,12 +186,12 @@ export class WorkerConnection implements NbdClientConnection {
         if (!this.#dead) this.#thread.postMessage({ t: 'recycle', buf: m.buf } satisfies ToWorker, [m.buf]);
       }
       if (!p) return;
-      this.#pending.delete(m.id);
+      this.#settled(m.id);
       p.resolve(m.value);
     } else if (m.t === 'err') {
       const p = this.#pending.get(m.id);
       if (!p) return;
-      this.#pending.delete(m.id);
+      this.#settled(m.id);
       p.reject(deserializeError(m.error));
     } else if (m.t === 'dead') this.#die(deserializeError(m.error));
   }
@@ -205,7 +203,17 @@ export class WorkerConnection implements NbdClientConnection {
     if (first) debug('nbd client: worker connection to %s closed: %s', this.uri, err.message);
     for (const p of this.#pending.values()) p.reject(err);
     this.#pending.clear();
+    this.#wakeDrained();
     void this.#thread.terminate();
+  }
+
+  #settled(id: number): void {
+    this.#pending.delete(id);
+    if (this.#pending.size === 0) this.#wakeDrained();
+  }
+
+  #wakeDrained(): void {
+    for (const w of this.#drained.splice(0)) w();
   }
 }
 
@@ -213,7 +221,6 @@ interface Pending {
   resolve: (v: unknown) => void;
   reject: (e: unknown) => void;
   into: Uint8Array | undefined;
-  settled: Promise<void>;
 }
 
 /** Like @vd/nbd's connectionLost: reads may be retried on a new connection. */
