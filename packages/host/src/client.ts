@@ -3,7 +3,7 @@ import { request as httpsRequest } from 'node:https';
 import { type ChangedArea, type ChangedAreas, changedAreasFromBitmap, DIRTY_BITMAP_PREFIX } from '@vd/cbt';
 import { errorCodes, openDisk, type Transport, VdError, type VdErrorCode } from '@vd/core';
 import { nbd } from '@vd/nbd';
-import type { DiskSummary, SnapshotInfo } from './host.js';
+import type { DiskSummary, SnapshotInfo, SnapshotOptions } from './host.js';
 
 export interface HostClientOptions {
   /** The API's base URL, `http://host:port` or `https://host:port`. */
@@ -72,12 +72,12 @@ export class HostClient {
    * An abort after the request left may still see the snapshot taken: list them to find out.
    * With `ttl` (seconds) the snapshot is leased: renew it within that time or the host deletes it.
    */
-  createSnapshot(disk: string, opts: CallOptions & { ttl?: number | undefined } = {}): Promise<SnapshotInfo> {
+  createSnapshot(disk: string, opts: CallOptions & SnapshotOptions = {}): Promise<SnapshotInfo> {
     return this.#call('POST', ['v1', 'disks', disk, 'snapshots'], ttlQuery(opts.ttl), opts.signal);
   }
 
   /** Extends a leased snapshot's lease (`ttl` seconds from now, default its own); ERR_VD_NOT_FOUND once it is gone. */
-  renewSnapshot(disk: string, id: string, opts: CallOptions & { ttl?: number | undefined } = {}): Promise<SnapshotInfo> {
+  renewSnapshot(disk: string, id: string, opts: CallOptions & SnapshotOptions = {}): Promise<SnapshotInfo> {
     return this.#call('POST', ['v1', 'disks', disk, 'snapshots', id, 'lease'], ttlQuery(opts.ttl), opts.signal);
   }
 
