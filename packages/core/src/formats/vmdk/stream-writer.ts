@@ -26,7 +26,7 @@ import { baseOf } from './paths.js';
 import { encodeU32Array } from './sparse.js';
 
 /** Deflate level of new streamOptimized grains; see `StreamWriteOptions.level`. */
-export const DEFAULT_STREAM_LEVEL = 5;
+const DEFAULT_STREAM_LEVEL = 5;
 
 const deflateAsync = promisify(deflate) as (buf: Uint8Array, opts: { level: number; chunkSize: number }) => Promise<Uint8Array>;
 
