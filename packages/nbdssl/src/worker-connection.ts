@@ -197,10 +197,10 @@ export class WorkerConnection implements NbdClientConnection {
   }
 
   #die(err: VdError): void {
-    if (this.#dead && this.#pending.size === 0) return;
-    const first = this.#dead === undefined;
-    this.#dead ??= err;
-    if (first) debug('nbd client: worker connection to %s closed: %s', this.uri, err.message);
+    // Once dead (or disconnecting) nothing is pending: #call refuses new requests.
+    if (this.#dead) return;
+    this.#dead = err;
+    debug('nbd client: worker connection to %s closed: %s', this.uri, err.message);
     for (const p of this.#pending.values()) p.reject(err);
     this.#pending.clear();
     this.#wakeDrained();
