@@ -234,7 +234,7 @@ let entry: URL | null | undefined;
  * The built worker script. Run from TypeScript sources (tests), this module's sibling is a .ts
  * file a worker thread cannot load, so the package's built copy is used when there is one.
  */
-export function workerEntry(): URL | undefined {
+function workerEntry(): URL | undefined {
   if (entry === undefined) {
     const here = import.meta.url;
     const url = here.endsWith('.ts') ? new URL('../dist/connection-worker.js', here) : new URL('./connection-worker.js', here);
