@@ -298,11 +298,7 @@ export class Disk implements AsyncDisposable {
             throw err;
           }
         };
-    const task = source._withFileSpans(offset, length, call, { signal: opts.signal });
-    this.#inflight.add(task);
-    const untrack = () => this.#inflight.delete(task);
-    task.then(untrack, untrack);
-    return task;
+    return track(this.#inflight, source._withFileSpans(offset, length, call, { signal: opts.signal }));
   }
 
   /** Graceful and idempotent: waits for every accepted request, then closes the source. */
@@ -369,10 +365,7 @@ export class Disk implements AsyncDisposable {
       const source = this.#source;
       await this.#submit('flush', 0, 0, signal, () => source._flush!({ signal }), true);
     });
-    this.#finishing.add(done);
-    const untrack = () => this.#finishing.delete(done);
-    done.then(untrack, untrack);
-    return done;
+    return track(this.#finishing, done);
   }
 
   #fuaMode(fua: boolean | undefined): 'none' | 'emulate' | 'native' {
@@ -418,9 +411,7 @@ export class Disk implements AsyncDisposable {
         limiter.release();
       }
     })();
-    this.#inflight.add(task);
-    const untrack = () => this.#inflight.delete(task);
-    task.then(untrack, untrack);
+    track(this.#inflight, task);
     return signal ? raceAbort(task, signal, op) : task;
   }
 
@@ -461,6 +452,14 @@ function badExtents(transport: string, offset: number, why: string): VdError {
 }
 
 /** Waits for every part, then throws the first failure (no part is left running unobserved). */
+/** Keeps `task` in `set` until it settles (close() waits for what the set holds). */
+function track<T>(set: Set<Promise<unknown>>, task: Promise<T>): Promise<T> {
+  set.add(task);
+  const untrack = () => set.delete(task);
+  task.then(untrack, untrack);
+  return task;
+}
+
 async function settleAll(parts: Promise<void>[]): Promise<void> {
   if (parts.length === 1) return parts[0];
   const results = await Promise.allSettled(parts);
