@@ -41,7 +41,7 @@ export class FileStore implements ByteStore {
    * Hole punches on the thread pool and `withDescriptor` callers: both use the raw fd outside the
    * FileHandle's own tracking, so close() waits for them.
    */
-  readonly #punching = new Set<Promise<unknown>>();
+  readonly #rawFdUsers = new Set<Promise<unknown>>();
 
   private constructor(
     fh: FileHandle,
@@ -172,7 +172,7 @@ export class FileStore implements ByteStore {
    */
   close(): Promise<void> {
     this.#closing ??= (async () => {
-      await Promise.allSettled(this.#punching);
+      await Promise.allSettled(this.#rawFdUsers);
       await this.#fh.close();
     })().catch((err: unknown) => {
       throw fromSystemError(err, `close ${this.name}`);
@@ -187,11 +187,11 @@ export class FileStore implements ByteStore {
   async withDescriptor<T>(fn: (fd: number) => Promise<T>): Promise<T> {
     this.#checkOpen('withDescriptor');
     const using = (async () => fn(this.#fh.fd))();
-    this.#punching.add(using);
+    this.#rawFdUsers.add(using);
     try {
       return await using;
     } finally {
-      this.#punching.delete(using);
+      this.#rawFdUsers.delete(using);
     }
   }
 
@@ -235,12 +235,12 @@ export class FileStore implements ByteStore {
     let punching: Promise<boolean> | undefined;
     try {
       punching = sparse.punchHole(this.#fh.fd, position, length);
-      this.#punching.add(punching);
+      this.#rawFdUsers.add(punching);
       return await punching;
     } catch (err) {
       throw fromSystemError(err, `punch hole in ${this.name} at ${position}+${length}`);
     } finally {
-      if (punching) this.#punching.delete(punching);
+      if (punching) this.#rawFdUsers.delete(punching);
     }
   }
 
