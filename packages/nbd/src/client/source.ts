@@ -15,7 +15,7 @@ import {
   type ZeroOptions,
 } from '@vd/core';
 import { extentType } from '../contexts.js';
-import { CmdFlag, protocolError, TxFlag } from '../protocol.js';
+import { type BlockDescriptor, CmdFlag, protocolError, TxFlag } from '../protocol.js';
 import { type ExportInfo, type HandshakeOptions, NbdConnection } from './connection.js';
 import { formatNbdUri, type NbdTarget } from './uri.js';
 
@@ -36,7 +36,7 @@ export interface NbdClientConnection {
   trim(offset: number, length: number, flags?: number): Promise<void>;
   zero(offset: number, length: number, flags?: number): Promise<void>;
   cache(offset: number, length: number): Promise<void>;
-  blockStatus(offset: number, length: number, flags?: number): Promise<Map<string, { length: number; flags: number }[]>>;
+  blockStatus(offset: number, length: number, flags?: number): Promise<Map<string, BlockDescriptor[]>>;
   disconnect(): Promise<void>;
   destroy(err?: Error): void;
 }
