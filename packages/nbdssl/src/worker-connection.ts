@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { debug, VdError } from '@vd/core';
-import { formatNbdUri, type HandshakeOptions, type NbdClientConnection, type NbdTarget } from '@vd/nbd';
+import { formatNbdUri, type HandshakeOptions, type NbdClientConnection, type NbdTarget, type protocol } from '@vd/nbd';
 import type { ClientTlsOptions } from './client-tls.js';
 import type { PeerIdentity } from './verify.js';
 import { deserializeError, type FromWorker, type ToWorker, type WorkerSetup } from './worker-protocol.js';
@@ -141,8 +141,8 @@ export class WorkerConnection implements NbdClientConnection {
     return this.#call({ t: 'cache', id: 0, offset, length }) as Promise<void>;
   }
 
-  blockStatus(offset: number, length: number, flags = 0): Promise<Map<string, { length: number; flags: number }[]>> {
-    return this.#call({ t: 'blockStatus', id: 0, offset, length, flags }) as Promise<Map<string, { length: number; flags: number }[]>>;
+  blockStatus(offset: number, length: number, flags = 0): Promise<Map<string, protocol.BlockDescriptor[]>> {
+    return this.#call({ t: 'blockStatus', id: 0, offset, length, flags }) as Promise<Map<string, protocol.BlockDescriptor[]>>;
   }
 
   /** Soft disconnect: waits for requests in flight, then the worker sends DISC, closes and ends. */
