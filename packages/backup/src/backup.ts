@@ -136,7 +136,7 @@ export async function backup(repoDir: string, source: BackupSource, opts: Backup
     if (subformat === 'streamOptimized') {
       // The stream writer reads the source itself; a hashing reader records what it read.
       const hashing = hashingReader(disk);
-      const store = await resolver.create!(name);
+      const store = await resolver.create(name);
       try {
         const w = await writeStreamOptimized(hashing.disk, store, {
           name: DISK_FILE,

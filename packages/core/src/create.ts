@@ -55,7 +55,7 @@ export async function createDisk(path: string | URL, opts: CreateDiskOptions): P
       details: { path: file },
     });
   }
-  const siblings = recordCreated(fileResolver(dirname(file), { overwrite }), overwrite);
+  const siblings = recordingResolver(dirname(file), overwrite);
   try {
     await driver.create(store, {
       size: opts.size,
@@ -75,27 +75,22 @@ export async function createDisk(path: string | URL, opts: CreateDiskOptions): P
 }
 
 /**
- * Wraps a file resolver so the files its `create` brings into existence (VMDK extents) can be
- * removed again. Without overwrite every create made a new file (it opens with O_EXCL); with
- * overwrite, one that existed before is not counted.
+ * The file resolver for `dir`, recording the files its `create` brings into existence (VMDK
+ * extents) so they can be removed again. Without overwrite every create made a new file (it opens
+ * with O_EXCL); with overwrite, one that existed before is not counted.
  */
-function recordCreated(inner: StoreResolver, overwrite: boolean): { resolver: StoreResolver; remove: () => Promise<void> } {
+function recordingResolver(dir: string, overwrite: boolean): { resolver: StoreResolver; remove: () => Promise<void> } {
+  const inner = fileResolver(dir, { overwrite });
   const made: string[] = [];
-  const create = inner.create?.bind(inner);
   const resolver: StoreResolver = {
-    open: (name, o) => inner.open(name, o),
-    ...(inner.exists ? { exists: inner.exists.bind(inner) } : {}),
-    ...(create
-      ? {
-          async create(name: string) {
-            const before = overwrite && (await inner.exists?.(name)) === true;
-            const store = await create(name);
-            // A file store's name is the path it opened.
-            if (!before) made.push(store.name);
-            return store;
-          },
-        }
-      : {}),
+    ...inner,
+    async create(name: string) {
+      const before = overwrite && (await inner.exists(name));
+      const store = await inner.create(name);
+      // A file store's name is the path it opened.
+      if (!before) made.push(store.name);
+      return store;
+    },
   };
   const remove = async () => {
     for (const p of made.reverse()) await unlink(p).catch(() => {});

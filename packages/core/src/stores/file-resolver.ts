@@ -10,7 +10,7 @@ import { FileStore } from './file-store.js';
  * format itself decides which names it trusts. With `overwrite`, `create` replaces an existing
  * file (a disk being re-created replaces its extent files too).
  */
-export function fileResolver(dir: string, opts: { overwrite?: boolean | undefined } = {}): StoreResolver {
+export function fileResolver(dir: string, opts: { overwrite?: boolean | undefined } = {}): Required<StoreResolver> {
   const pathOf = (name: string): string => {
     if (typeof name !== 'string' || name.length === 0 || name.includes('\0')) {
       throw new VdError('ERR_VD_INVALID_ARGUMENT', `a file name must be a non-empty string without NUL bytes, got ${JSON.stringify(name)}`);
