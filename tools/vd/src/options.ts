@@ -1,6 +1,6 @@
 import { isVdError, VdError } from '@vd/core';
 import { InvalidArgumentError, Option } from 'commander';
-import { parseOffset, parseSize } from './units.js';
+import { parseDuration, parseOffset, parseSize } from './units.js';
 
 /**
  * Wraps a value parser for commander: ours throw ERR_VD_USAGE, commander wants
@@ -25,6 +25,9 @@ export const lengthOption = (description = 'length of the range (default: to the
   new Option('--length <bytes>', description).argParser(argParser(parseSize, 'length'));
 export const sizeOption = (description = 'size of the disk, e.g. 4G') =>
   new Option('--size <bytes>', description).argParser(argParser(parseSize, 'size'));
+/** A snapshot's lease on a vd host, in seconds (`vd snapshot create/renew`, `vd backup`). */
+export const leaseOption = (description: string) =>
+  new Option('--lease <duration>', description).argParser(argParser(parseDuration, 'lease'));
 
 /**
  * The range `[offset, offset + length)` of a disk, `length` defaulting to the rest of it; a range

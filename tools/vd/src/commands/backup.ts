@@ -6,11 +6,11 @@ import { nbdssl } from '@vd/nbdssl';
 import { type Command, Option } from 'commander';
 import type { Context } from '../context.js';
 import { type HostClientOptions, hostClient } from '../host-client.js';
-import { argParser, jsonOption } from '../options.js';
+import { jsonOption, leaseOption } from '../options.js';
 import { formatFields, printJson, printLines } from '../output.js';
 import { createProgress, type Progress } from '../progress.js';
 import { formats } from '../transports.js';
-import { formatBytes, formatRate, parseDuration } from '../units.js';
+import { formatBytes, formatRate } from '../units.js';
 
 /** Options every repository command that reads disks takes. */
 export interface TransportCliOptions {
@@ -143,10 +143,9 @@ export function define(cmd: Command, ctx: Context): void {
     .option('--token-file <file>', 'for a vd host: file holding the API token (default: $VD_TOKEN)')
     .option('--ca <file>', 'for a vd host: PEM CA certificate of an https:// API')
     .addOption(
-      new Option(
-        '--lease <duration>',
+      leaseOption(
         `for a vd host: the snapshot's lease (e.g. 10m), renewed every third of it while the backup runs; if vd dies, the host deletes the snapshot when it runs out (default ${DEFAULT_SNAPSHOT_TTL}s)`,
-      ).argParser(argParser(parseDuration, 'lease')),
+      ),
     )
     .addOption(tlsCertificatesOption())
     .addOption(tlsThumbprintOption())

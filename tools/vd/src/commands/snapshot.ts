@@ -1,15 +1,12 @@
 import { isVdError, VdError } from '@vd/core';
 import type { SnapshotInfo } from '@vd/host';
-import { type Command, Option } from 'commander';
+import type { Command } from 'commander';
 import type { Context } from '../context.js';
 import { caOption, type HostClientOptions, hostClient, tokenFileOption } from '../host-client.js';
-import { argParser, jsonOption } from '../options.js';
+import { jsonOption, leaseOption } from '../options.js';
 import { formatTable, printJson, printLines } from '../output.js';
-import { parseDuration } from '../units.js';
 
 type Opts = HostClientOptions & { json?: boolean; lease?: number };
-
-const leaseOption = (description: string) => new Option('--lease <duration>', description).argParser(argParser(parseDuration, 'lease'));
 
 /** What create and renew print: the same fields, `null` where there is none. */
 function printSnapshot(ctx: Context, s: SnapshotInfo, json: boolean | undefined): void {
