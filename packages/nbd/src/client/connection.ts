@@ -10,6 +10,7 @@ import {
   decodeInfoReply,
   decodeMetaContextReply,
   decodeServerReply,
+  EXTENDED_REPLY_SIZE,
   encodeClientFlags,
   encodeInfoRequest,
   encodeMetaContextRequest,
@@ -25,6 +26,8 @@ import {
   requestHeaderSize,
   type ServerMessage,
   ServerStreamDecoder,
+  SIMPLE_REPLY_SIZE,
+  STRUCTURED_REPLY_SIZE,
   TxFlag,
   writeRequestHeader,
 } from '../protocol.js';
@@ -168,10 +171,9 @@ export class NbdConnection {
     receiver.deliver = (chunk, borrowed) => this.#onData(chunk, borrowed);
     receiver.direct = () => (this.#dead ? undefined : decoder.directTarget());
     receiver.filled = (n) => this.#onDirect(n);
-    // Reply header plus a data chunk's offset field: 16 (simple), 20 + 8 (structured), 32 + 8 (extended);
-    // and the rest of a block status or error chunk already begun, which would otherwise come in
-    // header-sized reads.
-    const head = info.extended ? 40 : info.structured ? 28 : 16;
+    // Reply header, plus a data chunk's 8-byte offset field (structured, extended); and the rest of
+    // a block status or error chunk already begun, which would otherwise come in header-sized reads.
+    const head = info.extended ? EXTENDED_REPLY_SIZE + 8 : info.structured ? STRUCTURED_REPLY_SIZE + 8 : SIMPLE_REPLY_SIZE;
     receiver.lookahead = () => (this.#reads > 0 ? head + decoder.payloadDue() : 0);
     socket.on('data', (chunk: Uint8Array) => this.#onData(chunk, false));
     socket.on('error', (err) => this.#die(connectionLost(uri, err)));
