@@ -134,7 +134,7 @@ export class NbdClientSource implements BlockSource {
       const connectExtra = opts.connectExtra;
       // One that throws rather than rejects must not leave the first connection open.
       for (let i = 1; i < planned; i++) source.#join((async () => connectExtra(target, { ...hs, signal: stop.signal }))());
-      void source.ready().then(() => outer?.removeEventListener('abort', follow));
+      void source.#ready().then(() => outer?.removeEventListener('abort', follow));
       return source;
     }
     const extra = multi ? Array.from({ length: want - 1 }, () => inThread(target, hs)) : [];
@@ -162,7 +162,7 @@ export class NbdClientSource implements BlockSource {
   }
 
   /** Resolves once every connection being opened has joined (or failed). */
-  async ready(): Promise<void> {
+  async #ready(): Promise<void> {
     while (this.#joining.size > 0) await Promise.allSettled([...this.#joining]);
   }
 
@@ -243,7 +243,7 @@ export class NbdClientSource implements BlockSource {
   async _close(): Promise<void> {
     this.#closed = true;
     this.#stopJoining?.abort(new VdError('ERR_VD_CLOSED', `NBD disk ${formatNbdUri(this.target)} is closed`));
-    await this.ready();
+    await this.#ready();
     await this.#reconnecting?.catch(() => {});
     await Promise.allSettled(this.#conns.map((c) => c.disconnect()));
   }
