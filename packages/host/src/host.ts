@@ -33,7 +33,16 @@ import { GateSource } from './gate.js';
 import { FrozenSource, LiveSource } from './live-source.js';
 import { lockDatastore } from './lock.js';
 import { Overlay } from './overlay.js';
-import { type ChainLink, type DiskRecord, type HostState, readState, type SnapshotRecord, STATE_FILE, writeState } from './state.js';
+import {
+  type ChainLink,
+  type DiskRecord,
+  type HostState,
+  MAX_TTL,
+  readState,
+  type SnapshotRecord,
+  STATE_FILE,
+  writeState,
+} from './state.js';
 
 export interface DiskHostOptions {
   /** The datastore directory: every regular file directly inside is a disk (VMDK extent files aside). */
@@ -134,7 +143,6 @@ interface Served {
 
 /** The redo log's grain: the unit of copy-on-write and of consolidation. */
 const GRAIN = 64 * 1024;
-const MAX_TTL = 30 * 24 * 3600;
 const DEFAULT_LEASE_CHECK = 15_000;
 
 function checkTtl(ttl: unknown): number | undefined {

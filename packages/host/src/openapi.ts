@@ -2,10 +2,11 @@
  * The control API, described in OpenAPI 3.1. Served at `/openapi.json`; `packages/host/openapi.json`
  * is this object written out (a test keeps the two equal). Change the API here first.
  */
+import { MAX_TTL } from './state.js';
 
 const error = { $ref: '#/components/responses/Error' };
 const ttlParam = (description: string) =>
-  ({ name: 'ttl', in: 'query', required: false, description, schema: { type: 'integer', minimum: 1, maximum: 2592000 } }) as const;
+  ({ name: 'ttl', in: 'query', required: false, description, schema: { type: 'integer', minimum: 1, maximum: MAX_TTL } }) as const;
 const diskParam = {
   name: 'disk',
   in: 'path',
@@ -97,7 +98,7 @@ export const openApiDocument = {
           'Pauses the disk between two requests, marks a change ID, sends later writes to a redo log and exports the frozen ' +
           'state read-only as `<disk>@<id>`. One snapshot per disk at a time (409 ERR_VD_EXISTS). With `ttl` the ' +
           'snapshot is leased: unless renewed (POST …/lease) within `ttl` seconds, the host deletes it.',
-        parameters: [ttlParam('A lease in seconds (1 … 2592000); without it the snapshot lives until deleted')],
+        parameters: [ttlParam(`A lease in seconds (1 … ${MAX_TTL}); without it the snapshot lives until deleted`)],
         responses: {
           '201': {
             description: 'The new snapshot',
@@ -127,7 +128,7 @@ export const openApiDocument = {
         description:
           'Sets the lease to run out `ttl` seconds from now (default: the ttl the snapshot was taken with). 404 once the ' +
           'snapshot is gone or being deleted (its lease ran out): stop reading it.',
-        parameters: [ttlParam('Seconds from now (1 … 2592000); required for a snapshot taken without a lease')],
+        parameters: [ttlParam(`Seconds from now (1 … ${MAX_TTL}); required for a snapshot taken without a lease`)],
         responses: {
           '200': { description: 'The snapshot', content: { 'application/json': { schema: { $ref: '#/components/schemas/Snapshot' } } } },
           '400': error,

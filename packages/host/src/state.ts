@@ -2,6 +2,9 @@ import { open, readFile, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { VdError } from '@vd/core';
 
+/** The longest snapshot lease, in seconds: 30 days. */
+export const MAX_TTL = 30 * 24 * 3600;
+
 /** A snapshot as the host records it. */
 export interface SnapshotRecord {
   id: string;
@@ -13,7 +16,7 @@ export interface SnapshotRecord {
   created: string;
   /** `active`: exported read-only. `deleting`: being consolidated into the disk (resumed after a restart). */
   status: 'active' | 'deleting';
-  /** The lease in seconds, when the snapshot was taken with one (renewals default to it). */
+  /** The lease in seconds (1 … MAX_TTL), when the snapshot was taken with one (renewals default to it). */
   ttl?: number;
   /** ISO time the lease runs out: after it the host deletes the snapshot (at its next check, or start). */
   expires?: string;
