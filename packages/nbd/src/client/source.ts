@@ -114,16 +114,15 @@ export class NbdClientSource implements BlockSource {
   static async open(target: NbdTarget, opts: NbdClientOptions = {}, readOnly = false): Promise<NbdClientSource> {
     const hs = { ...opts, metaContexts: contextsToAsk(opts.metaContexts) };
     const first = await NbdConnection.open(target, hs);
-    const conns: NbdClientConnection[] = [first];
     const want = Math.max(1, Math.floor(opts.connections ?? Math.min(4, availableParallelism())));
     // A second connection to a server without multi-conn may never be greeted (qemu-nbd -e 1), and
     // would not see our writes consistently anyway: open more only when the server promises it.
     const multi = want > 1 && (first.info.flags & TxFlag.CAN_MULTI_CONN) !== 0;
     const planned = multi ? want : 1;
+    const source = new NbdClientSource(target, [first], hs, readOnly, planned);
     if (opts.connectExtra) {
       // A worker takes a few hundred ms to start under load: reads begin on the first connection
       // and the others join as they come up.
-      const source = new NbdClientSource(target, conns, { ...opts, metaContexts: hs.metaContexts }, readOnly, planned);
       // Their handshakes stop on the caller's signal too (AbortSignal.any needs Node 20.3).
       const stop = new AbortController();
       source.#stopJoining = stop;
@@ -137,12 +136,12 @@ export class NbdClientSource implements BlockSource {
       void source.#ready().then(() => outer?.removeEventListener('abort', follow));
       return source;
     }
-    const extra = multi ? Array.from({ length: want - 1 }, () => inThread(target, hs)) : [];
+    const extra = Array.from({ length: planned - 1 }, () => inThread(target, hs));
     for (const r of await Promise.allSettled(extra)) {
-      if (r.status === 'fulfilled') conns.push(r.value);
+      if (r.status === 'fulfilled') source.#conns.push(r.value);
       else debug('nbd client: extra connection to %s failed: %s', formatNbdUri(target), (r.reason as Error).message);
     }
-    return new NbdClientSource(target, conns, { ...opts, metaContexts: hs.metaContexts }, readOnly, planned);
+    return source;
   }
 
   /** Adds a connection once it is open (or drops it: closed meanwhile, or another export size). */
