@@ -92,8 +92,9 @@ export async function readEffectiveHeader(
   // VMware stream: [footer marker][footer = header with the real gdOffset][end-of-stream marker].
   // A partial last sector (some copies pad oddly) is ignored: the footer ends on a sector boundary.
   const end = Math.floor(fileSize / SECTOR) * SECTOR;
+  const footerless = recover && hasMarkers(first) ? { header: first, first, footerMissing: true } : undefined;
   const missing = (why: string) => {
-    if (recover && hasMarkers(first)) return { header: first, first, footerMissing: true };
+    if (footerless) return footerless;
     throw corrupt(name, `${why} (truncated?); open it with the \`recover\` option to read, read-only, the grains written before the cut`, {
       recoverable: hasMarkers(first),
     });
@@ -101,13 +102,20 @@ export async function readEffectiveHeader(
   if (end < 4 * SECTOR) return missing('stream is too short to hold a footer');
   const tail = new Uint8Array(3 * SECTOR);
   await readFully(store, end - 3 * SECTOR, tail);
-  const marker = parseMarker(tail, name);
-  if (marker.size !== 0 || marker.type !== MARKER_FOOTER) return missing('stream has no footer where the end of the file should hold it');
+  // A stream cut inside a grain ends in compressed bytes, which rarely even parse as a marker.
+  const marker = (() => {
+    try {
+      return parseMarker(tail, name);
+    } catch {
+      return undefined;
+    }
+  })();
+  if (marker?.size !== 0 || marker.type !== MARKER_FOOTER) return missing('stream has no footer where the end of the file should hold it');
   let footer: SparseHeader;
   try {
     footer = parseSparseHeader(tail.subarray(SECTOR, 2 * SECTOR), name);
   } catch (err) {
-    if (recover && hasMarkers(first)) return { header: first, first, footerMissing: true };
+    if (footerless) return footerless;
     throw err;
   }
   if (footer.gdAtEnd) return missing('stream footer does not say where the grain directory is');
