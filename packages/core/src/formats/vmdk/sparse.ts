@@ -205,11 +205,6 @@ export class SparseExtent implements VmdkExtent {
   readonly #rgd: Uint32Array | undefined;
   /** Redundant grain tables loaded to stand in for damaged entries of the primary ones (read-only extents). */
   readonly #rgts = new Map<number, Promise<Uint32Array>>();
-  /**
-   * Some of the directory or tables read came from the redundant copy because the primary is
-   * damaged; such an extent is read-only (`checkVmdk --repair` mends the primary).
-   */
-  recovered = false;
   readonly #compressed: boolean;
   readonly #markers: boolean;
   readonly #zeroed: boolean;
@@ -261,7 +256,6 @@ export class SparseExtent implements VmdkExtent {
       for (const t of tables.keys()) gd[t] = 1;
       const extent = new SparseExtent(store, header, gd, undefined, fileSize, { ...opts, writable: false });
       for (const [t, gt] of tables) extent.#gts.set(t, gt);
-      extent.recovered = true;
       return extent;
     }
     const primary = await SparseExtent.#readGd(store, opts.name, header.gdOffset, n, fileSize, 'grain directory');
@@ -285,9 +279,8 @@ export class SparseExtent implements VmdkExtent {
       gd = Uint32Array.from(rgd.gd);
       recovered = true;
     } else throw primary.error;
-    const extent = new SparseExtent(store, header, gd, rgd?.gd, fileSize, { ...opts, writable: opts.writable && !recovered });
-    extent.recovered = recovered;
-    return extent;
+    // Partly read through the redundant copy (the primary is damaged): read-only; `checkVmdk --repair` mends the primary.
+    return new SparseExtent(store, header, gd, rgd?.gd, fileSize, { ...opts, writable: opts.writable && !recovered });
   }
 
   /**
@@ -368,10 +361,7 @@ export class SparseExtent implements VmdkExtent {
       failure = err;
     }
     const alt = await this.#redundantGte(i, g).catch(() => undefined);
-    if (alt !== undefined && this.#grainOk(alt)) {
-      this.recovered = true;
-      return alt;
-    }
+    if (alt !== undefined && this.#grainOk(alt)) return alt;
     if (gte === undefined) throw failure;
     return gte;
   }
