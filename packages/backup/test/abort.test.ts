@@ -1,6 +1,6 @@
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { type BlockSource, Disk, MemorySource, memoryDisk } from '@vd/core';
+import { type BlockSource, Disk, MemorySource, memoryDisk, readOnlyCapabilities } from '@vd/core';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { backup, diskSource, openPoint, Repository, restore, verifyPoint } from '../src/index.js';
 import { contentOf, fill, tempDir } from './helpers.js';
@@ -21,7 +21,7 @@ function stallingDisk(content: MemorySource, healthy: number, controller: AbortC
   const seen = { stuck: 0, destroyed: false, closed: false };
   const source: BlockSource = {
     size: content.size,
-    capabilities: { ...content.capabilities, readOnly: true, flush: false, fua: 'none', zero: 'none', fastZero: false, trim: 'none' },
+    capabilities: readOnlyCapabilities(content.capabilities),
     _read: (offset, into, opts) => {
       if (reads++ < healthy) return content._read(offset, into, opts);
       seen.stuck++;
