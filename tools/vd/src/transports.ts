@@ -1,4 +1,6 @@
 import { defaultFormats, type FormatDriver, file, type Transport, vmdkFormat } from '@vd/core';
+import type { NbdTransportOptions } from '@vd/nbd';
+import type { NbdsslOptions } from '@vd/nbdssl';
 
 /**
  * The formats the CLI reads, detected in this order (raw accepts anything, so it stays last).
@@ -36,16 +38,20 @@ export function lazyTransport(name: string, schemes: readonly string[], load: ()
   };
 }
 
+/** `nbdssl(options)` of @vd/nbdssl (TLS, node-forge), imported on first use. */
+export const lazyNbdssl = (options?: NbdsslOptions): Transport =>
+  lazyTransport('nbdssl', ['nbds', 'nbds+unix'], async () => (await import('@vd/nbdssl')).nbdssl(options));
+
+/** `nbd(options)` of @vd/nbd, imported on first use. */
+export const lazyNbd = (options?: NbdTransportOptions): Transport =>
+  lazyTransport('nbd', ['nbd', 'nbd+unix'], async () => (await import('@vd/nbd')).nbd(options));
+
 /**
  * The transports `vd` tries, in order, for every disk argument: the one list in the CLI. To add
- * a transport, append it here (imported lazily, e.g. `lazyTransport('nbd', [...], ...)` for
- * `nbd://` URIs); every command then accepts its URIs, and `vd info` shows which one was selected
- * and why others were skipped.
+ * a transport, append it here (imported lazily, like `lazyNbd()` for `nbd://` URIs); every
+ * command then accepts its URIs, and `vd info` shows which one was selected and why others were
+ * skipped.
  */
 export function transports(): Transport[] {
-  return [
-    file({ formats }),
-    lazyTransport('nbdssl', ['nbds', 'nbds+unix'], async () => (await import('@vd/nbdssl')).nbdssl()),
-    lazyTransport('nbd', ['nbd', 'nbd+unix'], async () => (await import('@vd/nbd')).nbd()),
-  ];
+  return [file({ formats }), lazyNbdssl(), lazyNbd()];
 }

@@ -63,6 +63,21 @@ describe('vd loads only the command it runs', () => {
     });
   });
 
+  it('vd backup and vd verify of a file import no NBD or TLS transport, nor the host', async () => {
+    await withTempDir(async (dir) => {
+      const disk = join(dir, 'd.img');
+      await writeFile(disk, new Uint8Array(4096));
+      const repo = join(dir, 'repo');
+      for (const argv of [
+        ['backup', disk, repo, '--json'],
+        ['verify', repo, '--json'],
+      ]) {
+        // The backup code itself, and nothing for NBD, TLS or a host.
+        expect(heavyIn(await modulesLoadedBy(dir, ...argv)), argv[0]).toEqual(['/packages/backup/', '/packages/cbt/']);
+      }
+    });
+  });
+
   it('the trace does see heavy packages where a command needs them (vd serve --help)', async () => {
     await withTempDir(async (dir) => {
       const modules = await modulesLoadedBy(dir, 'serve', '--help');

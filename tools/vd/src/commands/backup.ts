@@ -1,15 +1,13 @@
 import { type BackupResult, type BackupSource, backup, DEFAULT_SNAPSHOT_TTL, diskSource, hostSource } from '@vd/backup';
 import { DIRTY_BITMAP_PREFIX } from '@vd/cbt';
 import { file, openDisk, type Transport, VdError } from '@vd/core';
-import { nbd } from '@vd/nbd';
-import { nbdssl } from '@vd/nbdssl';
 import { type Command, Option } from 'commander';
 import type { Context } from '../context.js';
 import { type HostClientOptions, hostClient } from '../host-client.js';
 import { jsonOption, leaseOption } from '../options.js';
 import { formatFields, printJson, printLines } from '../output.js';
 import { createProgress, type Progress } from '../progress.js';
-import { formats } from '../transports.js';
+import { formats, lazyNbd, lazyNbdssl } from '../transports.js';
 import { formatBytes, formatRate } from '../units.js';
 
 /** Options every repository command that reads disks takes. */
@@ -43,10 +41,10 @@ export function chooseTransports(ctx: Context, opts: TransportCliOptions, extra:
       continue;
     }
     if (name === 'file') out.push(file({ formats }));
-    else if (name === 'nbd') out.push(nbd({ metaContexts: extra.metaContexts }));
+    else if (name === 'nbd') out.push(lazyNbd({ metaContexts: extra.metaContexts }));
     else
       out.push(
-        nbdssl({
+        lazyNbdssl({
           metaContexts: extra.metaContexts,
           ...(opts.tlsCertificates !== undefined ? { certificates: opts.tlsCertificates } : {}),
           ...(opts.tlsThumbprint !== undefined ? { thumbprint: opts.tlsThumbprint } : {}),
