@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { debug, VdError } from '@vd/core';
+import { abortError, debug, VdError } from '@vd/core';
 import { formatNbdUri, type HandshakeOptions, type NbdClientConnection, type NbdTarget, type protocol } from '@vd/nbd';
 import type { ClientTlsOptions } from './client-tls.js';
 import type { PeerIdentity } from './verify.js';
@@ -47,7 +47,7 @@ export class WorkerConnection implements NbdClientConnection {
     const entry = workerEntry();
     if (!entry) return Promise.reject(new VdError('ERR_VD_NOT_SUPPORTED', 'the NBD connection worker is not built (pnpm build)'));
     const signal = hs.signal;
-    if (signal?.aborted) return Promise.reject(new VdError('ERR_VD_ABORTED', `NBD connect to ${uri} aborted`, { cause: signal.reason }));
+    if (signal?.aborted) return Promise.reject(abortError(signal, `NBD connect to ${uri}`));
     const setup: WorkerSetup = {
       target,
       handshake: {
@@ -91,7 +91,7 @@ export class WorkerConnection implements NbdClientConnection {
       const onError = (err: Error) =>
         fail(new VdError('ERR_VD_IO', `NBD connect to ${uri} failed in its worker thread: ${err.message}`, { cause: err }));
       const onExit = () => fail(new VdError('ERR_VD_IO', `NBD connect to ${uri}: the worker thread ended before the handshake finished`));
-      const onAbort = () => fail(new VdError('ERR_VD_ABORTED', `NBD connect to ${uri} aborted`, { cause: signal?.reason }));
+      const onAbort = () => fail(abortError(signal, `NBD connect to ${uri}`));
       const done = () => {
         thread.off('message', onMessage);
         thread.off('error', onError);
