@@ -107,8 +107,8 @@ describe('a streamOptimized file cut short', () => {
         if (Buffer.compare(g, want.subarray(at, at + GRAIN)) === 0) grains++;
         else expect(g.every((b) => b === 0)).toBe(true);
       }
-      // The grains written before the cut read back (random data compresses to nothing less than a grain).
-      expect(grains).toBeGreaterThan(64 * fraction - 4);
+      // The grains written before the cut read back (random data does not compress: a record is a grain and a bit).
+      expect(grains).toBeGreaterThan(64 * fraction * 0.75);
     }
   });
 
