@@ -79,9 +79,9 @@ export async function readState(path: string): Promise<HostState> {
         throw corrupt(`disk ${name} has a malformed snapshot`);
       }
       if (snap.status !== 'active' && snap.status !== 'deleting') throw corrupt(`snapshot ${snap.id} has status ${String(snap.status)}`);
-      if (snap.expires !== undefined && (typeof snap.expires !== 'string' || Number.isNaN(Date.parse(snap.expires)))) {
-        throw corrupt(`snapshot ${snap.id} has a malformed lease`);
-      }
+      const badExpiry = snap.expires !== undefined && (typeof snap.expires !== 'string' || Number.isNaN(Date.parse(snap.expires)));
+      const badTtl = snap.ttl !== undefined && !(Number.isSafeInteger(snap.ttl) && snap.ttl >= 1 && snap.ttl <= MAX_TTL);
+      if (badExpiry || badTtl) throw corrupt(`snapshot ${snap.id} has a malformed lease`);
     }
     if (d.chain !== undefined) {
       if (!Array.isArray(d.chain)) throw corrupt(`disk ${name} has a malformed chain`);
