@@ -306,6 +306,48 @@ describe('client against our server', () => {
     expect(isVdError(failed, 'ERR_VD_IO')).toBe(true);
   });
 
+  it('reconnects by position: the first connection in this thread, the others through connectExtra, whatever it returned', async () => {
+    const { server, uri } = await serve(memoryDisk(4 * MiB, { data: pattern(4 * MiB, 5) }));
+    const t = parseNbdUri(uri);
+    if (t.kind !== 'tcp') throw new Error('tcp expected');
+    const sockets = new Set<Socket>();
+    const proxy = createServer((c) => {
+      const up = netConnect({ host: t.host, port: t.port });
+      sockets.add(c).add(up);
+      c.pipe(up).pipe(c);
+      const drop = () => {
+        c.destroy();
+        up.destroy();
+      };
+      c.on('error', drop).on('close', drop);
+      up.on('error', drop).on('close', drop);
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => proxy.close(() => r())));
+    const port = (proxy.address() as { port: number }).port;
+    // A connectExtra that falls back to a connection in this thread (no `worker` flag), as one
+    // whose worker could not start might.
+    const extra: NbdClientConnection[] = [];
+    const connectExtra = async (target: NbdTarget, o: HandshakeOptions) => {
+      const c = await NbdConnection.open(target, o);
+      extra.push(c);
+      return c;
+    };
+    const disk = await openDisk(`nbd://127.0.0.1:${port}/d`, { transports: [nbd({ connections: 2, connectExtra, retryDelay: 5 })] });
+    cleanups.push(() => disk.destroy());
+    await vi.waitFor(() => expect(disk.info().connections).toBe(2));
+    expect(extra.length).toBe(1);
+    for (const s of sockets) s.destroy();
+    await vi.waitFor(() => expect(extra[0]!.closed).toBe(true));
+    const again = await disk.read(MiB, 65536);
+    expect(Buffer.compare(again, pattern(4 * MiB, 5).subarray(MiB, MiB + 65536))).toBe(0);
+    // The second connection came back through connectExtra, the first did not.
+    expect(extra.length).toBe(2);
+    expect(extra[1]!.closed).toBe(false);
+    expect(disk.info().connections).toBe(2);
+    await vi.waitFor(() => expect(server.connections).toBe(2));
+  });
+
   it('times out a handshake the server never answers', async () => {
     const silent = createServer(() => {});
     await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));

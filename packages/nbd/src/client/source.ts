@@ -294,12 +294,14 @@ export class NbdClientSource implements BlockSource {
         const hs = { ...this.#opts, metaContexts: this.#opts.metaContexts };
         const next: NbdClientConnection[] = [];
         const before = [...this.#conns];
-        for (const c of before) {
+        for (const [i, c] of before.entries()) {
           if (!c.closed) {
             next.push(c);
             continue;
           }
-          const open = c.worker && this.#opts.connectExtra ? this.#opts.connectExtra : inThread;
+          // By position, as open planned them: the first in this thread, the others through
+          // connectExtra, whatever kind of connection it returned last time.
+          const open = i > 0 && this.#opts.connectExtra ? this.#opts.connectExtra : inThread;
           const fresh = await open(this.target, hs);
           if (fresh.info.size !== this.size) {
             fresh.destroy();
