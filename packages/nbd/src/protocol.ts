@@ -109,6 +109,12 @@ export const EXTENDED_REPLY_SIZE = 32;
 export const MAX_STRING = 4096;
 /** Descriptors per block status chunk a peer SHOULD keep to. */
 export const MAX_EXTENTS = 1 << 20;
+/**
+ * Requests in flight on one connection unless configured, on both sides: the client sends at most
+ * this many before waiting for a reply (`HandshakeOptions.maxInFlight`), the server stops reading
+ * a client's requests beyond it (`NbdServerLimits.maxInFlight`).
+ */
+export const DEFAULT_MAX_IN_FLIGHT = 16;
 
 const TWO32 = 0x1_0000_0000;
 

@@ -8,12 +8,14 @@ import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { HandshakeOptions, NbdConnection } from '@vd/nbd';
+import { DEFAULT_MAX_IN_FLIGHT } from '@vd/nbd/protocol';
 import { clientUpgrade } from './client-tls.js';
 import { type FromWorker, serializeError, type ToWorker, type WorkerSetup } from './worker-protocol.js';
 
 // Each worker loads its modules afresh, and @vd/nbd's index brings the server too: the connection
-// module alone (from the built package) halves a worker's start-up CPU. (require.resolve, not
-// import.meta.resolve: Node 20 before 20.6 lacks the latter.)
+// module alone (from the built package) halves a worker's start-up CPU; @vd/nbd/protocol, which
+// that module loads anyway, costs nothing more. (require.resolve, not import.meta.resolve: Node 20
+// before 20.6 lacks the latter.)
 const nbdIndex = pathToFileURL(createRequire(import.meta.url).resolve('@vd/nbd'));
 const { NbdConnection: Connection } = (await import(new URL('./client/connection.js', nbdIndex).href)) as typeof import('@vd/nbd');
 
@@ -28,7 +30,7 @@ const post = (m: FromWorker, transfer: ArrayBuffer[] = []) => port.postMessage(m
 const pool = new Map<number, ArrayBuffer[]>();
 let pooled = 0;
 let pooledBytes = 0;
-const poolLimit = setup.handshake.maxInFlight ?? 16;
+const poolLimit = setup.handshake.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT;
 const poolBytes = 64 << 20;
 
 function take(length: number): ArrayBuffer {

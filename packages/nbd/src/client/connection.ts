@@ -6,6 +6,7 @@ import {
   type BlockDescriptor,
   Cmd,
   CmdFlag,
+  DEFAULT_MAX_IN_FLIGHT,
   decodeErrorText,
   decodeInfoReply,
   decodeMetaContextReply,
@@ -63,7 +64,7 @@ export interface HandshakeOptions {
   extendedHeaders?: boolean;
   /** Meta contexts to select; a query ending in `:` selects every context the server lists under it. */
   metaContexts?: readonly string[];
-  /** Requests in flight on this connection (default 16). */
+  /** Requests in flight on this connection (default `DEFAULT_MAX_IN_FLIGHT`). */
   maxInFlight?: number;
   tls?: NbdClientTls;
   signal?: AbortSignal;
@@ -184,7 +185,7 @@ export class NbdConnection {
   static async open(target: NbdTarget, opts: HandshakeOptions = {}): Promise<NbdConnection> {
     const uri = formatNbdUri(target);
     const hs = await Handshake.run(target, opts, async (h) => h.go(target.exportName, opts));
-    return new NbdConnection(hs.socket, hs.receiver, hs.decoder, hs.result, uri, opts.maxInFlight ?? 16);
+    return new NbdConnection(hs.socket, hs.receiver, hs.decoder, hs.result, uri, opts.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT);
   }
 
   get closed(): boolean {

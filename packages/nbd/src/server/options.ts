@@ -1,5 +1,6 @@
 import type { Duplex } from 'node:stream';
 import type { Disk } from '@vd/core';
+import { DEFAULT_MAX_IN_FLIGHT } from '../protocol.js';
 import { defaultZeroCopySends } from './zero-copy.js';
 
 /** One disk the server exports under a name. */
@@ -15,7 +16,7 @@ export interface NbdExport {
 export interface NbdServerLimits {
   /** Connections open at once; more are closed at once (default 64). */
   maxConnections?: number;
-  /** Requests a client may have in flight; the server stops reading from it beyond (default 16). */
+  /** Requests a client may have in flight; the server stops reading from it beyond (default `DEFAULT_MAX_IN_FLIGHT`). */
   maxInFlight?: number;
   /** Largest READ/WRITE payload, advertised as the maximum block size (default 32 MiB). */
   maxPayload?: number;
@@ -111,7 +112,7 @@ export interface NbdServerStats {
 export function resolveLimits(l: NbdServerLimits = {}): ResolvedLimits {
   return {
     maxConnections: l.maxConnections ?? 64,
-    maxInFlight: l.maxInFlight ?? 16,
+    maxInFlight: l.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT,
     maxPayload: l.maxPayload ?? 32 << 20,
     maxOptionData: l.maxOptionData ?? 64 << 10,
     handshakeTimeout: l.handshakeTimeout ?? 30_000,
