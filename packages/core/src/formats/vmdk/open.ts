@@ -9,7 +9,7 @@ import { isSparseMagic } from './header.js';
 import { cidMismatch, type DescriptorHome, VmdkSource } from './link.js';
 import { baseOf, dirOf, extentName, joinName } from './paths.js';
 import { SeSparseExtent } from './sesparse.js';
-import { readEffectiveHeader, SparseExtent } from './sparse.js';
+import { type EffectiveHeader, readEffectiveHeader, SparseExtent } from './sparse.js';
 
 /** VMDK switches, passed as `formatOptions` to `openDisk` or directly to `openVmdk`. */
 export interface VmdkOpenOptions {
@@ -59,17 +59,21 @@ export async function openVmdk(resolver: StoreResolver, name: string, opts: Vmdk
   return openVmdkStore(store, resolver, name, opts);
 }
 
-/** A link's descriptor and where it lives, from its first file. */
+/**
+ * A link's descriptor and where it lives, from its first file. When that file is a sparse extent,
+ * `sparse` is its header as read here, for `SparseExtent.open` to take instead of reading it again.
+ */
 export async function readDescriptor(
   store: ByteStore,
   name: string,
   recover = false,
-): Promise<{ descriptor: Descriptor; home: DescriptorHome; embedded: boolean }> {
+): Promise<{ descriptor: Descriptor; home: DescriptorHome; embedded: boolean; sparse?: EffectiveHeader }> {
   const size = await store.size();
   const head = new Uint8Array(Math.min(size, 2048));
   await readFully(store, 0, head);
   if (isSparseMagic(head)) {
-    const { first, header } = await readEffectiveHeader(store, name, size, recover);
+    const sparse = await readEffectiveHeader(store, name, size, recover, head);
+    const { first, header } = sparse;
     if (first.descriptorOffset !== 0) {
       const at = first.descriptorOffset * SECTOR;
       const capacity = first.descriptorSize * SECTOR;
@@ -79,21 +83,24 @@ export async function readDescriptor(
       await readFully(store, at, bytes);
       const text = decodeDescriptorBytes(bytes);
       if (text.trim() !== '')
-        return { descriptor: parseDescriptor(text), home: { kind: 'embedded', store, offset: at, capacity }, embedded: true };
+        return { descriptor: parseDescriptor(text), home: { kind: 'embedded', store, offset: at, capacity }, embedded: true, sparse };
     }
     // A split extent opened on its own has an empty descriptor slot: read it as a plain sparse disk.
-    return { descriptor: synthetic('monolithicSparse', header.capacity, 'SPARSE', name), home: { kind: 'none' }, embedded: true };
+    return { descriptor: synthetic('monolithicSparse', header.capacity, 'SPARSE', name), home: { kind: 'none' }, embedded: true, sparse };
   }
   if (isCowdMagic(head)) {
+    // A file shorter than the header reads as zeroes past its end, as readFully gives them.
     const full = new Uint8Array(2048);
-    await readFully(store, 0, full);
+    full.set(head);
     const h = parseCowdHeader(full, name);
     return { descriptor: synthetic('vmfsSparse', h.capacity, 'VMFSSPARSE', name), home: { kind: 'none' }, embedded: true };
   }
   if (!looksLikeDescriptor(head)) throw new VdError('ERR_VD_UNKNOWN_FORMAT', `${name} is not a VMDK (no sparse header, no descriptor)`);
   if (size > MAX_DESCRIPTOR_BYTES) throw new VdError('ERR_VD_CORRUPT', `${name}: a descriptor file of ${size} bytes is too large`);
+  // The head read above is the file's start (all of a usual descriptor): only the rest is read.
   const bytes = new Uint8Array(size);
-  await readFully(store, 0, bytes);
+  bytes.set(head);
+  await readFully(store, head.length, bytes.subarray(head.length));
   return { descriptor: parseDescriptor(decodeDescriptorBytes(bytes)), home: { kind: 'file', store }, embedded: false };
 }
 
@@ -124,7 +131,7 @@ export async function openVmdkStore(
   const extents: VmdkExtent[] = [];
   let source: VmdkSource | undefined;
   try {
-    const { descriptor, home, embedded } = await readDescriptor(store, name, opts.recover === true);
+    const { descriptor, home, embedded, sparse } = await readDescriptor(store, name, opts.recover === true);
     const readOnly = opts.readOnly === true || store.readOnly;
     const dir = dirOf(name);
     const byName = new Map<string, ByteStore>([[joinName('', name), store]]);
@@ -155,7 +162,10 @@ export async function openVmdkStore(
       const fileSize = await s.size();
       switch (e.kind) {
         case 'SPARSE':
-          extents.push(await SparseExtent.open(s, { name: file, writable, size, recover: opts.recover }));
+          // The descriptor's own file: its header was read (and checked) by readDescriptor.
+          extents.push(
+            await SparseExtent.open(s, { name: file, writable, size, recover: opts.recover, header: s === store ? sparse : undefined }),
+          );
           break;
         case 'VMFSSPARSE':
           extents.push(await CowdExtent.open(s, { name: file, size }));

@@ -74,25 +74,41 @@ export class Mutex {
   }
 }
 
+/** A sparse extent's header as read from a file of `fileSize` bytes (see `readEffectiveHeader`). */
+export interface EffectiveHeader {
+  /** The header to use: the footer of a stream written with GD_AT_END, else the first. */
+  header: SparseHeader;
+  /** Sector 0's header. */
+  first: SparseHeader;
+  /** A stream cut short, read with `recover`: its grains are found by scanning markers. */
+  footerMissing?: boolean;
+  fileSize: number;
+}
+
 /**
  * Reads the header, and for a stream written with GD_AT_END the footer that supersedes it. With
  * `recover`, a stream whose footer is missing (cut short) comes back with `footerMissing` and
- * its first header, so the caller can rebuild the grain map by scanning markers.
+ * its first header, so the caller can rebuild the grain map by scanning markers. `head`, the
+ * file's first bytes when the caller read them already, spares reading sector 0 again (they are
+ * parsed and checked all the same).
  */
 export async function readEffectiveHeader(
   store: ByteStore,
   name: string,
   fileSize: number,
   recover = false,
-): Promise<{ header: SparseHeader; first: SparseHeader; footerMissing?: boolean }> {
-  const head = new Uint8Array(HEADER_SIZE);
-  await readFully(store, 0, head);
+  head?: Uint8Array,
+): Promise<EffectiveHeader> {
+  if (head === undefined || head.length < HEADER_SIZE) {
+    head = new Uint8Array(HEADER_SIZE);
+    await readFully(store, 0, head);
+  }
   const first = parseSparseHeader(head, name);
-  if (!first.gdAtEnd) return { header: first, first };
+  if (!first.gdAtEnd) return { header: first, first, fileSize };
   // VMware stream: [footer marker][footer = header with the real gdOffset][end-of-stream marker].
   // A partial last sector (some copies pad oddly) is ignored: the footer ends on a sector boundary.
   const end = Math.floor(fileSize / SECTOR) * SECTOR;
-  const footerless = recover && hasMarkers(first) ? { header: first, first, footerMissing: true } : undefined;
+  const footerless = recover && hasMarkers(first) ? { header: first, first, footerMissing: true, fileSize } : undefined;
   const missing = (why: string) => {
     if (footerless) return footerless;
     throw corrupt(name, `${why} (truncated?); open it with the \`recover\` option to read, read-only, the grains written before the cut`, {
@@ -119,7 +135,7 @@ export async function readEffectiveHeader(
     throw err;
   }
   if (footer.gdAtEnd) return missing('stream footer does not say where the grain directory is');
-  return { header: footer, first };
+  return { header: footer, first, fileSize };
 }
 
 /**
@@ -184,6 +200,11 @@ export interface SparseOpenOptions {
   recover?: boolean | undefined;
   /** Bytes the descriptor gives the extent; the header's capacity when absent. */
   size?: number;
+  /**
+   * The header as `readEffectiveHeader` read it from this same store (with the same `recover`),
+   * when opening its descriptor did already: it is not read again.
+   */
+  header?: EffectiveHeader | undefined;
 }
 
 /**
@@ -246,8 +267,8 @@ export class SparseExtent implements VmdkExtent {
   }
 
   static async open(store: ByteStore, opts: SparseOpenOptions): Promise<SparseExtent> {
-    const fileSize = await store.size();
-    const { header, footerMissing } = await readEffectiveHeader(store, opts.name, fileSize, opts.recover === true);
+    const { header, footerMissing, fileSize } =
+      opts.header ?? (await readEffectiveHeader(store, opts.name, await store.size(), opts.recover === true));
     const n = gdEntries(header);
     if (footerMissing) {
       const tables = await scanStream(store, opts.name, header, fileSize);
