@@ -1,6 +1,7 @@
 // Shared by bench/nbd.mjs and bench/nbdssl.mjs: starting peers and reading a whole disk the same way
 // on both sides of a comparison. (The `_` keeps `pnpm bench` from running it as a benchmark.)
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { access } from 'node:fs/promises';
 import { performance } from 'node:perf_hooks';
 
@@ -13,20 +14,26 @@ export const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length
  * Runs each of `runs` once per round (after one untimed warm-up of each, for the page cache),
  * rotating which goes first so a load spike or a warm cache favours none; per run the wall times
  * and this process's CPU times (s). Compare per-round ratios: the load on a shared machine drifts
- * between rounds, much less within one.
+ * between rounds, much less within one. A run may be `{ run, server }`, `server` being a peer from
+ * `peer()`: its CPU time during the run is kept too (`serverCpu`), since what a client costs the
+ * server it reads from is part of its speed on a machine they share.
  */
 export async function rounds(runs, n) {
-  for (const f of runs) await f();
-  const out = runs.map(() => ({ wall: [], cpu: [] }));
+  const fns = runs.map((r) => (typeof r === 'function' ? r : r.run));
+  for (const f of fns) await f();
+  const out = runs.map(() => ({ wall: [], cpu: [], serverCpu: [] }));
   for (let i = 0; i < n; i++) {
     for (let k = 0; k < runs.length; k++) {
       const j = (i + k) % runs.length;
+      const server = runs[j].server;
+      const s0 = server?.cpu();
       const c = process.cpuUsage();
       const s = performance.now();
-      await runs[j]();
+      await fns[j]();
       out[j].wall.push((performance.now() - s) / 1000);
       const d = process.cpuUsage(c);
       out[j].cpu.push((d.user + d.system) / 1e6);
+      if (server) out[j].serverCpu.push(server.cpu() - s0);
     }
   }
   return out;
@@ -54,14 +61,27 @@ export function exec(cmd, args) {
   });
 }
 
-/** Starts an NBD server on unix socket `sock`; ready once it wrote `pid` (it listens by then). */
+/** Clock ticks per second of /proc/PID/stat's CPU times. */
+const ticks = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout) || 100;
+
+/** CPU seconds (user + system, all threads) process `pid` has used so far. */
+function processCpu(pid) {
+  // Fields after the command name, which is in parentheses and may hold spaces: utime is the 12th.
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(f[11]) + Number(f[12])) / ticks;
+}
+
+/**
+ * Starts an NBD server on unix socket `sock`; ready once it wrote `pid` (it listens by then).
+ * `cpu()` is the server's CPU time so far, in seconds.
+ */
 export async function peer(cmd, args, sock, pid) {
   const c = spawn(cmd, args, { env, stdio: 'ignore' });
   for (let i = 0; i < 400; i++) {
     try {
       await access(pid);
       await access(sock);
-      return { uri: `nbd+unix:///?socket=${sock}`, stop: () => c.kill('SIGTERM') };
+      return { uri: `nbd+unix:///?socket=${sock}`, stop: () => c.kill('SIGTERM'), cpu: () => processCpu(c.pid) };
     } catch {
       await new Promise((r) => setTimeout(r, 25));
     }

@@ -10,7 +10,8 @@
 //  4. Peak RSS of this process (which runs our client and server).
 // Size: BENCH_NBD_MIB (default 2048). Rounds: BENCH_NBD_ROUNDS (default 5; the runs compared rotate
 // within each round after a warm-up of each; the ratio is the median of the per-round ratios, and
-// our CPU per GiB is printed since, on a shared machine, it swings far less than wall time).
+// our CPU per GiB is printed since, on a shared machine, it swings far less than wall time; so is
+// the peer server's, which shows what each client costs the server it shares the machine with).
 import { spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -47,14 +48,20 @@ const rssTimer = setInterval(() => {
 
 const rate = (bytes, s) => `${(bytes / MiB / s).toFixed(0)} MiB/s`;
 const GiB = 1024 * MiB;
-/** Our side and the peer's: median wall time, throughput, our CPU per GiB, per-round ratio. */
+/** CPU per GiB of `cpus` (s), as printed. */
+const perGiB = (cpus) => `${((median(cpus) * GiB) / SIZE).toFixed(2)} s/GiB`;
+/**
+ * Our side and the peer's: median wall time, throughput, our CPU per GiB, the CPU per GiB of the
+ * peer server read from (when the runs name it), per-round ratio.
+ */
 function report(what, oursName, ours, peerName, theirs, target) {
   const r = ratios(ours, theirs);
+  const server = (x) => (x.serverCpu.length ? `  server CPU ${perGiB(x.serverCpu)}` : '');
   console.log(`${what}`);
   console.log(
-    `  ${oursName.padEnd(34)} ${median(ours.wall).toFixed(2)} s  ${rate(SIZE, median(ours.wall))}  vd CPU ${((median(ours.cpu) * GiB) / SIZE).toFixed(2)} s/GiB`,
+    `  ${oursName.padEnd(34)} ${median(ours.wall).toFixed(2)} s  ${rate(SIZE, median(ours.wall))}  vd CPU ${perGiB(ours.cpu)}${server(ours)}`,
   );
-  console.log(`  ${peerName.padEnd(34)} ${median(theirs.wall).toFixed(2)} s  ${rate(SIZE, median(theirs.wall))}`);
+  console.log(`  ${peerName.padEnd(34)} ${median(theirs.wall).toFixed(2)} s  ${rate(SIZE, median(theirs.wall))}${server(theirs)}`);
   console.log(
     `  ratio (ours/peer throughput)      ${r.median.toFixed(2)}x (target >= ${target}x)  rounds: ${r.rounds.map((x) => x.toFixed(2)).join(' ')}`,
   );
@@ -100,12 +107,15 @@ try {
   stops.push(kit.stop);
   const [ours1, theirs1] = await rounds(
     [
-      async () => {
-        const disk = await core.openDisk(kit.uri, { transports: [nbd()], readOnly: true });
-        await readAll(disk);
-        await disk.close();
+      {
+        server: kit,
+        run: async () => {
+          const disk = await core.openDisk(kit.uri, { transports: [nbd()], readOnly: true });
+          await readAll(disk);
+          await disk.close();
+        },
       },
-      () => exec('nbdcopy', [kit.uri, 'null:']),
+      { server: kit, run: () => exec('nbdcopy', [kit.uri, 'null:']) },
     ],
     ROUNDS,
   );
@@ -137,7 +147,7 @@ try {
   const [ours2, theirs2, sparse2, copied2, vdFull, vdSparse] = await rounds(
     [
       () => exec('nbdcopy', [vdUri('raw'), 'null:']),
-      () => exec('nbdcopy', [kit.uri, 'null:']),
+      { server: kit, run: () => exec('nbdcopy', [kit.uri, 'null:']) },
       () => exec('nbdcopy', [vdUri('sparse'), 'null:']),
       () => exec('nbdcopy', [`nbd+unix:///raw?socket=${sock('vd-copied')}`, 'null:']),
       ourClient('raw', readAllocated),
@@ -153,7 +163,10 @@ try {
 
   const q = await peer('qemu-nbd', ['-k', sock('q'), `--pid-file=${pid('q')}`, '-r', '-t', '-f', 'vmdk', vmdk], sock('q'), pid('q'));
   stops.push(q.stop);
-  const [ours3, theirs3] = await rounds([() => exec('nbdcopy', [vdUri('vmdk'), 'null:']), () => exec('nbdcopy', [q.uri, 'null:'])], ROUNDS);
+  const [ours3, theirs3] = await rounds(
+    [() => exec('nbdcopy', [vdUri('vmdk'), 'null:']), { server: q, run: () => exec('nbdcopy', [q.uri, 'null:']) }],
+    ROUNDS,
+  );
   report('server: nbdcopy reading the monolithicSparse VMDK', 'vd NbdServer', ours3, 'qemu-nbd', theirs3, 1);
 
   // 3. Sparse: timed in the same rounds as the full raw read above.

@@ -10,7 +10,8 @@
 // rotate within each round, so a load spike hits both sides; the ratio reported is the median
 // of the per-round ratios. Our client's CPU time per GiB is printed too: under load the wall-clock
 // figures swing, the CPU cost of each path does not (and V8's --cpu-prof books native TLS
-// decryption as "(idle)", so a profile alone makes the TLS client look latency-bound).
+// decryption as "(idle)", so a profile alone makes the TLS client look latency-bound). So is the
+// CPU per GiB of the nbdkit read from: what each client costs the server on a machine they share.
 import { spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -44,10 +45,12 @@ const rate = (bytes, s) => `${(bytes / MiB / s).toFixed(0)} MiB/s`;
 const GiB = 1024 * MiB;
 function report(what, oursName, ours, peerName, theirs, target, cpu) {
   const r = ratios(ours, theirs);
+  const perGiB = (cpus) => `${((median(cpus) * GiB) / SIZE).toFixed(2)} s/GiB`;
   console.log(`${what}`);
   const line = (name, r) =>
     `  ${name.padEnd(40)} ${median(r.wall).toFixed(2)} s  ${rate(SIZE, median(r.wall))}` +
-    (cpu ? `  client CPU ${((median(r.cpu) * GiB) / SIZE).toFixed(2)} s/GiB` : '');
+    (cpu ? `  client CPU ${perGiB(r.cpu)}` : '') +
+    (r.serverCpu.length ? `  server CPU ${perGiB(r.serverCpu)}` : '');
   console.log(line(oursName, ours));
   console.log(line(peerName, theirs));
   console.log(
@@ -78,29 +81,30 @@ try {
   const pid = (n) => join(dir, `${n}.pid`);
   const plainUri = `nbd+unix:///?socket=${sock('plain')}`;
   const tlsUri = `nbds+unix:///?socket=${sock('tls')}&tls-certificates=${pki.dir}`;
-  stops.push((await peer('nbdkit', ['-f', '-U', sock('plain'), '-P', pid('plain'), 'file', raw], sock('plain'), pid('plain'))).stop);
-  stops.push(
-    (
-      await peer(
-        'nbdkit',
-        ['-f', '--tls=require', `--tls-certificates=${pki.dir}`, '-U', sock('tls'), '-P', pid('tls'), 'file', raw],
-        sock('tls'),
-        pid('tls'),
-      )
-    ).stop,
+  const plainKit = await peer('nbdkit', ['-f', '-U', sock('plain'), '-P', pid('plain'), 'file', raw], sock('plain'), pid('plain'));
+  stops.push(plainKit.stop);
+  const tlsKit = await peer(
+    'nbdkit',
+    ['-f', '--tls=require', `--tls-certificates=${pki.dir}`, '-U', sock('tls'), '-P', pid('tls'), 'file', raw],
+    sock('tls'),
+    pid('tls'),
   );
+  stops.push(tlsKit.stop);
 
-  const ourRead = (uri, transports) => async () => {
-    const disk = await core.openDisk(uri, { transports, readOnly: true });
-    await readAll(disk);
-    await disk.close();
-  };
+  const ourRead = (uri, transports, server) => ({
+    server,
+    run: async () => {
+      const disk = await core.openDisk(uri, { transports, readOnly: true });
+      await readAll(disk);
+      await disk.close();
+    },
+  });
   const [tls, plain, nbdcopyTls, workers] = await rounds(
     [
-      ourRead(tlsUri, [nbdssl()]),
-      ourRead(plainUri, [nbd()]),
-      () => exec('nbdcopy', [tlsUri, 'null:']),
-      ourRead(tlsUri, [nbdssl({ workers: true })]),
+      ourRead(tlsUri, [nbdssl()], tlsKit),
+      ourRead(plainUri, [nbd()], plainKit),
+      { server: tlsKit, run: () => exec('nbdcopy', [tlsUri, 'null:']) },
+      ourRead(tlsUri, [nbdssl({ workers: true })], tlsKit),
     ],
     ROUNDS,
   );
@@ -137,7 +141,11 @@ try {
   const server = new NbdServer({ exports: [{ name: '', disk }], tls: await nbdServerTls({ mode: 'require', certificates: pki.dir }) });
   await server.listen({ path: sock('vd') });
   const vdUri = `nbds+unix:///?socket=${sock('vd')}&tls-certificates=${pki.dir}`;
-  const [ours, theirs] = await rounds([() => exec('nbdcopy', [vdUri, 'null:']), () => exec('nbdcopy', [tlsUri, 'null:'])], ROUNDS);
+  const [ours, theirs] = await rounds(
+    [() => exec('nbdcopy', [vdUri, 'null:']), { server: tlsKit, run: () => exec('nbdcopy', [tlsUri, 'null:']) }],
+    ROUNDS,
+  );
+  ours.serverCpu = ours.cpu; // this process is the server there
   report('server: nbdcopy reading over TLS', 'vd NbdServer --tls=require', ours, 'nbdkit --tls=require', theirs);
   await server.close();
   await disk.close();
