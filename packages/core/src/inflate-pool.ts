@@ -129,17 +129,35 @@ export class InflatePool {
   /** A user (an open compressed extent) keeps the pool; the last `release` stops the workers. */
   acquire(): void {
     this.#users++;
+    // A user arriving within the last one's grace keeps the warm workers for the full idle time.
+    if (this.#users === 1) this.#armIdle();
   }
 
   release(): void {
     if (this.#users > 0) this.#users--;
-    if (this.#users > 0 || this.#slots.length === 0) return;
     // A short grace, so closing one disk and opening the next (a chain, a VM's disks) keeps a warm
-    // worker: a new one costs ~30 ms of CPU to start and more to warm up. Unref'd, like the workers.
+    // worker: a new one costs ~30 ms of CPU to start and more to warm up.
+    if (this.#users === 0) this.#armIdle();
+  }
+
+  /**
+   * (Re)starts the idle timer when the workers have nothing to do: they stop after 5 s, or after
+   * the grace when no user holds the pool. The delay follows the users at the time of arming, so
+   * `acquire` and `release` re-arm it; the callback checks again when it fires and stops nothing
+   * that has work. Unref'd, like idle workers: it never keeps the process alive.
+   */
+  #armIdle(): void {
     if (this.#idle) clearTimeout(this.#idle);
-    this.#idle = setTimeout(() => {
-      if (this.#users === 0 && this.pending === 0) this.stop();
-    }, this.closeGraceMs);
+    this.#idle = undefined;
+    if (this.#slots.length === 0 || this.pending > 0) return;
+    this.#idle = setTimeout(
+      () => {
+        this.#idle = undefined;
+        // Work came in (#pump re-arms when it drains) or the workers are gone already.
+        if (this.pending === 0 && this.#slots.length > 0) this.stop();
+      },
+      this.#users > 0 ? IDLE_MS : this.closeGraceMs,
+    );
     this.#idle.unref();
   }
 
@@ -195,10 +213,6 @@ export class InflatePool {
   }
 
   #pump(): void {
-    if (this.#idle) {
-      clearTimeout(this.#idle);
-      this.#idle = undefined;
-    }
     if (this.#slots.length === 0) {
       // No worker left (stopped, or each one died): callers read their bytes again and inflate inline.
       for (const job of this.#queue.splice(0)) job.reject(new InflateLost('inflate pool stopped'));
@@ -220,10 +234,7 @@ export class InflatePool {
         out,
       ]);
     }
-    if (this.#queue.length === 0 && this.#slots.every((s) => s.busy.size === 0) && this.#slots.length > 0) {
-      this.#idle = setTimeout(() => this.stop(), this.#users > 0 ? IDLE_MS : this.closeGraceMs);
-      this.#idle.unref();
-    }
+    this.#armIdle();
   }
 
   /**
