@@ -1,4 +1,11 @@
-export { type ExportInfo, type HandshakeOptions, listExports, type NbdClientTls, NbdConnection } from './client/connection.js';
+export {
+  connectionLost,
+  type ExportInfo,
+  type HandshakeOptions,
+  listExports,
+  type NbdClientTls,
+  NbdConnection,
+} from './client/connection.js';
 export { type NbdClientConnection, type NbdClientOptions, NbdClientSource } from './client/source.js';
 export { type NbdTransportOptions, nbd } from './client/transport.js';
 export { formatNbdUri, NBD_PORT, type NbdTarget, parseNbdUri } from './client/uri.js';

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { abortError, debug, VdError } from '@vd/core';
-import { formatNbdUri, type HandshakeOptions, type NbdClientConnection, type NbdTarget, type protocol } from '@vd/nbd';
+import { connectionLost, formatNbdUri, type HandshakeOptions, type NbdClientConnection, type NbdTarget, type protocol } from '@vd/nbd';
 import type { ClientTlsOptions } from './client-tls.js';
 import type { PeerIdentity } from './verify.js';
 import { deserializeError, type FromWorker, type ToWorker, type WorkerSetup } from './worker-protocol.js';
@@ -29,8 +29,8 @@ export class WorkerConnection implements NbdClientConnection {
     this.info = info;
     this.uri = uri;
     thread.on('message', (m: FromWorker) => this.#onMessage(m));
-    thread.on('error', (err) => this.#die(lost(uri, 'its worker thread failed', err)));
-    thread.on('exit', () => this.#die(lost(uri, 'its worker thread ended')));
+    thread.on('error', (err) => this.#die(connectionLost(uri, err, 'its worker thread failed')));
+    thread.on('exit', () => this.#die(connectionLost(uri, undefined, 'its worker thread ended')));
   }
 
   /**
@@ -221,11 +221,6 @@ interface Pending {
   resolve: (v: unknown) => void;
   reject: (e: unknown) => void;
   into: Uint8Array | undefined;
-}
-
-/** Like @vd/nbd's connectionLost: reads may be retried on a new connection. */
-function lost(uri: string, why: string, cause?: unknown): VdError {
-  return new VdError('ERR_VD_IO', `NBD connection to ${uri} was lost (${why})`, { cause, details: { connectionLost: true } });
 }
 
 let entry: URL | null | undefined;

@@ -5,7 +5,7 @@ import { type Disk, isVdError, memoryDisk, openDisk } from '@vd/core';
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { NbdServer, type NbdServerOptions } from '../index.js';
 import { DEFAULT_MAX_IN_FLIGHT } from '../protocol.js';
-import { type HandshakeOptions, listExports, NbdConnection } from './connection.js';
+import { connectionLost, type HandshakeOptions, listExports, NbdConnection } from './connection.js';
 import { type NbdClientConnection, NbdClientSource } from './source.js';
 import { nbd } from './transport.js';
 import { formatNbdUri, type NbdTarget, parseNbdUri } from './uri.js';
@@ -61,6 +61,20 @@ describe('NBD URIs', () => {
   it('probe says why an nbds URI cannot be opened without TLS', async () => {
     const r = await nbd().probe(new URL('nbds://h/e'), {});
     expect(r).toMatchObject({ ok: false });
+  });
+});
+
+describe('connectionLost', () => {
+  it('is a retryable ERR_VD_IO that keeps its cause, with the reason in parentheses when given', () => {
+    const cause = new Error('EPIPE');
+    const plain = connectionLost('nbd://h/e', cause);
+    expect(isVdError(plain, 'ERR_VD_IO')).toBe(true);
+    expect(plain.message).toBe('NBD connection to nbd://h/e was lost');
+    expect(plain.cause).toBe(cause);
+    expect(plain.details.connectionLost).toBe(true);
+    const why = connectionLost('nbd://h/e', undefined, 'its worker thread ended');
+    expect(why.message).toBe('NBD connection to nbd://h/e was lost (its worker thread ended)');
+    expect(why.details.connectionLost).toBe(true);
   });
 });
 

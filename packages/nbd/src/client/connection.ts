@@ -98,9 +98,14 @@ interface Pending {
   reject: (e: unknown) => void;
 }
 
-/** Thrown when the connection dropped under a request; reads may be retried on a new one. */
-export function connectionLost(target: string, cause?: unknown): VdError {
-  return new VdError('ERR_VD_IO', `NBD connection to ${target} was lost`, { cause, details: { connectionLost: true } });
+/**
+ * Thrown when the connection dropped under a request; reads may be retried on a new one (the
+ * client source retries on `details.connectionLost`). `reason`, when given, ends the message in
+ * parentheses: what dropped it, where the cause alone does not say.
+ */
+export function connectionLost(target: string, cause?: unknown, reason?: string): VdError {
+  const why = reason === undefined ? '' : ` (${reason})`;
+  return new VdError('ERR_VD_IO', `NBD connection to ${target} was lost${why}`, { cause, details: { connectionLost: true } });
 }
 
 const COOKIE_LIMIT = 0xffffffff;
