@@ -198,6 +198,8 @@ export interface StoreResolver {
   open(name: string, opts: { readOnly: boolean }): Promise<ByteStore>;
   create?(name: string): Promise<ByteStore>;
   exists?(name: string): Promise<boolean>;
+  /** Deletes a file `create` made (a failed create cleans up); a name already gone is no error. */
+  remove?(name: string): Promise<void>;
 }
 
 export interface FormatOpenContext extends OpenOptions {

@@ -1,6 +1,6 @@
-import { access } from 'node:fs/promises';
+import { access, unlink } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { VdError } from '../errors.js';
+import { fromSystemError, VdError } from '../errors.js';
 import type { ByteStore, StoreResolver } from '../spec.js';
 import { FileStore } from './file-store.js';
 
@@ -30,6 +30,14 @@ export function fileResolver(dir: string, opts: { overwrite?: boolean | undefine
         () => true,
         () => false,
       );
+    },
+    async remove(name: string): Promise<void> {
+      const path = pathOf(name);
+      try {
+        await unlink(path);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException)?.code !== 'ENOENT') throw fromSystemError(err, `remove ${path}`);
+      }
     },
   };
 }

@@ -186,10 +186,47 @@ function checkOptions(opts: VmdkCreateOptions): { subformat: VmdkSubformat; adap
 }
 
 /**
+ * The files one create made through a resolver, so a failed create removes them again: only
+ * those it brought into existence, never one that was there before (an overwriting resolver
+ * replaces it; what is left of it stays), and only with a resolver that can `remove`.
+ */
+class MadeFiles {
+  readonly #names: string[] = [];
+  constructor(readonly resolver: StoreResolver) {}
+
+  async create(name: string): Promise<ByteStore> {
+    if (!this.resolver.create)
+      throw new VdError('ERR_VD_NOT_SUPPORTED', `cannot create ${name}: this store resolver does not create files`);
+    // Unknown counts as existing: a file we cannot prove we made is never removed.
+    const existed = this.resolver.exists ? await this.resolver.exists(name).catch(() => true) : false;
+    const store = await this.resolver.create(name);
+    if (!existed) this.#names.push(name);
+    return store;
+  }
+
+  /** Newest first; a failure to remove one adds nothing to the error the create throws. */
+  async removeAll(): Promise<void> {
+    for (const name of this.#names.splice(0).reverse()) await this.resolver.remove?.(name).catch(() => {});
+  }
+}
+
+/**
  * Lays out a new VMDK whose first file is `store` (already created, empty) and whose other files
- * are created through `resolver` with names derived from `name`. With `parent`, a redo log.
+ * are created through `resolver` with names derived from `name`. With `parent`, a redo log. On
+ * failure the other files it created are removed (`store` is the caller's) and the error rethrown.
  */
 export async function createVmdkIn(store: ByteStore, resolver: StoreResolver, name: string, opts: VmdkCreateOptions): Promise<void> {
+  const files = new MadeFiles(resolver);
+  try {
+    await layOut(store, files, name, opts);
+  } catch (err) {
+    await files.removeAll();
+    throw err;
+  }
+}
+
+async function layOut(store: ByteStore, files: MadeFiles, name: string, opts: VmdkCreateOptions): Promise<void> {
+  const resolver = files.resolver;
   const { subformat, adapter, grainSize } = checkOptions(opts);
   let parentInfo: { cid: number; size: number; ddb: Map<string, string>; hint: string } | undefined;
   if (opts.parent !== undefined) {
@@ -262,7 +299,7 @@ export async function createVmdkIn(store: ByteStore, resolver: StoreResolver, na
           ...(subformat === 'monolithicFlat' ? { offset: 0 } : {}),
         },
       ];
-      await createFile(resolver, joinName(dirOf(name), flat), (s) => sizeTo(s, sectors * SECTOR));
+      await createFile(files, joinName(dirOf(name), flat), (s) => sizeTo(s, sectors * SECTOR));
       await writeText();
       return;
     }
@@ -277,7 +314,7 @@ export async function createVmdkIn(store: ByteStore, resolver: StoreResolver, na
           : { access: 'RW', sectors: n, kind: 'FLAT', fileName, offset: 0 };
       });
       for (const e of d.extents) {
-        await createFile(resolver, joinName(dirOf(name), e.fileName!), (s) =>
+        await createFile(files, joinName(dirOf(name), e.fileName!), (s) =>
           sparse ? writeEmptySparse(s, { capacity: e.sectors, grainSize, redundant, zeroedGrain }) : sizeTo(s, e.sectors * SECTOR),
         );
       }
@@ -287,9 +324,8 @@ export async function createVmdkIn(store: ByteStore, resolver: StoreResolver, na
   }
 }
 
-async function createFile(resolver: StoreResolver, name: string, fill: (s: ByteStore) => Promise<void>): Promise<void> {
-  if (!resolver.create) throw new VdError('ERR_VD_NOT_SUPPORTED', `cannot create ${name}: this store resolver does not create files`);
-  const s = await resolver.create(name);
+async function createFile(files: MadeFiles, name: string, fill: (s: ByteStore) => Promise<void>): Promise<void> {
+  const s = await files.create(name);
   try {
     await fill(s);
     await s.flush();
@@ -298,19 +334,29 @@ async function createFile(resolver: StoreResolver, name: string, fill: (s: ByteS
   }
 }
 
-/** Creates a VMDK named `name` through the resolver (`resolver.create` must exist). */
+/**
+ * Creates a VMDK named `name` through the resolver (`resolver.create` must exist). All or
+ * nothing: when a step fails, every file it created (descriptor, extents) is removed through
+ * `resolver.remove`, never one that existed before, and the step's error is rethrown.
+ */
 export async function createVmdk(resolver: StoreResolver, name: string, opts: VmdkCreateOptions): Promise<void> {
-  if (!resolver.create) throw new VdError('ERR_VD_NOT_SUPPORTED', `cannot create ${name}: this store resolver does not create files`);
-  const store = await resolver.create(name);
+  const files = new MadeFiles(resolver);
+  const store = await files.create(name);
   try {
     await createVmdkIn(store, resolver, name, opts);
     await store.flush();
-  } finally {
     await store.close();
+  } catch (err) {
+    await store.close().catch(() => {});
+    await files.removeAll();
+    throw err;
   }
 }
 
-/** A redo log of `parent` named `child` (VDDK CreateChild): reads fall through, writes stay in it. */
+/**
+ * A redo log of `parent` named `child` (VDDK CreateChild): reads fall through, writes stay in it.
+ * All or nothing, as `createVmdk`: a missing or unreadable parent leaves no child file behind.
+ */
 export function createChild(
   resolver: StoreResolver,
   parent: string,
