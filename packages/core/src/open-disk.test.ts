@@ -30,4 +30,28 @@ describe('openDisk selection', () => {
     ]);
     await disk.close();
   });
+
+  it('destroys, not closes, a source it opened but cannot wrap, and keeps the first error', async () => {
+    const calls: string[] = [];
+    let destroyedWith: unknown;
+    const broken = transport('broken', async () => {
+      const s = new MemorySource(4096, { capabilities: { ...defaultCapabilities, concurrency: { model: 'parallel', maxInFlight: 0 } } });
+      s._close = async () => {
+        calls.push('close');
+      };
+      Object.assign(s, {
+        _destroy: async (err?: Error) => {
+          calls.push('destroy');
+          destroyedWith = err;
+          throw new Error('a second failure while dropping it');
+        },
+      });
+      return s;
+    });
+    const err = await openDisk('mem://x', { transports: [broken] }).catch((e: unknown) => e);
+    expect(calls).toEqual(['destroy']);
+    expect(err).toMatchObject({ code: 'ERR_VD_INVALID_ARGUMENT', message: expect.stringContaining('maxInFlight') });
+    // The error the source was dropped for is the one the caller gets (as the cause of the selection error).
+    expect((err as Error).cause).toBe(destroyedWith);
+  });
 });

@@ -73,7 +73,10 @@ export async function openDisk(disk: string | URL, opts: OpenDiskOptions): Promi
         // A source whose capabilities cannot be honoured fails here, and counts as a failed transport.
         disk = new Disk(source, { transport: t.name, location: location.href, readOnly: opts.readOnly, selection });
       } catch (err) {
-        await source._close().catch(() => {});
+        // A failed open drops the source (nothing of it was used, nothing to flush, a stalled peer
+        // must not hold the failure up); its own failure to go adds nothing to this error.
+        const dropped = source._destroy ? source._destroy(err as Error) : source._close();
+        await dropped.catch(() => {});
         throw err;
       }
       debug('opened %s with %s', location.href, t.name);
