@@ -204,6 +204,8 @@ export interface StoreResolver {
 
 export interface FormatOpenContext extends OpenOptions {
   resolver: StoreResolver;
+  /** The store's first bytes (up to 4 KiB), when detecting the format read them: not to read again. */
+  head?: Uint8Array | undefined;
 }
 
 /** An on-disk layout that turns a ByteStore into a BlockSource. */

@@ -32,8 +32,28 @@ export function filePath(location: URL): string {
   return path;
 }
 
-/** The driver named by `format`, or the first in `formats` whose `detect` accepts the file's head. */
-export async function pickFormat(store: ByteStore, formats: readonly FormatDriver[], format: string | undefined): Promise<FormatDriver> {
+/** The store's first bytes, as many as it has up to HEAD_BYTES. */
+async function readHead(store: ByteStore): Promise<Uint8Array> {
+  const head = new Uint8Array(HEAD_BYTES);
+  let got = 0;
+  while (got < head.length) {
+    const n = await store.read(got, head.subarray(got));
+    if (n <= 0) break;
+    got += n;
+  }
+  return head.subarray(0, got);
+}
+
+/**
+ * The driver named by `format`, or the first in `formats` whose `detect` accepts the file's head
+ * (`head` when the caller read it already).
+ */
+export async function pickFormat(
+  store: ByteStore,
+  formats: readonly FormatDriver[],
+  format: string | undefined,
+  head?: Uint8Array,
+): Promise<FormatDriver> {
   const names = formats.map((f) => f.name).join(', ');
   if (format !== undefined) {
     const named = formats.find((f) => f.name === format);
@@ -43,14 +63,8 @@ export async function pickFormat(store: ByteStore, formats: readonly FormatDrive
       });
     return named;
   }
-  const head = new Uint8Array(HEAD_BYTES);
-  let got = 0;
-  while (got < head.length) {
-    const n = await store.read(got, head.subarray(got));
-    if (n <= 0) break;
-    got += n;
-  }
-  const found = formats.find((f) => f.detect(head.subarray(0, got)));
+  const bytes = head ?? (await readHead(store));
+  const found = formats.find((f) => f.detect(bytes));
   if (!found) throw new VdError('ERR_VD_UNKNOWN_FORMAT', `${store.name} is in none of the formats ${names}; name one with \`format\``);
   return found;
 }
@@ -91,9 +105,11 @@ export function file(options: FileTransportOptions = {}): Transport {
       const path = filePath(location);
       const store = await FileStore.open(path, { readOnly: opts.readOnly === true });
       try {
-        const driver = await pickFormat(store, formats, opts.format);
+        // Read once: the driver gets the bytes detection looked at (a VMDK's header) too.
+        const head = opts.format === undefined ? await readHead(store) : undefined;
+        const driver = await pickFormat(store, formats, opts.format, head);
         throwIfAborted(opts.signal, 'open');
-        return await driver.open(store, { ...opts, resolver: fileResolver(dirname(path)) });
+        return await driver.open(store, { ...opts, resolver: fileResolver(dirname(path)), head });
       } catch (err) {
         await store.close().catch(() => {});
         throw err;

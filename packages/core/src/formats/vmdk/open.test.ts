@@ -1,10 +1,16 @@
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { MemResolver, MemStore, pattern } from '../../../test/vmdk/helpers.js';
 import { Disk } from '../../disk.js';
 import { memoryDisk } from '../../memory.js';
-import type { ByteStore, StoreResolver } from '../../spec.js';
+import { openDisk } from '../../open-disk.js';
+import type { ByteStore, FormatDriver, StoreResolver } from '../../spec.js';
+import { fileResolver } from '../../stores/file-resolver.js';
+import { file } from '../../transports/file.js';
 import { createVmdk } from './create.js';
-import { openVmdk } from './open.js';
+import { openVmdk, vmdkFormat } from './open.js';
 import { writeStreamOptimized } from './stream-writer.js';
 
 /** Opens through `inner`, recording every read (file, position) the opened stores serve. */
@@ -77,6 +83,38 @@ describe('opening a VMDK reads each header once', () => {
     expect(atZero(part.reads, 'o.vmdk')).toBe(1);
   });
 
+  it('the head format detection read is not read again', async () => {
+    // The file transport hands the driver the bytes it detected the format from...
+    const dir = await mkdtemp(join(tmpdir(), 'vd-vmdk-head-'));
+    try {
+      await createVmdk(fileResolver(dir), 'd.vmdk', { size: 1 << 20, grainSize: 8 });
+      let seen: Uint8Array | undefined;
+      const spy: FormatDriver = {
+        ...vmdkFormat,
+        open(store, ctx) {
+          seen = ctx.head?.slice();
+          return vmdkFormat.open(store, ctx);
+        },
+      };
+      const disk = await openDisk(join(dir, 'd.vmdk'), { transports: [file({ formats: [spy] })] });
+      await disk.close();
+      const bytes = await readFile(join(dir, 'd.vmdk'));
+      expect(seen?.length).toBe(4096);
+      expect(Buffer.compare(seen!, bytes.subarray(0, 4096))).toBe(0);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+    // ...and the driver then reads nothing at offset 0 itself.
+    const r = new MemResolver();
+    await createVmdk(r, 'd.vmdk', { size: 1 << 20, grainSize: 8 });
+    const { resolver, reads } = counting(r);
+    const store = await resolver.open('d.vmdk', { readOnly: true });
+    const head = r.files.get('d.vmdk')!.snapshot().subarray(0, 4096);
+    const source = await vmdkFormat.open(store, { resolver, readOnly: true, head });
+    await source._close();
+    expect(atZero(reads, 'd.vmdk')).toBe(0);
+  });
+
   it('a damaged header is still refused with a coded error', async () => {
     const r = new MemResolver();
     await createVmdk(r, 'd.vmdk', { size: 1 << 20, subformat: 'monolithicSparse', grainSize: 8 });
@@ -84,5 +122,10 @@ describe('opening a VMDK reads each header once', () => {
     // grainSize 3: not a power of two.
     new DataView(f.bytes.buffer).setUint32(20, 3, true);
     await expect(openVmdk(r, 'd.vmdk', { readOnly: true })).rejects.toMatchObject({ code: 'ERR_VD_CORRUPT' });
+    // Also when the damaged bytes come as the detected head.
+    const head = f.snapshot().subarray(0, 4096);
+    await expect(vmdkFormat.open(await r.open('d.vmdk', { readOnly: true }), { resolver: r, readOnly: true, head })).rejects.toMatchObject({
+      code: 'ERR_VD_CORRUPT',
+    });
   });
 });

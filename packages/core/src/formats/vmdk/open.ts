@@ -45,7 +45,7 @@ export const vmdkFormat: FormatDriver = {
   name: 'vmdk',
   detect: detectVmdk,
   open(store: ByteStore, ctx: FormatOpenContext): Promise<BlockSource> {
-    return openVmdkStore(store, ctx.resolver, baseOf(store.name), vmdkOptions(ctx));
+    return openVmdkStore(store, ctx.resolver, baseOf(store.name), vmdkOptions(ctx), [], ctx.head);
   },
   async create(store: ByteStore, ctx: FormatCreateContext): Promise<void> {
     const { createVmdkDriver } = await import('./create.js');
@@ -62,15 +62,22 @@ export async function openVmdk(resolver: StoreResolver, name: string, opts: Vmdk
 /**
  * A link's descriptor and where it lives, from its first file. When that file is a sparse extent,
  * `sparse` is its header as read here, for `SparseExtent.open` to take instead of reading it again.
+ * `known`: the file's first bytes when the caller read them already (format detection).
  */
 export async function readDescriptor(
   store: ByteStore,
   name: string,
   recover = false,
+  known?: Uint8Array,
 ): Promise<{ descriptor: Descriptor; home: DescriptorHome; embedded: boolean; sparse?: EffectiveHeader }> {
   const size = await store.size();
-  const head = new Uint8Array(Math.min(size, 2048));
-  await readFully(store, 0, head);
+  const want = Math.min(size, 2048);
+  let head: Uint8Array;
+  if (known !== undefined && known.length >= want) head = known.subarray(0, want);
+  else {
+    head = new Uint8Array(want);
+    await readFully(store, 0, head);
+  }
   if (isSparseMagic(head)) {
     const sparse = await readEffectiveHeader(store, name, size, recover, head);
     const { first, header } = sparse;
@@ -118,7 +125,8 @@ function synthetic(createType: string, sectors: number, kind: 'SPARSE' | 'VMFSSP
 
 /**
  * Opens one link from its first store and, unless `singleLink`, its parents through the resolver.
- * `store` is owned by the result (closed with it, or here on failure).
+ * `store` is owned by the result (closed with it, or here on failure). `head`: the store's first
+ * bytes when the caller read them already (format detection), so they are not read again.
  */
 export async function openVmdkStore(
   store: ByteStore,
@@ -126,12 +134,13 @@ export async function openVmdkStore(
   name: string,
   opts: VmdkOpenOptions = {},
   visited: string[] = [],
+  head?: Uint8Array,
 ): Promise<VmdkSource> {
   const stores: ByteStore[] = [store];
   const extents: VmdkExtent[] = [];
   let source: VmdkSource | undefined;
   try {
-    const { descriptor, home, embedded, sparse } = await readDescriptor(store, name, opts.recover === true);
+    const { descriptor, home, embedded, sparse } = await readDescriptor(store, name, opts.recover === true, head);
     const readOnly = opts.readOnly === true || store.readOnly;
     const dir = dirOf(name);
     const byName = new Map<string, ByteStore>([[joinName('', name), store]]);
