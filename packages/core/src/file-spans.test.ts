@@ -94,7 +94,7 @@ describe('Disk.withFileSpans', () => {
     await expect(disk.withFileSpans(0, 10, async () => true)).rejects.toSatisfy((e) => isVdError(e, 'ERR_VD_CLOSED'));
   });
 
-  it('answers undefined without calling fn where the source cannot map (memory, VMDK)', async () => {
+  it('answers undefined without calling fn where the source cannot map (memory, an unwritten sparse VMDK)', async () => {
     let called = 0;
     const fn = async () => {
       called++;

@@ -5,7 +5,18 @@ import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { defineConformance } from '@vd/conformance';
 import { peerRequired, skipWithoutPeers } from '@vd/conformance/peers';
-import { type BlockSource, Disk, file, MemorySource, memoryDisk, openDisk, rawFormat } from '@vd/core';
+import {
+  type BlockSource,
+  createChild,
+  Disk,
+  file,
+  fileResolver,
+  MemorySource,
+  memoryDisk,
+  openDisk,
+  rawFormat,
+  vmdkFormat,
+} from '@vd/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdServer, type NbdServerOptions, nbd } from '../../src/index.js';
 import { Cmd, encodeClientFlags, encodeOption, HandshakeFlag, Opt, REQUEST_SIZE, writeRequestHeader } from '../../src/protocol.js';
@@ -14,10 +25,17 @@ import { run, tempDir } from '../helpers.js';
 // The zero-copy READ path (sendfile through @vd/sparse). Without the addon these tests skip,
 // unless peers are required (CI), where the addon must have built.
 const addon = await import('@vd/sparse').catch(() => undefined);
-const skip = (!addon && !peerRequired()) || skipWithoutPeers('nbdcopy', 'nbdinfo');
+const skip = (!addon && !peerRequired()) || skipWithoutPeers('nbdcopy', 'nbdinfo', 'qemu-img');
 
 const MiB = 1 << 20;
 const SIZE = 24 * MiB + 4096 + 123;
+
+/** A copy of a VMDK made from the raw: the raw's bytes, then zeroes up to the next whole sector. */
+function sectorPadded(copy: Buffer): Buffer {
+  expect(copy.length).toBe(Math.ceil(SIZE / 512) * 512);
+  expect(copy.subarray(SIZE).every((b) => b === 0)).toBe(true);
+  return copy.subarray(0, SIZE);
+}
 
 describe.skipIf(skip)('NbdServer zero-copy READ replies', () => {
   let tmp: Awaited<ReturnType<typeof tempDir>>;
@@ -140,6 +158,50 @@ describe.skipIf(skip)('NbdServer zero-copy READ replies', () => {
     } finally {
       await remote.destroy();
     }
+  });
+
+  it('serves VMDKs zero-copy where their grains lie in files as they are: a qemu-img sparse VMDK and a redo log over it', async () => {
+    const vmdk = join(tmp.dir, 'src.vmdk');
+    await run('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=monolithicSparse', src, vmdk]);
+    const t = file({ formats: [vmdkFormat, rawFormat] });
+    await createChild(fileResolver(tmp.dir), 'src.vmdk', 'child.vmdk');
+    // The child holds a grain-aligned stretch and a partial grain; the rest falls through to the parent.
+    const child = await openDisk(join(tmp.dir, 'child.vmdk'), { transports: [t] });
+    const expected = Buffer.from(want);
+    const patch = Buffer.alloc(MiB + 100, 0x5a);
+    await child.write(3 * MiB, patch);
+    patch.copy(expected, 3 * MiB);
+    await child.close();
+    for (const name of ['src.vmdk', 'child.vmdk']) {
+      const d = await openDisk(join(tmp.dir, name), { transports: [t], readOnly: true });
+      const server = new NbdServer({ exports: [{ name: 'v', disk: d }] });
+      servers.push(server);
+      const { uri } = await server.listen({ path: join(tmp.dir, `${name}.sock`) });
+      const out = join(tmp.dir, `out-${name}.raw`);
+      await run('nbdcopy', ['--request-size=1048576', uri, out]);
+      expect(sectorPadded(await readFile(out)).equals(name === 'src.vmdk' ? want : expected)).toBe(true);
+      // nbdcopy reads only the data extents; all of those lie in the files.
+      expect(server.stats.zeroCopyReads).toBeGreaterThan(0);
+      expect(server.stats.copiedReads).toBe(0);
+      await server.close();
+      await d.close();
+    }
+  });
+
+  it('copies the READs of a streamOptimized VMDK (compressed grains), with the same bytes', async () => {
+    const vmdk = join(tmp.dir, 'stream.vmdk');
+    await run('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=streamOptimized', src, vmdk]);
+    const d = await openDisk(vmdk, { transports: [file({ formats: [vmdkFormat, rawFormat] })], readOnly: true });
+    const server = new NbdServer({ exports: [{ name: 's', disk: d }] });
+    servers.push(server);
+    const { uri } = await server.listen({ path: join(tmp.dir, 'stream.sock') });
+    const out = join(tmp.dir, 'out-stream.raw');
+    await run('nbdcopy', [uri, out]);
+    expect(sectorPadded(await readFile(out)).equals(want)).toBe(true);
+    expect(server.stats.zeroCopyReads).toBe(0);
+    expect(server.stats.copiedReads).toBeGreaterThan(0);
+    await server.close();
+    await d.close();
   });
 
   it('copies where the disk cannot map the range (a memory disk), with the same bytes', async () => {

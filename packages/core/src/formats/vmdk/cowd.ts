@@ -2,8 +2,8 @@ import { VdError } from '../../errors.js';
 import type { ByteStore } from '../../spec.js';
 import { readFully } from '../raw.js';
 import { COWD_MAGIC, MAX_GRAIN_SECTORS, SECTOR } from './constants.js';
-import type { Fallback, Run, VmdkExtent } from './extent.js';
-import { cachedLoad, HOLE, readMapped, readOnlyError } from './extent.js';
+import type { Fallback, Placement, Run, VmdkExtent } from './extent.js';
+import { cachedLoad, HOLE, placeMapped, readMapped, readOnlyError } from './extent.js';
 import { readU32Array } from './sparse.js';
 
 /** ESX vmfsSparse ("COWD") redo log header: 2048 bytes, u32 fields. */
@@ -111,22 +111,20 @@ export class CowdExtent implements VmdkExtent {
     return (await gt)[g % COWD_GTES]!;
   }
 
+  /** Grain `g`'s byte offset in the store, or HOLE (`readMapped`'s `locate`). */
+  readonly #locate = async (g: number): Promise<number> => {
+    const gte = await this.#gte(g);
+    if (gte === 0) return HOLE;
+    if (gte * SECTOR >= this.fileSize) throw corrupt(this.name, `grain ${g} points past the end of the file`);
+    return gte * SECTOR;
+  };
+
   read(offset: number, into: Uint8Array, fallback: Fallback): Promise<void> {
-    const gb = this.header.grainSize * SECTOR;
-    return readMapped(
-      this.store,
-      offset,
-      into,
-      gb,
-      this.header.capacity * SECTOR,
-      async (g) => {
-        const gte = await this.#gte(g);
-        if (gte === 0) return HOLE;
-        if (gte * SECTOR >= this.fileSize) throw corrupt(this.name, `grain ${g} points past the end of the file`);
-        return gte * SECTOR;
-      },
-      fallback,
-    );
+    return readMapped(this.store, offset, into, this.header.grainSize * SECTOR, this.header.capacity * SECTOR, this.#locate, fallback);
+  }
+
+  placements(offset: number, length: number): Promise<Placement[] | undefined> {
+    return placeMapped(this.store, offset, length, this.header.grainSize * SECTOR, this.header.capacity * SECTOR, this.#locate);
   }
 
   async status(offset: number, length: number): Promise<Run[]> {

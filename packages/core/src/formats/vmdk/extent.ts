@@ -30,6 +30,8 @@ export interface VmdkExtent {
   zero(offset: number, length: number, fallback: Fallback, hasParent: boolean, noHole?: boolean): Promise<void>;
   /** Runs from `offset`, covering at least one byte and at most `length`. */
   status(offset: number, length: number): Promise<Run[]>;
+  /** Where `length` bytes from `offset` lie in files, or undefined when not all of them do as is. */
+  placements?(offset: number, length: number): Promise<Placement[] | undefined>;
   /** Bytes the extent takes in its store (as of open for flat extents). */
   allocatedBytes(): number;
   flush(): Promise<void>;
@@ -57,6 +59,10 @@ export class FlatExtent implements VmdkExtent {
 
   read(offset: number, into: Uint8Array): Promise<void> {
     return readFully(this.store, this.start + offset, into);
+  }
+
+  async placements(offset: number, length: number): Promise<Placement[]> {
+    return [{ store: this.store, position: this.start + offset, length }];
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
@@ -147,10 +153,49 @@ export function cachedLoad<K, V>(cache: Map<K, Promise<V>>, key: K, limit: numbe
 export const HOLE = -1;
 export const ZEROES_AT = -2;
 
+/** A stretch of a grain-mapped range: in the store at `src`, a hole (`src`: the extent offset), or zeroes. */
+interface MappedRun {
+  kind: 'file' | 'hole' | 'zero';
+  /** Offset in the range. */
+  dst: number;
+  src: number;
+  len: number;
+}
+
 /**
- * The read loop of grain-mapped extents: consecutive grains that are adjacent in the store become
- * one store read, consecutive holes one fallback call.
+ * The runs of `length` bytes from `offset` of a grain-mapped extent: consecutive grains adjacent
+ * in the store make one run, consecutive holes one, consecutive zeroes (or bytes past `capBytes`) one.
  */
+async function mapGrains(
+  offset: number,
+  length: number,
+  grainBytes: number,
+  capBytes: number,
+  locate: (grain: number) => Promise<number>,
+): Promise<MappedRun[]> {
+  const runs: MappedRun[] = [];
+  for (let done = 0; done < length; ) {
+    const pos = offset + done;
+    let kind: MappedRun['kind'] = 'zero';
+    let src = 0;
+    let n = length - done;
+    if (pos < capBytes) {
+      const g = Math.floor(pos / grainBytes);
+      const within = pos - g * grainBytes;
+      n = Math.min(grainBytes - within, n, capBytes - pos);
+      const at = await locate(g);
+      if (at === HOLE) [kind, src] = ['hole', pos];
+      else if (at !== ZEROES_AT) [kind, src] = ['file', at + within];
+    }
+    const last = runs.at(-1);
+    if (last?.kind === kind && (kind === 'zero' || last.src + last.len === src)) last.len += n;
+    else runs.push({ kind, dst: done, src, len: n });
+    done += n;
+  }
+  return runs;
+}
+
+/** The read loop of grain-mapped extents: one store read per run of adjacent grains, one fallback call per run of holes. */
 export async function readMapped(
   store: ByteStore,
   offset: number,
@@ -160,47 +205,34 @@ export async function readMapped(
   locate: (grain: number) => Promise<number>,
   fallback: Fallback,
 ): Promise<void> {
-  const tasks: Promise<void>[] = [];
-  let run: { hole: boolean; dst: number; src: number; len: number } | undefined;
-  const flush = () => {
-    if (!run) return;
-    const sub = into.subarray(run.dst, run.dst + run.len);
-    tasks.push(run.hole ? fallback(run.src, sub) : readFully(store, run.src, sub));
-    run = undefined;
-  };
-  let failure: unknown;
-  let done = 0;
-  try {
-    while (done < into.length) {
-      const pos = offset + done;
-      if (pos >= capBytes) {
-        flush();
-        into.fill(0, done);
-        break;
-      }
-      const g = Math.floor(pos / grainBytes);
-      const within = pos - g * grainBytes;
-      const n = Math.min(grainBytes - within, into.length - done, capBytes - pos);
-      const at = await locate(g);
-      if (at === ZEROES_AT) {
-        flush();
-        into.fill(0, done, done + n);
-      } else {
-        const hole = at === HOLE;
-        const src = hole ? pos : at + within;
-        if (run && run.hole === hole && run.src + run.len === src) run.len += n;
-        else {
-          flush();
-          run = { hole, dst: done, src, len: n };
-        }
-      }
-      done += n;
-    }
-    flush();
-  } catch (err) {
-    failure = err;
-  }
-  const results = await Promise.allSettled(tasks);
-  if (failure !== undefined) throw failure;
+  const runs = await mapGrains(offset, into.length, grainBytes, capBytes, locate);
+  const results = await Promise.allSettled(
+    runs.map(async (r) => {
+      const sub = into.subarray(r.dst, r.dst + r.len);
+      if (r.kind === 'zero') sub.fill(0);
+      else await (r.kind === 'hole' ? fallback(r.src, sub) : readFully(store, r.src, sub));
+    }),
+  );
   for (const r of results) if (r.status === 'rejected') throw r.reason;
+}
+
+/**
+ * Where a range of an extent lies, for zero-copy reads: runs of a store, and holes (extent
+ * offsets) that show the parent. Bytes stored any other way (zeroed or compressed grains, past the
+ * capacity) have no place in a file.
+ */
+export type Placement = { store: ByteStore; position: number; length: number } | { hole: number; length: number };
+
+/** The placements of a grain-mapped range (see `readMapped`), or undefined when some of it reads as zeroes. */
+export async function placeMapped(
+  store: ByteStore,
+  offset: number,
+  length: number,
+  grainBytes: number,
+  capBytes: number,
+  locate: (grain: number) => Promise<number>,
+): Promise<Placement[] | undefined> {
+  const runs = await mapGrains(offset, length, grainBytes, capBytes, locate);
+  if (runs.some((r) => r.kind === 'zero')) return undefined;
+  return runs.map((r) => (r.kind === 'file' ? { store, position: r.src, length: r.len } : { hole: r.src, length: r.len }));
 }

@@ -2,10 +2,10 @@ import { randomBytes } from 'node:crypto';
 import { defaultCapabilities } from '../../capabilities.js';
 import type { Disk } from '../../disk.js';
 import { VdError } from '../../errors.js';
-import type { BlockSource, ByteStore, Capabilities, DiskInfo, Extent, IoOptions, WriteOptions, ZeroOptions } from '../../spec.js';
+import type { BlockSource, ByteStore, Capabilities, DiskInfo, Extent, FileSpan, IoOptions, WriteOptions, ZeroOptions } from '../../spec.js';
 import { CID_NOPARENT, CID_UNSET, SECTOR } from './constants.js';
 import { checkDdbKey, type Descriptor, descriptorSectors, formatCid, serializeDescriptor } from './descriptor.js';
-import type { Fallback, Run, VmdkExtent } from './extent.js';
+import type { Fallback, Placement, Run, VmdkExtent } from './extent.js';
 import { readOnlyError } from './extent.js';
 
 /** Where a link's descriptor lives, so CID and metadata changes can be written back. */
@@ -31,9 +31,14 @@ export interface ParentLink {
   readonly cid: number | undefined;
   read(offset: number, into: Uint8Array): Promise<void>;
   status(offset: number, length: number): Promise<Run[]>;
+  /** Where a range lies in files (see `VmdkSource.placements`); absent for a parent that cannot say. */
+  placements?(offset: number, length: number): Promise<StoreRun[] | undefined>;
   chain(): ChainEntry[];
   close(): Promise<void>;
 }
+
+/** A run of a store that holds a range's bytes as they are. */
+export type StoreRun = Extract<Placement, { store: ByteStore }>;
 
 export interface VmdkLinkParts {
   name: string;
@@ -145,6 +150,60 @@ export class VmdkSource implements BlockSource, ParentLink {
     if (done < into.length) into.fill(0, done);
     const results = await Promise.allSettled(tasks);
     for (const r of results) if (r.status === 'rejected') throw r.reason;
+  }
+
+  /**
+   * Where the chain's bytes of a range lie in files, holes resolved through the parents; undefined
+   * when any of them is held otherwise (compressed or zeroed grains, holes over no parent, a parent
+   * that is not a VMDK link), which only a read can produce.
+   */
+  async placements(offset: number, length: number): Promise<StoreRun[] | undefined> {
+    const out: StoreRun[] = [];
+    const add = (r: StoreRun) => {
+      const last = out.at(-1);
+      if (last?.store === r.store && last.position + last.length === r.position) last.length += r.length;
+      else out.push({ ...r });
+    };
+    let done = 0;
+    for (const { base, extent } of this.#extents) {
+      if (done >= length) break;
+      const pos = offset + done;
+      if (pos >= base + extent.size) continue;
+      const n = Math.min(length - done, base + extent.size - pos);
+      const got = await extent.placements?.(pos - base, n);
+      if (!got) return undefined;
+      for (const p of got) {
+        if ('store' in p) {
+          add(p);
+          continue;
+        }
+        const parent = this.#parent;
+        const at = base + p.hole;
+        const below = parent && at + p.length <= parent.size ? await parent.placements?.(at, p.length) : undefined;
+        if (!below) return undefined;
+        for (const r of below) add(r);
+      }
+      done += n;
+    }
+    return done === length ? out : undefined;
+  }
+
+  /** Zero-copy reads (sendfile) of ranges that lie in files as they are; see `placements`. */
+  async _withFileSpans<T>(offset: number, length: number, fn: (spans: readonly FileSpan[]) => Promise<T>): Promise<T | undefined> {
+    const runs = await this.placements(offset, length);
+    if (!runs) return undefined;
+    const stores = [...new Set(runs.map((r) => r.store))];
+    if (!stores.every((s) => typeof s.withDescriptor === 'function')) return undefined;
+    // Each store keeps its descriptor open until `fn` settles: hold them all, one inside the other.
+    const fds = new Map<ByteStore, number>();
+    const hold = (i: number): Promise<T> =>
+      i === stores.length
+        ? fn(runs.map((r) => ({ fd: fds.get(r.store)!, position: r.position, length: r.length })))
+        : stores[i]!.withDescriptor!((fd) => {
+            fds.set(stores[i]!, fd);
+            return hold(i + 1);
+          });
+    return hold(0);
   }
 
   #fallback(base: number): Fallback {

@@ -2,8 +2,8 @@ import { VdError } from '../../errors.js';
 import type { ByteStore } from '../../spec.js';
 import { readFully } from '../raw.js';
 import { SECTOR, SESPARSE_MAGIC, SESPARSE_VOLATILE_MAGIC } from './constants.js';
-import type { Fallback, Run, VmdkExtent } from './extent.js';
-import { cachedLoad, HOLE, readMapped, readOnlyError, ZEROES_AT } from './extent.js';
+import type { Fallback, Placement, Run, VmdkExtent } from './extent.js';
+import { cachedLoad, HOLE, placeMapped, readMapped, readOnlyError, ZEROES_AT } from './extent.js';
 
 /** seSparse constant header (sector 0, all u64); offsets and sizes in sectors. */
 export interface SeSparseHeader {
@@ -163,20 +163,26 @@ export class SeSparseExtent implements VmdkExtent {
     return sector;
   }
 
+  /** `#locate` in `readMapped`'s terms: a byte offset, HOLE or ZEROES_AT. */
+  readonly #locateBytes = async (g: number): Promise<number> => {
+    const at = await this.#locate(g);
+    return at === -1 ? HOLE : at === -2 ? ZEROES_AT : at * SECTOR;
+  };
+
   read(offset: number, into: Uint8Array, fallback: Fallback): Promise<void> {
-    const gb = SESPARSE_GRAIN_SECTORS * SECTOR;
     return readMapped(
       this.store,
       offset,
       into,
-      gb,
+      SESPARSE_GRAIN_SECTORS * SECTOR,
       this.header.capacity * SECTOR,
-      async (g) => {
-        const at = await this.#locate(g);
-        return at === -1 ? HOLE : at === -2 ? ZEROES_AT : at * SECTOR;
-      },
+      this.#locateBytes,
       fallback,
     );
+  }
+
+  placements(offset: number, length: number): Promise<Placement[] | undefined> {
+    return placeMapped(this.store, offset, length, SESPARSE_GRAIN_SECTORS * SECTOR, this.header.capacity * SECTOR, this.#locateBytes);
   }
 
   async status(offset: number, length: number): Promise<Run[]> {

@@ -6,8 +6,8 @@ import { InflateLost, type InflateResult, inflatePool } from '../../inflate-pool
 import type { ByteStore } from '../../spec.js';
 import { readFully } from '../raw.js';
 import { GTE_ZEROED, GTES_PER_GT, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT, SECTOR } from './constants.js';
-import type { Fallback, Run, VmdkExtent } from './extent.js';
-import { cachedLoad, readOnlyError } from './extent.js';
+import type { Fallback, Placement, Run, VmdkExtent } from './extent.js';
+import { cachedLoad, HOLE, placeMapped, readMapped, readOnlyError, ZEROES_AT } from './extent.js';
 import {
   encodeSparseHeader,
   gdEntries,
@@ -411,15 +411,34 @@ export class SparseExtent implements VmdkExtent {
       throw corrupt(this.#name, `grain ${g} points past the end of the file (sector ${gte})`, { grain: g, sector: gte });
   }
 
-  async read(offset: number, into: Uint8Array, fallback: Fallback): Promise<void> {
+  /** Grain `g`'s byte offset in the store, HOLE or ZEROES_AT (`readMapped`'s `locate`); not for compressed grains. */
+  readonly #locate = async (g: number): Promise<number> => {
+    const gte = await this.#gte(g);
+    if (gte === 0) return HOLE;
+    if (gte === GTE_ZEROED && this.#zeroed) return ZEROES_AT;
+    this.#checkGrain(g, gte);
+    return gte * SECTOR;
+  };
+
+  read(offset: number, into: Uint8Array, fallback: Fallback): Promise<void> {
+    if (!this.#compressed) return readMapped(this.#store, offset, into, this.grainBytes, this.#capBytes, this.#locate, fallback);
+    return this.#readCompressedRange(offset, into, fallback);
+  }
+
+  /** Compressed grains can be read, but never sent from the file as they are. */
+  placements(offset: number, length: number): Promise<Placement[] | undefined> {
+    if (this.#compressed) return Promise.resolve(undefined);
+    return placeMapped(this.#store, offset, length, this.grainBytes, this.#capBytes, this.#locate);
+  }
+
+  async #readCompressedRange(offset: number, into: Uint8Array, fallback: Fallback): Promise<void> {
     const gb = this.grainBytes;
     const tasks: Promise<void>[] = [];
-    // A run of consecutive bytes that one store read (kind 'file') or one fallback call serves.
-    let run: { kind: 'file' | 'hole'; dst: number; src: number; len: number } | undefined;
+    // A run of consecutive holes that one fallback call serves.
+    let run: { dst: number; src: number; len: number } | undefined;
     const flushRun = () => {
       if (!run) return;
-      const sub = into.subarray(run.dst, run.dst + run.len);
-      tasks.push(run.kind === 'file' ? readFully(this.#store, run.src, sub) : fallback(run.src, sub));
+      tasks.push(fallback(run.src, into.subarray(run.dst, run.dst + run.len)));
       run = undefined;
     };
     let done = 0;
@@ -440,29 +459,20 @@ export class SparseExtent implements VmdkExtent {
         const n = Math.min(gb - within, into.length - done, this.#capBytes - pos);
         const gte = await this.#gte(g);
         if (gte === 0) {
-          if (run?.kind === 'hole' && run.src + run.len === pos) run.len += n;
+          if (run && run.src + run.len === pos) run.len += n;
           else {
             flushRun();
-            run = { kind: 'hole', dst: done, src: pos, len: n };
+            run = { dst: done, src: pos, len: n };
           }
         } else if (gte === GTE_ZEROED && this.#zeroed) {
           flushRun();
           into.fill(0, done, done + n);
         } else {
           this.#checkGrain(g, gte);
-          if (this.#compressed) {
-            flushRun();
-            const dst = done;
-            if (this.#grainCache.has(g)) tasks.push(this.#grain(g, gte).then((grain) => into.set(grain.subarray(within, within + n), dst)));
-            else compressed.push({ g, gte, dst, within, n });
-          } else {
-            const src = gte * SECTOR + within;
-            if (run?.kind === 'file' && run.src + run.len === src) run.len += n;
-            else {
-              flushRun();
-              run = { kind: 'file', dst: done, src, len: n };
-            }
-          }
+          flushRun();
+          const dst = done;
+          if (this.#grainCache.has(g)) tasks.push(this.#grain(g, gte).then((grain) => into.set(grain.subarray(within, within + n), dst)));
+          else compressed.push({ g, gte, dst, within, n });
         }
         done += n;
       }
