@@ -14,6 +14,7 @@ import {
   decodeMetaContextReply,
   decodeMetaContextRequest,
   decodeServerReply,
+  EXTENDED_REPLY_SIZE,
   encodeBlockStatusChunk,
   encodeClientFlags,
   encodeErrorChunk,
@@ -38,6 +39,7 @@ import {
   requestHeaderSize,
   type ServerMessage,
   ServerStreamDecoder,
+  STRUCTURED_REPLY_SIZE,
   writeChunkHeader,
   writeDataChunkHeader,
   writeRequestHeader,
@@ -372,6 +374,107 @@ describe('zero-copy receive', () => {
     expect(d.next()).toEqual({ kind: 'data', cookie: 1, done: true, offset: 0, length: 1000 });
     expect(Buffer.compare(into, payload)).toBe(0);
     expect(() => d.filledDirect(1)).toThrow();
+  });
+});
+
+// ---- payloadDue: the read lookahead's view of a reply stream
+
+/** One reply of a stream in transmission; `due` for a chunk whose payload payloadDue announces. */
+interface Reply {
+  bytes: Uint8Array;
+  due: boolean;
+  /** Read data a simple reply carries (its target's length). */
+  simpleData?: number;
+}
+
+const arbReply = (extended: boolean, cookie: number): fc.Arbitrary<Reply> => {
+  const kinds: fc.Arbitrary<Reply>[] = [
+    fc.constant({ bytes: encodeNoneChunk(extended, cookie, 0), due: true }),
+    fc
+      .tuple(fc.nat(2 ** 40), fc.integer({ min: 1, max: 2 ** 31 }))
+      .map(([offset, length]) => ({ bytes: encodeHoleChunk(extended, 0, cookie, 0, offset, length), due: true })),
+    fc
+      .array(fc.record({ length: fc.integer({ min: 1, max: 2 ** 31 }), flags: fc.nat(3) }), { minLength: 1, maxLength: 20 })
+      .map((ext) => ({ bytes: encodeBlockStatusChunk(extended, ReplyFlag.DONE, cookie, 0, 1, ext), due: true })),
+    fc
+      .tuple(fc.integer({ min: 1, max: 200 }), fc.string({ maxLength: 60 }), fc.option(fc.nat(2 ** 40), { nil: undefined }))
+      .map(([errno, message, offset]) => ({
+        bytes: encodeErrorChunk(extended, ReplyFlag.DONE, cookie, 0, errno, message, offset),
+        due: true,
+      })),
+    fc.integer({ min: 1, max: 300 }).map((n) => {
+      const h = new Uint8Array(48);
+      const size = writeDataChunkHeader(h, 0, extended, ReplyFlag.DONE, cookie, 0, 0, n);
+      return { bytes: concat([h.subarray(0, size), new Uint8Array(n).fill(cookie & 255)]), due: false };
+    }),
+  ];
+  if (!extended) {
+    kinds.push(
+      fc.tuple(fc.nat(300), fc.boolean()).map(([n, failed]) => {
+        const h = new Uint8Array(16);
+        writeSimpleReply(h, 0, failed ? 5 : 0, cookie);
+        return failed || n === 0 ? { bytes: h, due: false } : { bytes: concat([h, new Uint8Array(n)]), due: false, simpleData: n };
+      }),
+    );
+  }
+  return fc.oneof(...kinds);
+};
+
+const arbReplies = (extended: boolean): fc.Arbitrary<Reply[]> =>
+  fc.integer({ min: 1, max: 8 }).chain((n) => fc.tuple(...Array.from({ length: n }, (_, i) => arbReply(extended, i + 1))));
+
+describe.each([false, true])('payloadDue (extended headers: %s)', (extended) => {
+  const headerSize = extended ? EXTENDED_REPLY_SIZE : STRUCTURED_REPLY_SIZE;
+
+  it('property: after any cuts, the rest of a non-data chunk whose header is in, else 0', () => {
+    fc.assert(
+      fc.property(arbReplies(extended), fc.array(fc.nat(4000), { maxLength: 30 }), (replies, cuts) => {
+        const d = new ServerStreamDecoder();
+        const simple = new Map(replies.flatMap((r, i) => (r.simpleData ? [[i + 1, r.simpleData] as const] : [])));
+        d.enterTransmission(extended, {
+          simpleTarget: (cookie, error) => (error === 0 && simple.has(cookie) ? new Uint8Array(simple.get(cookie)!) : undefined),
+          dataTarget: (_cookie, _offset, length) => new Uint8Array(length),
+        });
+        const bytes = concat(replies.map((r) => r.bytes));
+        const starts = replies.map((_, i) => replies.slice(0, i).reduce((a, r) => a + r.bytes.length, 0));
+        let pushed = 0;
+        let decoded = 0;
+        for (const c of cut(bytes, cuts)) {
+          d.push(c);
+          pushed += c.length;
+          while (d.next()) decoded++;
+          const r = replies[decoded];
+          const received = r ? pushed - starts[decoded]! : 0;
+          const want = r?.due && received >= headerSize ? r.bytes.length - received : 0;
+          expect(d.payloadDue()).toBe(want);
+        }
+        expect(decoded).toBe(replies.length);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('is 0 before transmission, over the chunk limit, and for a header of the kind not negotiated', () => {
+    const before = new ServerStreamDecoder();
+    before.push(encodeBlockStatusChunk(extended, ReplyFlag.DONE, 1, 0, 1, [{ length: 512, flags: 0 }]).subarray(0, headerSize));
+    expect(before.payloadDue()).toBe(0);
+
+    const limited = new ServerStreamDecoder({ maxChunkPayload: 100 });
+    limited.enterTransmission(extended, { simpleTarget: () => undefined, dataTarget: () => new Uint8Array(0) });
+    const big = encodeErrorChunk(extended, ReplyFlag.DONE, 1, 0, 5, 'x'.repeat(200));
+    limited.push(big.subarray(0, headerSize));
+    expect(limited.payloadDue()).toBe(0);
+    expectProtocolError(() => limited.next(), /limit/);
+
+    // The other kind of header, alone in its chunk of input (a compact one under extended headers
+    // is shorter than the header expected: reading its length past the end must not throw).
+    const other = new ServerStreamDecoder();
+    other.enterTransmission(extended, { simpleTarget: () => undefined, dataTarget: () => new Uint8Array(0) });
+    const h = new Uint8Array(48);
+    const n = writeChunkHeader(h, 0, !extended, ReplyFlag.DONE, Chunk.ERROR, 1, 0, 100);
+    other.push(h.slice(0, n));
+    expect(other.payloadDue()).toBe(0);
+    expectProtocolError(() => other.next(), /extended headers/);
   });
 });
 

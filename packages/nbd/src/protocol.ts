@@ -524,16 +524,14 @@ export class ServerStreamDecoder extends Decoder<ServerMessage> {
    */
   payloadDue(): number {
     const q = this.q;
-    if (this.#state !== 'reply' || this.#reply.s !== 'header' || q.length < 4 || this.failed) return 0;
-    const [m, mat] = q.peek(4);
-    const magic = m.getUint32(mat);
-    const headerSize = magic === EXTENDED_REPLY_MAGIC ? EXTENDED_REPLY_SIZE : magic === STRUCTURED_REPLY_MAGIC ? STRUCTURED_REPLY_SIZE : 0;
-    if (headerSize === 0 || q.length < headerSize) return 0;
+    const headerSize = chunkHeaderSize(this.#extended);
+    if (this.#state !== 'reply' || this.#reply.s !== 'header' || q.length < headerSize || this.failed) return 0;
     const [v, at] = q.peek(headerSize);
-    if (v.getUint16(at + 6) === Chunk.OFFSET_DATA) return 0;
-    const len = this.#extended ? u64(v, at + 24) : v.getUint32(at + 16);
-    if (len > this.maxChunkPayload) return 0;
-    return Math.max(0, headerSize + len - q.length);
+    // A simple reply has no payload length; a header of the other kind is the parser's to refuse.
+    if (v.getUint32(at) !== chunkMagic(this.#extended)) return 0;
+    const h = readChunkHeader(v, at, this.#extended);
+    if (h.type === Chunk.OFFSET_DATA || h.length > this.maxChunkPayload) return 0;
+    return Math.max(0, headerSize + h.length - q.length);
   }
 
   /** `n` bytes were read straight into `directTarget()`; the next `next()` reports a finished chunk. */
@@ -650,22 +648,15 @@ export class ServerStreamDecoder extends Decoder<ServerMessage> {
       }
       return { kind: 'simple', cookie, error };
     }
-    let headerSize: number;
-    if (magic === STRUCTURED_REPLY_MAGIC) {
-      if (this.#extended) throw protocolError('compact structured reply after extended headers were negotiated');
-      headerSize = STRUCTURED_REPLY_SIZE;
-    } else if (magic === EXTENDED_REPLY_MAGIC) {
-      if (!this.#extended) throw protocolError('extended reply without extended headers negotiated');
-      headerSize = EXTENDED_REPLY_SIZE;
-    } else {
+    if (magic !== chunkMagic(this.#extended)) {
+      if (magic === STRUCTURED_REPLY_MAGIC) throw protocolError('compact structured reply after extended headers were negotiated');
+      if (magic === EXTENDED_REPLY_MAGIC) throw protocolError('extended reply without extended headers negotiated');
       throw protocolError('reply has the wrong magic', { magic: hex(m, mat, 4) });
     }
+    const headerSize = chunkHeaderSize(this.#extended);
     if (q.length < headerSize) return undefined;
     const [v, at] = q.peek(headerSize);
-    const flags = v.getUint16(at + 4);
-    const type = v.getUint16(at + 6);
-    const cookie = u64(v, at + 8);
-    const len = this.#extended ? u64(v, at + 24) : v.getUint32(at + 16);
+    const { flags, type, cookie, length: len } = readChunkHeader(v, at, this.#extended);
     const done = (flags & ReplyFlag.DONE) !== 0;
     if (type === Chunk.OFFSET_DATA) {
       if (len < 9) throw protocolError(`OFFSET_DATA chunk of ${len} bytes (at least 9)`, { cookie });
@@ -1002,6 +993,11 @@ export function chunkHeaderSize(extended: boolean): number {
   return extended ? EXTENDED_REPLY_SIZE : STRUCTURED_REPLY_SIZE;
 }
 
+/** The magic a chunk header starts with: extended once extended headers are negotiated, else structured. */
+function chunkMagic(extended: boolean): number {
+  return extended ? EXTENDED_REPLY_MAGIC : STRUCTURED_REPLY_MAGIC;
+}
+
 /**
  * Writes a structured (or extended) chunk header; `offset` is the request's offset, sent only in
  * extended headers. Returns its size; the payload of `payloadLength` bytes follows.
@@ -1016,8 +1012,8 @@ export function writeChunkHeader(
   offset: number,
   payloadLength: number,
 ): number {
-  const v = new DataView(dst.buffer, dst.byteOffset + at, extended ? EXTENDED_REPLY_SIZE : STRUCTURED_REPLY_SIZE);
-  v.setUint32(0, extended ? EXTENDED_REPLY_MAGIC : STRUCTURED_REPLY_MAGIC);
+  const v = new DataView(dst.buffer, dst.byteOffset + at, chunkHeaderSize(extended));
+  v.setUint32(0, chunkMagic(extended));
   v.setUint16(4, flags);
   v.setUint16(6, type);
   setU64(v, 8, cookie);
@@ -1028,6 +1024,19 @@ export function writeChunkHeader(
   }
   v.setUint32(16, payloadLength);
   return STRUCTURED_REPLY_SIZE;
+}
+
+/**
+ * The fields of a chunk header as `writeChunkHeader` lays them out, read at `at` of `v` (whole,
+ * magic checked by the caller). Extended headers' request offset is not needed by the decoder.
+ */
+function readChunkHeader(v: DataView, at: number, extended: boolean): { flags: number; type: number; cookie: number; length: number } {
+  return {
+    flags: v.getUint16(at + 4),
+    type: v.getUint16(at + 6),
+    cookie: u64(v, at + 8),
+    length: extended ? u64(v, at + 24) : v.getUint32(at + 16),
+  };
 }
 
 /** Header plus the 8-byte offset of an OFFSET_DATA chunk; `dataLength` bytes of data follow. */
