@@ -6,6 +6,7 @@ import {
   Disk,
   type DiskInfo,
   type Extent,
+  type FileSpan,
   type IoOptions,
   VdError,
   type WriteOptions,
@@ -212,6 +213,7 @@ class TrackedSource implements BlockSource {
     if (!inner._zero) this._zero = undefined;
     if (!inner._trim) this._trim = undefined;
     if (!inner._flush) this._flush = undefined;
+    if (!inner._withFileSpans) this._withFileSpans = undefined;
   }
 
   _read(offset: number, into: Uint8Array, opts: IoOptions): Promise<void> {
@@ -252,6 +254,14 @@ class TrackedSource implements BlockSource {
   };
 
   _flush? = (opts: IoOptions): Promise<void> => this.#inner._flush!(opts);
+
+  /** Reads change nothing: zero-copy consumers (sendfile) go straight to the inner source's files. */
+  _withFileSpans? = <T>(
+    offset: number,
+    length: number,
+    fn: (spans: readonly FileSpan[]) => Promise<T>,
+    opts: IoOptions,
+  ): Promise<T | undefined> => this.#inner._withFileSpans!(offset, length, fn, opts);
 
   async _extents(offset: number, length: number, context: string, opts: IoOptions): Promise<Extent[]> {
     if (context === this.bitmapContext) return this.#bitmapExtents(offset, length);

@@ -5,6 +5,7 @@ import {
   type Disk,
   type DiskInfo,
   type Extent,
+  type FileSpan,
   type IoOptions,
   VdError,
   type WriteOptions,
@@ -98,6 +99,16 @@ export class GateSource implements BlockSource {
       for await (const e of this.#disk.extents({ offset, length, context, signal: opts.signal })) out.push(e);
       return out;
     });
+  }
+
+  /** A zero-copy send (sendfile) counts as in flight until it is done: a pause waits for it too. */
+  _withFileSpans<T>(
+    offset: number,
+    length: number,
+    fn: (spans: readonly FileSpan[]) => Promise<T>,
+    opts: IoOptions,
+  ): Promise<T | undefined> {
+    return this.#pass(() => this.#disk.withFileSpans(offset, length, fn, opts));
   }
 
   _info(): DiskInfo {

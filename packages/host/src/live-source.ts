@@ -4,6 +4,7 @@ import {
   type Capabilities,
   type DiskInfo,
   type Extent,
+  type FileSpan,
   type IoOptions,
   readOnlyCapabilities,
   VdError,
@@ -80,6 +81,24 @@ export class LiveSource implements BlockSource {
       at = runEnd;
     }
     await settle(parts);
+  }
+
+  /**
+   * Zero-copy reads (sendfile) of ranges the redo log holds nothing of: the base's files. A write
+   * landing meanwhile goes to the redo log and leaves the base's bytes as they were.
+   */
+  async _withFileSpans<T>(
+    offset: number,
+    length: number,
+    fn: (spans: readonly FileSpan[]) => Promise<T>,
+    opts: IoOptions,
+  ): Promise<T | undefined> {
+    if (!this.base._withFileSpans) return undefined;
+    const ov = this.#overlay;
+    if (ov) {
+      for (let g = Math.floor(offset / ov.grain); g * ov.grain < offset + length; g++) if (ov.map[g] === 1) return undefined;
+    }
+    return this.base._withFileSpans(offset, length, fn, opts);
   }
 
   _write(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
@@ -226,6 +245,16 @@ export class FrozenSource implements BlockSource {
 
   _read(offset: number, into: Uint8Array, opts: IoOptions): Promise<void> {
     return this.base._read(offset, into, opts);
+  }
+
+  /** The base's files: nothing writes them while the snapshot exists. */
+  async _withFileSpans<T>(
+    offset: number,
+    length: number,
+    fn: (spans: readonly FileSpan[]) => Promise<T>,
+    opts: IoOptions,
+  ): Promise<T | undefined> {
+    return this.base._withFileSpans?.(offset, length, fn, opts);
   }
 
   async _extents(offset: number, length: number, context: string, opts: IoOptions): Promise<Extent[]> {
