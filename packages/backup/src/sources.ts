@@ -138,6 +138,9 @@ export function trackedSource(disk: Disk, opts: { close?: boolean } = {}): Backu
           };
         },
         async release() {
+          // close(), even after an abort (unlike the other sources' endReadDisk): destroy() would
+          // skip writing the tracker's sidecar back clean, and the next backup would find tracking
+          // reset and read everything. The reads of an aborted backup end with its signal.
           if (opts.close !== false) await disk.close();
         },
       };
