@@ -363,6 +363,38 @@ describe('client against our server', () => {
     await vi.waitFor(() => expect(server.connections).toBe(2));
   });
 
+  it("reconnects after the signal it was opened with has fired: that signal bounds the open, not the disk's life", async () => {
+    const { uri } = await serve(memoryDisk(4 * MiB, { data: pattern(4 * MiB, 6) }));
+    const t = parseNbdUri(uri);
+    if (t.kind !== 'tcp') throw new Error('tcp expected');
+    const sockets = new Set<Socket>();
+    const proxy = createServer((c) => {
+      const up = netConnect({ host: t.host, port: t.port });
+      sockets.add(c).add(up);
+      c.pipe(up).pipe(c);
+      const drop = () => {
+        c.destroy();
+        up.destroy();
+      };
+      c.on('error', drop).on('close', drop);
+      up.on('error', drop).on('close', drop);
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => proxy.close(() => r())));
+    const port = (proxy.address() as { port: number }).port;
+    // As with AbortSignal.timeout(): a deadline for opening, which passes while the disk is in use.
+    const opening = new AbortController();
+    const disk = await openDisk(`nbd://127.0.0.1:${port}/d`, {
+      transports: [nbd({ connections: 1, retryDelay: 5 })],
+      signal: opening.signal,
+    });
+    cleanups.push(() => disk.destroy());
+    opening.abort(new Error('open deadline passed'));
+    for (const s of sockets) s.destroy();
+    const again = await disk.read(MiB, 65536);
+    expect(Buffer.compare(again, pattern(4 * MiB, 6).subarray(MiB, MiB + 65536))).toBe(0);
+  });
+
   it('times out a handshake the server never answers', async () => {
     const silent = createServer(() => {});
     await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));

@@ -291,7 +291,9 @@ export class NbdClientSource implements BlockSource {
   #reconnect(): Promise<void> {
     this.#reconnecting ??= (async () => {
       try {
-        const hs = { ...this.#opts, metaContexts: this.#opts.metaContexts };
+        // Not the signal the disk was opened with: it bounds the open (AbortSignal.timeout, say)
+        // and may have fired since. Each handshake still has its own timeout.
+        const { signal: _opening, ...hs } = this.#opts;
         const next: NbdClientConnection[] = [];
         const before = [...this.#conns];
         for (const [i, c] of before.entries()) {
