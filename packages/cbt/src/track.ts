@@ -98,6 +98,8 @@ function sourceOf(d: Disk): BlockSource {
       return out;
     },
     _info: () => d.info(),
+    // Undefined where `d` cannot map the range: zero-copy consumers then read.
+    _withFileSpans: (offset, length, fn, opts) => d.withFileSpans(offset, length, fn, opts),
     _close: () => d.close(),
     _destroy: (err) => d.destroy(err),
   };
