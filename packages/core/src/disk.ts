@@ -265,7 +265,8 @@ export class Disk implements AsyncDisposable {
    * Zero-copy access for consumers that move bytes without reading them (an NBD server's
    * sendfile): runs `fn` with the local-file spans that hold `offset..offset+length`, in order.
    * The range is checked like a read's. Resolves undefined, without calling `fn`, where the
-   * disk's source cannot map the range (VMDK, chains, remote and in-memory disks): read instead.
+   * disk's source cannot map the range (remote and in-memory disks; compressed or zeroed VMDK
+   * grains, holes over no parent): read instead.
    *
    * `fn` runs as a request in flight: `close()` waits for it, and the descriptors stay open (not
    * closed, so their numbers are not reused) until it settles, even after `destroy()`. It is not

@@ -127,7 +127,7 @@ export interface BlockSource {
    * Where the bytes of a range sit in local files, for zero-copy consumers (sendfile): runs `fn`
    * with spans covering the range in order, keeping their descriptors open until it settles.
    * Resolves undefined, without calling `fn`, when the range does not lie in local files as is
-   * (compressed, chained, remote, in memory).
+   * (compressed or zeroed grains, holes over no parent, remote, in memory).
    */
   _withFileSpans?<T>(
     offset: number,
