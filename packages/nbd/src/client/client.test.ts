@@ -363,6 +363,49 @@ describe('client against our server', () => {
     await vi.waitFor(() => expect(server.connections).toBe(2));
   });
 
+  it('a reconnect that fails part-way keeps the connections it opened: the read goes on over them, none is left open after close', async () => {
+    const { server, uri } = await serve(memoryDisk(4 * MiB, { data: pattern(4 * MiB, 7) }));
+    const t = parseNbdUri(uri);
+    if (t.kind !== 'tcp') throw new Error('tcp expected');
+    const sockets = new Set<Socket>();
+    const proxy = createServer((c) => {
+      const up = netConnect({ host: t.host, port: t.port });
+      sockets.add(c).add(up);
+      c.pipe(up).pipe(c);
+      const drop = () => {
+        c.destroy();
+        up.destroy();
+      };
+      c.on('error', drop).on('close', drop);
+      up.on('error', drop).on('close', drop);
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => proxy.close(() => r())));
+    const port = (proxy.address() as { port: number }).port;
+    // connectExtra works when the disk opens, then fails (a worker that can no longer start).
+    let extraCalls = 0;
+    const connectExtra = async (target: NbdTarget, o: HandshakeOptions) => {
+      if (++extraCalls > 1) throw new Error('no worker this time');
+      return NbdConnection.open(target, o);
+    };
+    const disk = await openDisk(`nbd://127.0.0.1:${port}/d`, { transports: [nbd({ connections: 2, connectExtra, retryDelay: 5 })] });
+    let closed = false;
+    cleanups.push(async () => {
+      if (!closed) await disk.destroy();
+    });
+    await vi.waitFor(() => expect(disk.info().connections).toBe(2));
+    for (const s of sockets) s.destroy();
+    await vi.waitFor(() => expect(server.connections).toBe(0));
+    // The first connection comes back in this thread; the second cannot: the read uses the first.
+    const again = await disk.read(MiB, 65536);
+    expect(Buffer.compare(again, pattern(4 * MiB, 7).subarray(MiB, MiB + 65536))).toBe(0);
+    expect(extraCalls).toBeGreaterThan(1);
+    await disk.close();
+    closed = true;
+    // Every connection a reconnect opened was the disk's to close.
+    await vi.waitFor(() => expect(server.connections).toBe(0));
+  });
+
   it("reconnects after the signal it was opened with has fired: that signal bounds the open, not the disk's life", async () => {
     const { uri } = await serve(memoryDisk(4 * MiB, { data: pattern(4 * MiB, 6) }));
     const t = parseNbdUri(uri);

@@ -296,25 +296,34 @@ export class NbdClientSource implements BlockSource {
         const { signal: _opening, ...hs } = this.#opts;
         const next: NbdClientConnection[] = [];
         const before = [...this.#conns];
+        // After a failure the rest stay as they are (dead, for the next attempt), but what was
+        // reopened is kept: requests go on over it, and close() ends it.
+        let failure: unknown;
         for (const [i, c] of before.entries()) {
-          if (!c.closed) {
+          if (!c.closed || failure !== undefined) {
             next.push(c);
             continue;
           }
           // By position, as open planned them: the first in this thread, the others through
           // connectExtra, whatever kind of connection it returned last time.
           const open = i > 0 && this.#opts.connectExtra ? this.#opts.connectExtra : inThread;
-          const fresh = await open(this.target, hs);
-          if (fresh.info.size !== this.size) {
-            fresh.destroy();
-            throw new VdError('ERR_VD_PROTOCOL', `NBD export ${formatNbdUri(this.target)} changed size across a reconnect`);
+          try {
+            const fresh = await open(this.target, hs);
+            if (fresh.info.size !== this.size) {
+              fresh.destroy();
+              throw new VdError('ERR_VD_PROTOCOL', `NBD export ${formatNbdUri(this.target)} changed size across a reconnect`);
+            }
+            next.push(fresh);
+          } catch (err) {
+            failure = err;
+            next.push(c);
           }
-          next.push(fresh);
         }
         // Connections that joined meanwhile stay.
         for (const c of this.#conns) if (!before.includes(c)) next.push(c);
         if (this.#closed) for (const c of next) c.destroy();
         this.#conns = next;
+        if (failure !== undefined) throw failure;
       } finally {
         this.#reconnecting = undefined;
       }
