@@ -57,6 +57,13 @@ describe('createVmdk and createChild are all or nothing', () => {
     expect(await readFile(join(dir, 'd-s002.vmdk'), 'utf8')).toBe('not ours');
   });
 
+  it('a resolver that cannot say what exists removes nothing: a file it may have replaced stays', async () => {
+    const { exists: _unknown, ...blind } = fileResolver(dir, { overwrite: true });
+    const err = new VdError('ERR_VD_IO', 'disk full');
+    await expect(createVmdk(failingWrites(blind, 'd.vmdk', err), 'd.vmdk', { size: 1024 * 1024 })).rejects.toBe(err);
+    expect(await files()).toEqual(['d.vmdk']);
+  });
+
   it('a write failing midway: the original error, and every file made is removed', async () => {
     const boom = new VdError('ERR_VD_IO', 'injected: the disk is full');
     for (const subformat of ['twoGbMaxExtentFlat', 'twoGbMaxExtentSparse', 'monolithicFlat'] as const) {

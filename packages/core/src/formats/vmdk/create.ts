@@ -197,8 +197,8 @@ class MadeFiles {
   async create(name: string): Promise<ByteStore> {
     if (!this.resolver.create)
       throw new VdError('ERR_VD_NOT_SUPPORTED', `cannot create ${name}: this store resolver does not create files`);
-    // Unknown counts as existing: a file we cannot prove we made is never removed.
-    const existed = this.resolver.exists ? await this.resolver.exists(name).catch(() => true) : false;
+    // Unknown counts as existing (no `exists`, or it failed): a file we cannot prove we made is never removed.
+    const existed = this.resolver.exists ? await this.resolver.exists(name).catch(() => true) : true;
     const store = await this.resolver.create(name);
     if (!existed) this.#names.push(name);
     return store;
