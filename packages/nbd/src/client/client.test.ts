@@ -34,6 +34,42 @@ afterEach(async () => {
   for (const c of cleanups.splice(0)) await c();
 });
 
+/**
+ * A TCP proxy to the server at `uri` whose connections we can cut (`cut()`), and which drops new
+ * ones at once while `refuse` is set: a network that fails under the client.
+ */
+async function cuttableProxy(uri: string): Promise<{ port: number; cut: () => void; refuse: boolean }> {
+  const t = parseNbdUri(uri);
+  if (t.kind !== 'tcp') throw new Error('tcp expected');
+  const sockets = new Set<Socket>();
+  const out = {
+    port: 0,
+    cut: () => {
+      for (const s of sockets) s.destroy();
+    },
+    refuse: false,
+  };
+  const proxy = createServer((c) => {
+    if (out.refuse) {
+      c.destroy();
+      return;
+    }
+    const up = netConnect({ host: t.host, port: t.port });
+    sockets.add(c).add(up);
+    c.pipe(up).pipe(c);
+    const drop = () => {
+      c.destroy();
+      up.destroy();
+    };
+    c.on('error', drop).on('close', drop);
+    up.on('error', drop).on('close', drop);
+  });
+  await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+  cleanups.push(() => new Promise((r) => proxy.close(() => r())));
+  out.port = (proxy.address() as { port: number }).port;
+  return out;
+}
+
 function pattern(n: number, seed: number): Uint8Array {
   const b = new Uint8Array(n);
   for (let i = 0; i < n; i++) b[i] = (i * 7 + seed + (i >> 12)) & 255;
@@ -285,61 +321,24 @@ describe('client against our server', () => {
 
   it('reconnects and retries reads after a dropped connection, with a bound', async () => {
     const { uri } = await serve(memoryDisk(4 * MiB, { data: pattern(4 * MiB, 7) }));
-    const t = parseNbdUri(uri);
-    if (t.kind !== 'tcp') throw new Error('tcp expected');
-    // A proxy we can cut.
-    const sockets = new Set<Socket>();
-    let refuse = false;
-    const proxy = createServer((c) => {
-      if (refuse) {
-        c.destroy();
-        return;
-      }
-      const up = netConnect({ host: t.host, port: t.port });
-      sockets.add(c).add(up);
-      c.pipe(up).pipe(c);
-      const drop = () => {
-        c.destroy();
-        up.destroy();
-      };
-      c.on('error', drop).on('close', drop);
-      up.on('error', drop).on('close', drop);
-    });
-    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
-    cleanups.push(() => new Promise((r) => proxy.close(() => r())));
-    const port = (proxy.address() as { port: number }).port;
+    const proxy = await cuttableProxy(uri);
+    const { port } = proxy;
     const disk = await openDisk(`nbd://127.0.0.1:${port}/d`, { transports: [nbd({ retryDelay: 5, retries: 2 })] });
     cleanups.push(() => disk.destroy());
     expect((await disk.read(0, 4096))[1]).toBe(pattern(2, 7)[1]);
-    for (const s of sockets) s.destroy();
+    proxy.cut();
     const again = await disk.read(MiB, 65536);
     expect(Buffer.compare(again, pattern(4 * MiB, 7).subarray(MiB, MiB + 65536))).toBe(0);
     // The retries are bounded: with the server unreachable the read fails.
-    refuse = true;
-    for (const s of sockets) s.destroy();
+    proxy.refuse = true;
+    proxy.cut();
     const failed = await disk.read(0, 4096).catch((e) => e);
     expect(isVdError(failed, 'ERR_VD_IO')).toBe(true);
   });
 
   it('reconnects by position: the first connection in this thread, the others through connectExtra, whatever it returned', async () => {
     const { server, uri } = await serve(memoryDisk(4 * MiB, { data: pattern(4 * MiB, 5) }));
-    const t = parseNbdUri(uri);
-    if (t.kind !== 'tcp') throw new Error('tcp expected');
-    const sockets = new Set<Socket>();
-    const proxy = createServer((c) => {
-      const up = netConnect({ host: t.host, port: t.port });
-      sockets.add(c).add(up);
-      c.pipe(up).pipe(c);
-      const drop = () => {
-        c.destroy();
-        up.destroy();
-      };
-      c.on('error', drop).on('close', drop);
-      up.on('error', drop).on('close', drop);
-    });
-    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
-    cleanups.push(() => new Promise((r) => proxy.close(() => r())));
-    const port = (proxy.address() as { port: number }).port;
+    const { port, cut } = await cuttableProxy(uri);
     // A connectExtra that falls back to a connection in this thread (no `worker` flag), as one
     // whose worker could not start might.
     const extra: NbdClientConnection[] = [];
@@ -352,7 +351,7 @@ describe('client against our server', () => {
     cleanups.push(() => disk.destroy());
     await vi.waitFor(() => expect(disk.info().connections).toBe(2));
     expect(extra.length).toBe(1);
-    for (const s of sockets) s.destroy();
+    cut();
     await vi.waitFor(() => expect(extra[0]!.closed).toBe(true));
     const again = await disk.read(MiB, 65536);
     expect(Buffer.compare(again, pattern(4 * MiB, 5).subarray(MiB, MiB + 65536))).toBe(0);
@@ -365,23 +364,7 @@ describe('client against our server', () => {
 
   it('a reconnect that fails part-way keeps the connections it opened: the read goes on over them, none is left open after close', async () => {
     const { server, uri } = await serve(memoryDisk(4 * MiB, { data: pattern(4 * MiB, 7) }));
-    const t = parseNbdUri(uri);
-    if (t.kind !== 'tcp') throw new Error('tcp expected');
-    const sockets = new Set<Socket>();
-    const proxy = createServer((c) => {
-      const up = netConnect({ host: t.host, port: t.port });
-      sockets.add(c).add(up);
-      c.pipe(up).pipe(c);
-      const drop = () => {
-        c.destroy();
-        up.destroy();
-      };
-      c.on('error', drop).on('close', drop);
-      up.on('error', drop).on('close', drop);
-    });
-    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
-    cleanups.push(() => new Promise((r) => proxy.close(() => r())));
-    const port = (proxy.address() as { port: number }).port;
+    const { port, cut } = await cuttableProxy(uri);
     // connectExtra works when the disk opens, then fails (a worker that can no longer start).
     let extraCalls = 0;
     const connectExtra = async (target: NbdTarget, o: HandshakeOptions) => {
@@ -394,7 +377,7 @@ describe('client against our server', () => {
       if (!closed) await disk.destroy();
     });
     await vi.waitFor(() => expect(disk.info().connections).toBe(2));
-    for (const s of sockets) s.destroy();
+    cut();
     await vi.waitFor(() => expect(server.connections).toBe(0));
     // The first connection comes back in this thread; the second cannot: the read uses the first.
     const again = await disk.read(MiB, 65536);
@@ -408,23 +391,7 @@ describe('client against our server', () => {
 
   it("reconnects after the signal it was opened with has fired: that signal bounds the open, not the disk's life", async () => {
     const { uri } = await serve(memoryDisk(4 * MiB, { data: pattern(4 * MiB, 6) }));
-    const t = parseNbdUri(uri);
-    if (t.kind !== 'tcp') throw new Error('tcp expected');
-    const sockets = new Set<Socket>();
-    const proxy = createServer((c) => {
-      const up = netConnect({ host: t.host, port: t.port });
-      sockets.add(c).add(up);
-      c.pipe(up).pipe(c);
-      const drop = () => {
-        c.destroy();
-        up.destroy();
-      };
-      c.on('error', drop).on('close', drop);
-      up.on('error', drop).on('close', drop);
-    });
-    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
-    cleanups.push(() => new Promise((r) => proxy.close(() => r())));
-    const port = (proxy.address() as { port: number }).port;
+    const { port, cut } = await cuttableProxy(uri);
     // As with AbortSignal.timeout(): a deadline for opening, which passes while the disk is in use.
     const opening = new AbortController();
     const disk = await openDisk(`nbd://127.0.0.1:${port}/d`, {
@@ -433,7 +400,7 @@ describe('client against our server', () => {
     });
     cleanups.push(() => disk.destroy());
     opening.abort(new Error('open deadline passed'));
-    for (const s of sockets) s.destroy();
+    cut();
     const again = await disk.read(MiB, 65536);
     expect(Buffer.compare(again, pattern(4 * MiB, 6).subarray(MiB, MiB + 65536))).toBe(0);
   });
