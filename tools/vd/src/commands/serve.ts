@@ -43,9 +43,9 @@ Prints the URI of every export, then serves until Ctrl-C (in-flight requests fin
 Started by systemd or libnbd socket activation (LISTEN_FDS), it serves the inherited socket.
 With --socket, a socket file left by a server that was killed is removed first; a path where a
 server still listens, or one that is not a socket, is refused and left alone.
-Reads of raw files go from the page cache to the socket with sendfile (no copy through the
-server) when the optional @vd/sparse addon is built and TLS is off; VD_NBD_ZEROCOPY=0 turns
-that off.
+Reads of raw files and VMDKs (with their redo-log parents; not compressed grains) go from the
+page cache to the socket with sendfile (no copy through the server) when the optional
+@vd/sparse addon is built and TLS is off; VD_NBD_ZEROCOPY=0 turns that off.
 
 Examples:
   vd serve disk.vmdk
