@@ -1,3 +1,5 @@
+import { readSync } from 'node:fs';
+import type { FileSpan } from '@vd/core';
 import { bytesEqual, check } from '../assert.js';
 import type { CaseSpec } from '../define.js';
 import { Model } from '../model.js';
@@ -48,6 +50,40 @@ export const ioCases: CaseSpec[] = [
       for (let i = 0; i < 32; i++) {
         const r = range(0, window, rng.int(1, 8) * 4096);
         bytesEqual(await disk.read(r.offset, r.length), whole.subarray(r.offset, r.offset + r.length), r.offset, 'random read');
+      }
+    },
+  },
+  {
+    id: 'read/file-spans',
+    title:
+      'where the disk maps a range to file spans (zero-copy consumers such as sendfile), they cover it and hold the bytes a read returns',
+    requires: [],
+    async body({ disk, caps, window, rng, range }) {
+      // Written ranges first where it can: formats map written data (allocated grains) to files.
+      if (!caps.readOnly)
+        for (let i = 0; i < 6; i++) {
+          const r = range(0, window, rng.int(1, 64) * 4096);
+          await disk.write(r.offset, rng.bytes(r.length));
+        }
+      for (let i = 0; i < 24; i++) {
+        const r = i === 0 ? { offset: 0, length: window } : range(0, window, rng.int(1, 128) * 4096);
+        let called = false;
+        const got = await disk.withFileSpans(r.offset, r.length, async (spans) => {
+          called = true;
+          check(
+            spans.every(
+              (s) => Number.isSafeInteger(s.fd) && s.fd >= 0 && Number.isSafeInteger(s.position) && s.position >= 0 && s.length > 0,
+            ),
+            'each span has a descriptor, a position and a length',
+          );
+          check(spans.reduce((n, s) => n + s.length, 0) === r.length, `spans for ${r.offset}+${r.length} add up to its length`);
+          return readSpans(spans);
+        });
+        if (got === undefined) {
+          check(!called, 'withFileSpans resolves undefined only without calling fn');
+          continue;
+        }
+        bytesEqual(got, await disk.read(r.offset, r.length), r.offset, 'bytes read through the file spans');
       }
     },
   },
@@ -122,3 +158,18 @@ export const ioCases: CaseSpec[] = [
     },
   },
 ];
+
+/** The bytes of `spans`, read through their descriptors as sendfile would (past a file's end: zeroes). */
+export function readSpans(spans: readonly FileSpan[]): Uint8Array {
+  const out = new Uint8Array(spans.reduce((n, s) => n + s.length, 0));
+  let at = 0;
+  for (const s of spans) {
+    for (let done = 0; done < s.length; ) {
+      const n = readSync(s.fd, out, at + done, s.length - done, s.position + done);
+      if (n === 0) break;
+      done += n;
+    }
+    at += s.length;
+  }
+  return out;
+}
