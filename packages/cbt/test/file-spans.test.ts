@@ -1,6 +1,6 @@
-import { readSync } from 'node:fs';
 import { join } from 'node:path';
-import { type FileSpan, memoryDisk } from '@vd/core';
+import { readSpans } from '@vd/conformance';
+import { memoryDisk } from '@vd/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bitmapView, mark, track, trackerOf } from '../src/index.js';
 import { fileDisk, tempDir } from './helpers.js';
@@ -11,21 +11,6 @@ beforeAll(async () => {
   ({ dir, cleanup } = await tempDir());
 });
 afterAll(() => cleanup());
-
-/** The bytes of `spans`, read through their descriptors as sendfile would. */
-function readSpans(spans: readonly FileSpan[]): Uint8Array {
-  const out = new Uint8Array(spans.reduce((n, s) => n + s.length, 0));
-  let at = 0;
-  for (const s of spans) {
-    for (let done = 0; done < s.length; ) {
-      const n = readSync(s.fd, out, at + done, s.length - done, s.position + done);
-      if (n === 0) break;
-      done += n;
-    }
-    at += s.length;
-  }
-  return out;
-}
 
 describe('zero-copy reads through a tracked disk', () => {
   it('a tracked Disk over a local file, and a bitmap view of it, give the file spans that hold a range', async () => {

@@ -5,6 +5,7 @@
 import { caseSpecs } from './cases/index.js';
 import { bindCases, type ConformanceOptions, type ConformanceSuite } from './define.js';
 
+export { readSpans } from './cases/io.js';
 export type { CaseEnv, CaseSpec, ConformanceCase, ConformanceOptions, ConformanceSuite, FactoryOptions, RunContext } from './define.js';
 export { Model } from './model.js';
 export { type Requirement, requirementRules, unmetRequirements } from './requirements.js';

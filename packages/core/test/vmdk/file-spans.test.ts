@@ -1,29 +1,13 @@
-import { readSync } from 'node:fs';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readSpans } from '../../../conformance/src/index.js';
 import { Disk } from '../../src/disk.js';
 import { createChild, createVmdk, openVmdk } from '../../src/formats/vmdk/index.js';
-import type { FileSpan } from '../../src/spec.js';
 import { fileResolver } from '../../src/stores/file-resolver.js';
 import { pattern, tempDir } from './helpers.js';
 
 const KiB = 1024;
 const SIZE = 512 * KiB;
-
-/** The bytes of `spans`, read through their descriptors as sendfile would. */
-function readSpans(spans: readonly FileSpan[]): Uint8Array {
-  const out = new Uint8Array(spans.reduce((n, s) => n + s.length, 0));
-  let at = 0;
-  for (const s of spans) {
-    for (let done = 0; done < s.length; ) {
-      const n = readSync(s.fd, out, at + done, s.length - done, s.position + done);
-      if (n === 0) break; // past the file's end: zeroes, as FileSpan says
-      done += n;
-    }
-    at += s.length;
-  }
-  return out;
-}
 
 describe('VMDK file spans (zero-copy reads)', () => {
   let dir: string;
