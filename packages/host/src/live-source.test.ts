@@ -1,6 +1,8 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Disk, MemorySource } from '@vd/core';
+import { pathToFileURL } from 'node:url';
+import { readSpans } from '@vd/conformance';
+import { Disk, file, MemorySource, rawFormat } from '@vd/core';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from '../test/helpers.js';
@@ -83,6 +85,37 @@ describe('LiveSource with a redo log', () => {
         await live.overlay?.close();
       }),
       { numRuns: 25 },
+    );
+  });
+
+  it('file spans over a redo log hold what a read returns: redo-log grains from its data file, the rest from the base', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.tuple(range, fc.integer({ min: 1, max: 255 })), { maxLength: 8 }),
+        fc.array(range, { minLength: 1, maxLength: 8 }),
+        async (writes, reads) => {
+          const k = ++n;
+          const path = join(dir, `${k}.img`);
+          await writeFile(
+            path,
+            new Uint8Array(SIZE).map((_, i) => (i * 13) & 0xff),
+          );
+          const base = await file({ formats: [rawFormat] }).open(pathToFileURL(path), {});
+          const live = new LiveSource(base, await Overlay.create(join(dir, `${k}.redo`), join(dir, `${k}.map`), SIZE, GRAIN));
+          const disk = new Disk(live);
+          try {
+            for (const [w, seed] of writes) await disk.write(w.offset, new Uint8Array(w.length).fill(seed));
+            for (const r of [...reads, { offset: 0, length: SIZE }]) {
+              const got = await disk.withFileSpans(r.offset, r.length, async (spans) => readSpans(spans));
+              expect(got).toBeDefined();
+              expect(Buffer.from(got!).equals(await disk.read(r.offset, r.length))).toBe(true);
+            }
+          } finally {
+            await disk.close();
+          }
+        },
+      ),
+      { numRuns: 30 },
     );
   });
 

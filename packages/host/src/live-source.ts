@@ -67,25 +67,17 @@ export class LiveSource implements BlockSource {
   async _read(offset: number, into: Uint8Array, opts: IoOptions): Promise<void> {
     const ov = this.#overlay;
     if (!ov) return this.base._read(offset, into, opts);
-    const parts: Promise<void>[] = [];
-    const end = offset + into.length;
-    let at = offset;
-    while (at < end) {
-      const g = Math.floor(at / ov.grain);
-      const inData = ov.map[g] === 1;
-      let g2 = g + 1;
-      while (g2 * ov.grain < end && (ov.map[g2] === 1) === inData) g2++;
-      const runEnd = Math.min(end, g2 * ov.grain);
-      const view = into.subarray(at - offset, runEnd - offset);
-      parts.push(inData ? ov.readData(at, view) : this.base._read(at, view, opts));
-      at = runEnd;
-    }
+    const parts = overlayRuns(ov, offset, offset + into.length).map(({ at, end, inData }) => {
+      const view = into.subarray(at - offset, end - offset);
+      return inData ? ov.readData(at, view) : this.base._read(at, view, opts);
+    });
     await settle(parts);
   }
 
   /**
-   * Zero-copy reads (sendfile) of ranges the redo log holds nothing of: the base's files. A write
-   * landing meanwhile goes to the redo log and leaves the base's bytes as they were.
+   * Zero-copy reads (sendfile): grains in the redo log from its data file (which has the disk's
+   * layout), the rest from the base's files. A write landing meanwhile goes to the redo log and
+   * leaves the bytes sent as they were, as a read just before it would have.
    */
   async _withFileSpans<T>(
     offset: number,
@@ -95,10 +87,22 @@ export class LiveSource implements BlockSource {
   ): Promise<T | undefined> {
     if (!this.base._withFileSpans) return undefined;
     const ov = this.#overlay;
-    if (ov) {
-      for (let g = Math.floor(offset / ov.grain); g * ov.grain < offset + length; g++) if (ov.map[g] === 1) return undefined;
-    }
-    return this.base._withFileSpans(offset, length, fn, opts);
+    if (!ov) return this.base._withFileSpans(offset, length, fn, opts);
+    const runs = overlayRuns(ov, offset, offset + length);
+    if (!runs.some((r) => r.inData)) return this.base._withFileSpans(offset, length, fn, opts);
+    return this.base._withFileSpans(
+      offset,
+      length,
+      (below) =>
+        ov.withDataDescriptor((fd) =>
+          fn(
+            runs.flatMap((r) =>
+              r.inData ? [{ fd, position: r.at, length: r.end - r.at }] : sliceSpans(below, r.at - offset, r.end - r.at),
+            ),
+          ),
+        ),
+      opts,
+    );
   }
 
   _write(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
@@ -216,6 +220,35 @@ function countDirty(ov: Overlay): number {
   let n = 0;
   for (let g = 0; g < ov.grains; g++) n += ov.dirty[g]!;
   return n;
+}
+
+/** `[start, end)` cut where the redo log's map changes: runs wholly in the redo log (`inData`) or wholly not. */
+function overlayRuns(ov: Overlay, start: number, end: number): { at: number; end: number; inData: boolean }[] {
+  const runs = [];
+  for (let at = start; at < end; ) {
+    const g = Math.floor(at / ov.grain);
+    const inData = ov.map[g] === 1;
+    let g2 = g + 1;
+    while (g2 * ov.grain < end && (ov.map[g2] === 1) === inData) g2++;
+    const runEnd = Math.min(end, g2 * ov.grain);
+    runs.push({ at, end: runEnd, inData });
+    at = runEnd;
+  }
+  return runs;
+}
+
+/** The part of `spans` (which cover a range in order) from `skip` bytes in, `length` bytes long. */
+function sliceSpans(spans: readonly FileSpan[], skip: number, length: number): FileSpan[] {
+  const out: FileSpan[] = [];
+  let pos = 0;
+  for (const s of spans) {
+    const from = Math.max(skip, pos);
+    const to = Math.min(skip + length, pos + s.length);
+    if (from < to) out.push({ fd: s.fd, position: s.position + (from - pos), length: to - from });
+    pos += s.length;
+    if (pos >= skip + length) break;
+  }
+  return out;
 }
 
 async function settle(parts: Promise<void>[]): Promise<void> {

@@ -124,6 +124,11 @@ export class Overlay {
     return readFully(this.#data, offset, into);
   }
 
+  /** Runs `fn` with the data file's descriptor, open until it settles: its byte N is disk byte N. */
+  withDataDescriptor<T>(fn: (fd: number) => Promise<T>): Promise<T> {
+    return this.#data.withDescriptor(fn);
+  }
+
   /**
    * Writes `data` at `offset`; `readParent` fills grains not yet here (copy-on-write). Resolves
    * when every touched grain is complete in `data` and marked in the map.
