@@ -643,9 +643,13 @@ export class ServerConnection {
     if (this.#zeroCopyApplies() && (await this.#readZeroCopy(req))) return;
     this.#ctx.stats.copiedReads++;
     const pool = this.#ctx.pool;
-    const buf = pool.get(req.length);
+    // Over TLS the reply is one buffer, header then data: node:tls copies any batch of several
+    // buffers into a fresh one before encrypting, and a lone header would be a record of its own.
+    const header = this.#tlsDone ? this.#readHeader(req) : undefined;
+    const at = header?.length ?? 0;
+    const buf = pool.get(at + req.length);
     try {
-      await this.#disk!.readInto(req.offset, buf);
+      await this.#disk!.readInto(req.offset, buf.subarray(at));
     } catch (err) {
       pool.release(buf);
       throw err;
@@ -654,8 +658,8 @@ export class ServerConnection {
       pool.release(buf);
       return;
     }
-    const header = this.#readHeader(req);
-    this.#write(header);
+    if (header) buf.set(header);
+    else this.#write(this.#readHeader(req));
     this.#write(buf, () => pool.release(buf));
   }
 
@@ -868,7 +872,9 @@ export class ServerConnection {
       cb?.();
       return;
     }
-    if (this.#addonOwns || this.#out.length > 0) {
+    // Over TLS one write at a time: node would gather writes queued behind a pending one into a
+    // batch, which node:tls copies whole into a fresh buffer before encrypting.
+    if (this.#addonOwns || this.#out.length > 0 || (this.#tlsDone && this.#nodeWrites > 0)) {
       this.#out.push({ data, cb });
       return;
     }
@@ -930,6 +936,7 @@ export class ServerConnection {
         }
         return;
       }
+      if (this.#tlsDone && this.#nodeWrites > 0) return; // see #write
       this.#out.shift();
       this.#nodeWrite(next.data, next.cb);
     }

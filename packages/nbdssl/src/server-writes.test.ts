@@ -1,0 +1,62 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Duplex } from 'node:stream';
+import { memoryDisk, openDisk } from '@vd/core';
+import { NbdServer } from '@vd/nbd';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createPki, type Pki } from './pki.js';
+import { nbdServerTls } from './server.js';
+import { nbdssl } from './transport.js';
+
+const MiB = 1024 * 1024;
+const READ = 256 * 1024;
+
+let dir: string;
+let pki: Pki;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'vd-nbdssl-writes-'));
+  pki = await createPki(join(dir, 'pki'));
+});
+afterAll(() => rm(dir, { recursive: true, force: true }));
+
+describe('NbdServer output over TLS', () => {
+  it('writes each READ reply as one buffer, header and data, and one write at a time', async () => {
+    // node:tls copies a batch of several buffers into a fresh one before encrypting: a reply in two
+    // buffers, or writes queued behind a pending one, would cost a copy of every byte.
+    const data = randomBytes(8 * MiB);
+    const tls = (await nbdServerTls({ mode: 'require', certificates: pki.dir }))!;
+    const writes: { length: number; queued: number }[] = [];
+    const upgrade = tls.upgrade.bind(tls);
+    tls.upgrade = async (plain: Duplex) => {
+      const secure = await upgrade(plain);
+      const write = secure.write.bind(secure) as (chunk: Uint8Array, cb?: () => void) => boolean;
+      secure.write = ((chunk: Uint8Array, cb?: () => void) => {
+        writes.push({ length: chunk.length, queued: secure.writableLength });
+        return write(chunk, cb);
+      }) as typeof secure.write;
+      return secure;
+    };
+    const server = new NbdServer({ exports: [{ name: 'd', disk: memoryDisk(data.length, { data }) }], tls });
+    const { uri } = await server.listen({ path: join(dir, 's.sock') });
+    const disk = await openDisk(`${uri.replace(/^nbd\+unix/, 'nbds+unix')}&tls-certificates=${pki.dir}`, {
+      transports: [nbdssl({ connections: 1 })],
+      readOnly: true,
+    });
+    try {
+      // Many READs in flight at once, so replies finish together.
+      const offsets = Array.from({ length: 32 }, (_, i) => i * READ);
+      const got = await Promise.all(offsets.map((o) => disk.read(o, READ)));
+      for (const [i, o] of offsets.entries()) expect(Buffer.from(got[i]!).equals(data.subarray(o, o + READ))).toBe(true);
+      const replies = writes.filter((w) => w.length >= READ);
+      expect(replies.length).toBe(offsets.length);
+      // The reply header rides in front of the data, in the same buffer.
+      expect(replies.every((w) => w.length > READ && w.length <= READ + 40)).toBe(true);
+      expect(writes.filter((w) => w.queued > 0)).toEqual([]);
+    } finally {
+      await disk.close();
+      await server.close();
+    }
+  });
+});
