@@ -4,8 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { memoryDisk, openDisk } from '@vd/core';
-import { NbdServer } from '@vd/nbd';
+import { NbdConnection, NbdServer, parseNbdUri } from '@vd/nbd';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { clientUpgrade } from './client-tls.js';
 import { createPki, type Pki } from './pki.js';
 import { nbdServerTls } from './server.js';
 import { nbdssl } from './transport.js';
@@ -21,7 +22,7 @@ beforeAll(async () => {
 });
 afterAll(() => rm(dir, { recursive: true, force: true }));
 
-describe('NbdServer output over TLS', () => {
+describe('output over TLS', () => {
   it('writes each READ reply as one buffer, header and data, and one write at a time', async () => {
     // node:tls copies a batch of several buffers into a fresh one before encrypting: a reply in two
     // buffers, or writes queued behind a pending one, would cost a copy of every byte.
@@ -56,6 +57,40 @@ describe('NbdServer output over TLS', () => {
       expect(writes.filter((w) => w.queued > 0)).toEqual([]);
     } finally {
       await disk.close();
+      await server.close();
+    }
+  });
+
+  it('the client writes each WRITE payload as a write of its own, one write at a time', async () => {
+    const data = randomBytes(8 * MiB);
+    const disk = memoryDisk(data.length);
+    const server = new NbdServer({ exports: [{ name: 'd', disk }], tls: await nbdServerTls({ mode: 'require', certificates: pki.dir }) });
+    const { uri } = await server.listen({ path: join(dir, 'w.sock') });
+    const writes: { length: number; queued: number }[] = [];
+    const upgrade = clientUpgrade({ ca: pki.caCert });
+    const tls = {
+      async upgrade(plain: Duplex, target: Parameters<typeof upgrade.upgrade>[1], onread?: Parameters<typeof upgrade.upgrade>[2]) {
+        const secure = await upgrade.upgrade(plain, target, onread);
+        const write = secure.write.bind(secure) as (chunk: Uint8Array, cb?: () => void) => boolean;
+        secure.write = ((chunk: Uint8Array, cb?: () => void) => {
+          writes.push({ length: chunk.length, queued: secure.writableLength });
+          return write(chunk, cb);
+        }) as typeof secure.write;
+        return secure;
+      },
+    };
+    const conn = await NbdConnection.open({ ...parseNbdUri(uri), exportName: 'd' }, { tls });
+    try {
+      const offsets = Array.from({ length: 32 }, (_, i) => i * READ);
+      await Promise.all(offsets.map((o) => conn.write(o, data.subarray(o, o + READ))));
+      await conn.flush();
+      expect(Buffer.from(await disk.read(0, offsets.length * READ)).equals(data.subarray(0, offsets.length * READ))).toBe(true);
+      // Each payload alone: node:tls encrypts it where it lies instead of copying a batch.
+      expect(writes.filter((w) => w.length === READ).length).toBe(offsets.length);
+      expect(writes.filter((w) => w.length > READ)).toEqual([]);
+      expect(writes.filter((w) => w.queued > 0)).toEqual([]);
+    } finally {
+      conn.destroy();
       await server.close();
     }
   });

@@ -109,6 +109,9 @@ export function connectionLost(target: string, cause?: unknown, reason?: string)
 }
 
 const COOKIE_LIMIT = 0xffffffff;
+/** Over TLS, writes up to this size (request headers) are gathered into one buffer, up to GATHER_LIMIT. */
+const SMALL_WRITE = 4096;
+const GATHER_LIMIT = 64 * 1024;
 /** Plain sockets read into one reused buffer of this size (fewer, larger reads; no allocation per read). */
 const READ_BUFFER = 256 * 1024;
 
@@ -145,6 +148,10 @@ export class NbdConnection {
   /** READ requests in flight (their replies carry data). */
   #reads = 0;
   #corked = false;
+  /** The socket is node:tls's (see #tlsWrite): its queue, and whether a write is under way. */
+  readonly #tls: boolean;
+  readonly #tlsOut: Uint8Array[] = [];
+  #tlsWriting = false;
   #dead: VdError | undefined;
   readonly #onDeath: ((err: VdError) => void)[] = [];
 
@@ -157,6 +164,7 @@ export class NbdConnection {
     maxInFlight: number,
   ) {
     this.#socket = socket;
+    this.#tls = (socket as { encrypted?: unknown }).encrypted === true;
     this.#decoder = decoder;
     this.info = info;
     this.uri = uri;
@@ -314,6 +322,12 @@ export class NbdConnection {
 
   /** Header and payload go out together; requests issued in one tick leave in one writev. */
   #send(header: Uint8Array, data: Uint8Array | undefined): void {
+    if (this.#tls) {
+      this.#tlsOut.push(header);
+      if (data) this.#tlsOut.push(data);
+      if (!this.#tlsWriting) this.#tlsWrite();
+      return;
+    }
     const s = this.#socket;
     if (!this.#corked) {
       this.#corked = true;
@@ -325,6 +339,37 @@ export class NbdConnection {
     }
     s.write(header);
     if (data) s.write(data);
+  }
+
+  /**
+   * Over TLS one write at a time, each payload a write of its own: node:tls copies a batch of
+   * several buffers (a corked writev, or writes queued behind a pending one) into a fresh buffer
+   * before encrypting, which would copy every WRITE payload once more. Request headers queued
+   * meanwhile go out together, gathered into one small buffer (one TLS record).
+   */
+  #tlsWrite(): void {
+    const q = this.#tlsOut;
+    let n = 0;
+    let k = 0;
+    while (k < q.length && q[k]!.length <= SMALL_WRITE && n + q[k]!.length <= GATHER_LIMIT) n += q[k++]!.length;
+    let chunk: Uint8Array | undefined;
+    if (k > 1) {
+      const gathered = Buffer.allocUnsafe(n);
+      let at = 0;
+      for (const b of q.splice(0, k)) {
+        gathered.set(b, at);
+        at += b.length;
+      }
+      chunk = gathered;
+    } else chunk = q.shift();
+    if (!chunk) return;
+    this.#tlsWriting = true;
+    this.#socket.write(chunk, (err) => {
+      this.#tlsWriting = false;
+      // A failed write ends the connection ('error', 'close'): what is left has nowhere to go.
+      if (err || this.#dead) q.length = 0;
+      else this.#tlsWrite();
+    });
   }
 
   #get(cookie: number): Pending {
