@@ -320,7 +320,7 @@ export class NbdConnection {
     return this.#cookie;
   }
 
-  /** Header and payload go out together; requests issued in one tick leave in one writev. */
+  /** Header and payload go out together; requests issued in one tick leave in one writev (over TLS, see #tlsWrite). */
   #send(header: Uint8Array, data: Uint8Array | undefined): void {
     if (this.#tls) {
       this.#tlsOut.push(header);
