@@ -108,7 +108,10 @@ describe('incremental backup from a tracked disk', () => {
     await fill(disk, 0.5);
     const states = [await contentOf(disk)];
     const full = await backup(repo, trackedSource(disk, { close: false }), { fullFormat: 'streamOptimized' });
-    expect(full.bytesWritten).toBeLessThan(full.bytesRead * 1.05); // random data: deflate cannot shrink it
+    // Random data: deflate cannot shrink it, nor should it grow past 5%, beyond the stream's own
+    // fixed metadata (header, descriptor, tables, markers: about 77 KiB), which is more than 5% of
+    // the 1 MiB a sparse fill leaves now and then.
+    expect(full.bytesWritten).toBeLessThan(full.bytesRead * 1.05 + 128 * 1024);
     for (let i = 0; i < 2; i++) {
       await randomWrites(disk, 100 * 1024);
       states.push(await contentOf(disk));
