@@ -33,11 +33,19 @@ export async function openSidecarFile(path: string, readOnly: boolean): Promise<
     }
     writers.add(key);
   }
-  return new SidecarFile(fh, path, readOnly, key);
+  const file = new SidecarFile(fh, path, readOnly, key);
+  if (key) forgotten.register(file, key, file);
+  return file;
 }
 
 /** Sidecars open for writing in this process, by device and inode. */
 const writers = new Set<string>();
+/**
+ * A tracker dropped without close() leaves its sidecar's entry behind; node closes the
+ * descriptor when it collects the file handle, and a new file may then get the same inode, which
+ * would be refused as "already open". Collected with its SidecarFile, the entry goes too.
+ */
+const forgotten = new FinalizationRegistry<string>((key) => writers.delete(key));
 
 class SidecarFile implements ByteStore {
   #closing: Promise<void> | undefined;
@@ -116,6 +124,7 @@ class SidecarFile implements ByteStore {
       })
       .finally(() => {
         if (this.key) writers.delete(this.key);
+        forgotten.unregister(this);
       });
     return this.#closing;
   }
