@@ -22,6 +22,16 @@ beforeAll(async () => {
 });
 afterAll(() => rm(dir, { recursive: true, force: true }));
 
+/** Records each write to `secure`: its length, and how much was still queued when it was issued. */
+function recordWrites(secure: Duplex, writes: { length: number; queued: number }[]): Duplex {
+  const write = secure.write.bind(secure) as (chunk: Uint8Array, cb?: () => void) => boolean;
+  secure.write = ((chunk: Uint8Array, cb?: () => void) => {
+    writes.push({ length: chunk.length, queued: secure.writableLength });
+    return write(chunk, cb);
+  }) as typeof secure.write;
+  return secure;
+}
+
 describe('output over TLS', () => {
   it('writes each READ reply as one buffer, header and data, and one write at a time', async () => {
     // node:tls copies a batch of several buffers into a fresh one before encrypting: a reply in two
@@ -30,15 +40,7 @@ describe('output over TLS', () => {
     const tls = (await nbdServerTls({ mode: 'require', certificates: pki.dir }))!;
     const writes: { length: number; queued: number }[] = [];
     const upgrade = tls.upgrade.bind(tls);
-    tls.upgrade = async (plain: Duplex) => {
-      const secure = await upgrade(plain);
-      const write = secure.write.bind(secure) as (chunk: Uint8Array, cb?: () => void) => boolean;
-      secure.write = ((chunk: Uint8Array, cb?: () => void) => {
-        writes.push({ length: chunk.length, queued: secure.writableLength });
-        return write(chunk, cb);
-      }) as typeof secure.write;
-      return secure;
-    };
+    tls.upgrade = async (plain: Duplex) => recordWrites(await upgrade(plain), writes);
     const server = new NbdServer({ exports: [{ name: 'd', disk: memoryDisk(data.length, { data }) }], tls });
     const { uri } = await server.listen({ path: join(dir, 's.sock') });
     const disk = await openDisk(`${uri.replace(/^nbd\+unix/, 'nbds+unix')}&tls-certificates=${pki.dir}`, {
@@ -69,15 +71,8 @@ describe('output over TLS', () => {
     const writes: { length: number; queued: number }[] = [];
     const upgrade = clientUpgrade({ ca: pki.caCert });
     const tls = {
-      async upgrade(plain: Duplex, target: Parameters<typeof upgrade.upgrade>[1], onread?: Parameters<typeof upgrade.upgrade>[2]) {
-        const secure = await upgrade.upgrade(plain, target, onread);
-        const write = secure.write.bind(secure) as (chunk: Uint8Array, cb?: () => void) => boolean;
-        secure.write = ((chunk: Uint8Array, cb?: () => void) => {
-          writes.push({ length: chunk.length, queued: secure.writableLength });
-          return write(chunk, cb);
-        }) as typeof secure.write;
-        return secure;
-      },
+      upgrade: async (plain: Duplex, target: Parameters<typeof upgrade.upgrade>[1], onread?: Parameters<typeof upgrade.upgrade>[2]) =>
+        recordWrites(await upgrade.upgrade(plain, target, onread), writes),
     };
     const conn = await NbdConnection.open({ ...parseNbdUri(uri), exportName: 'd' }, { tls });
     try {
