@@ -5,12 +5,12 @@ import {
   type Disk,
   type DiskInfo,
   type Extent,
-  type FileSpan,
   type IoOptions,
   VdError,
   type WriteOptions,
   type ZeroOptions,
 } from '@vd/core';
+import type { WithFileSpans } from './live-source.js';
 
 /**
  * What clients of a served disk talk to: the tracked disk behind a gate. `pause()` closes the gate
@@ -102,14 +102,8 @@ export class GateSource implements BlockSource {
   }
 
   /** A zero-copy send (sendfile) counts as in flight until it is done: a pause waits for it too. */
-  _withFileSpans<T>(
-    offset: number,
-    length: number,
-    fn: (spans: readonly FileSpan[]) => Promise<T>,
-    opts: IoOptions,
-  ): Promise<T | undefined> {
-    return this.#pass(() => this.#disk.withFileSpans(offset, length, fn, opts));
-  }
+  readonly _withFileSpans: WithFileSpans = (offset, length, fn, opts) =>
+    this.#pass(() => this.#disk.withFileSpans(offset, length, fn, opts));
 
   _info(): DiskInfo {
     const { size: _size, transport: _transport, ...info } = this.#disk.info();

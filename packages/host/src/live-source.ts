@@ -79,17 +79,11 @@ export class LiveSource implements BlockSource {
    * layout), the rest from the base's files. A write landing meanwhile goes to the redo log and
    * leaves the bytes sent as they were, as a read just before it would have.
    */
-  async _withFileSpans<T>(
-    offset: number,
-    length: number,
-    fn: (spans: readonly FileSpan[]) => Promise<T>,
-    opts: IoOptions,
-  ): Promise<T | undefined> {
+  readonly _withFileSpans: WithFileSpans = async (offset, length, fn, opts) => {
     if (!this.base._withFileSpans) return undefined;
     const ov = this.#overlay;
-    if (!ov) return this.base._withFileSpans(offset, length, fn, opts);
-    const runs = overlayRuns(ov, offset, offset + length);
-    if (!runs.some((r) => r.inData)) return this.base._withFileSpans(offset, length, fn, opts);
+    const runs = ov && overlayRuns(ov, offset, offset + length);
+    if (!ov || !runs?.some((r) => r.inData)) return this.base._withFileSpans(offset, length, fn, opts);
     return this.base._withFileSpans(
       offset,
       length,
@@ -103,7 +97,7 @@ export class LiveSource implements BlockSource {
         ),
       opts,
     );
-  }
+  };
 
   _write(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     const ov = this.#overlay;
@@ -222,6 +216,9 @@ function countDirty(ov: Overlay): number {
   return n;
 }
 
+/** BlockSource's zero-copy hook, as the sources here pass it on. */
+export type WithFileSpans = NonNullable<BlockSource['_withFileSpans']>;
+
 /** `[start, end)` cut where the redo log's map changes: runs wholly in the redo log (`inData`) or wholly not. */
 function overlayRuns(ov: Overlay, start: number, end: number): { at: number; end: number; inData: boolean }[] {
   const runs = [];
@@ -281,14 +278,7 @@ export class FrozenSource implements BlockSource {
   }
 
   /** The base's files: nothing writes them while the snapshot exists. */
-  async _withFileSpans<T>(
-    offset: number,
-    length: number,
-    fn: (spans: readonly FileSpan[]) => Promise<T>,
-    opts: IoOptions,
-  ): Promise<T | undefined> {
-    return this.base._withFileSpans?.(offset, length, fn, opts);
-  }
+  readonly _withFileSpans: WithFileSpans = async (offset, length, fn, opts) => this.base._withFileSpans?.(offset, length, fn, opts);
 
   async _extents(offset: number, length: number, context: string, opts: IoOptions): Promise<Extent[]> {
     const ctx = this.extra.contexts[context];
