@@ -3,6 +3,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { access } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { performance } from 'node:perf_hooks';
 
 const MiB = 1024 * 1024;
@@ -72,22 +73,36 @@ function processCpu(pid) {
 }
 
 /**
- * Starts an NBD server on unix socket `sock`; ready once it wrote `pid` (it listens by then).
- * `cpu()` is the server's CPU time so far, in seconds.
+ * Starts an NBD server listening on `where`: a unix socket path, or `{ port }` on 127.0.0.1 (TCP
+ * loopback); ready once it wrote `pid` (it listens by then). `cpu()` is the server's CPU time so
+ * far, in seconds.
  */
-export async function peer(cmd, args, sock, pid) {
+export async function peer(cmd, args, where, pid) {
   const c = spawn(cmd, args, { env, stdio: 'ignore' });
+  const uri = typeof where === 'string' ? `nbd+unix:///?socket=${where}` : `nbd://127.0.0.1:${where.port}/`;
   for (let i = 0; i < 400; i++) {
     try {
       await access(pid);
-      await access(sock);
-      return { uri: `nbd+unix:///?socket=${sock}`, stop: () => c.kill('SIGTERM'), cpu: () => processCpu(c.pid) };
+      if (typeof where === 'string') await access(where);
+      return { uri, stop: () => c.kill('SIGTERM'), cpu: () => processCpu(c.pid) };
     } catch {
       await new Promise((r) => setTimeout(r, 25));
     }
   }
   c.kill('SIGKILL');
   throw new Error(`${cmd} did not start`);
+}
+
+/** A TCP port on 127.0.0.1 free a moment ago, for a peer to listen on. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
 }
 
 /**

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // `pnpm bench nbd`: NBD throughput, ours against the peers on the same input in one run. Needs
 // `pnpm build` (runs the built packages) and nbdkit, nbdcopy, qemu-nbd, qemu-img on PATH.
-//  1. Client: vd's nbd() client reading the whole export from `nbdkit file` vs `nbdcopy uri null:`.
+//  1. Client: vd's nbd() client reading the whole export from `nbdkit file` vs `nbdcopy uri null:`,
+//     over a unix socket and over TCP loopback.
 //  2. Server: `nbdcopy uri null:` reading from vd's NbdServer vs from `nbdkit file` (same raw; the
 //     zero-copy server and one copying every READ through a buffer, in the same rounds),
 //     and vd's NbdServer vs qemu-nbd serving the same monolithicSparse VMDK.
@@ -19,7 +20,7 @@ import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { exec, median, peer, ratios, readAll, readAllocated, rounds } from './_nbd-peers.mjs';
+import { exec, freePort, median, peer, ratios, readAll, readAllocated, rounds } from './_nbd-peers.mjs';
 
 // The server reads files on libuv's pool; `vd serve` widens it the same way before any I/O.
 if (!process.env.UV_THREADPOOL_SIZE) {
@@ -102,24 +103,24 @@ try {
   const sock = (n) => join(dir, `${n}.sock`);
   const pid = (n) => join(dir, `${n}.pid`);
 
-  // 1. Client.
+  // 1. Client, over a unix socket and over TCP loopback (the path a backup takes from a host).
   const kit = await peer('nbdkit', ['-f', '-U', sock('kit'), '-P', pid('kit'), 'file', raw], sock('kit'), pid('kit'));
   stops.push(kit.stop);
-  const [ours1, theirs1] = await rounds(
-    [
-      {
-        server: kit,
-        run: async () => {
-          const disk = await core.openDisk(kit.uri, { transports: [nbd()], readOnly: true });
-          await readAll(disk);
-          await disk.close();
-        },
-      },
-      { server: kit, run: () => exec('nbdcopy', [kit.uri, 'null:']) },
-    ],
-    ROUNDS,
-  );
-  report('client: full read from nbdkit file', 'vd nbd() client', ours1, 'nbdcopy ... null:', theirs1, 1);
+  const port = await freePort();
+  const kitTcp = await peer('nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(port), '-P', pid('kit-tcp'), 'file', raw], { port }, pid('kit-tcp'));
+  stops.push(kitTcp.stop);
+  const ourRead = (server) => ({
+    server,
+    run: async () => {
+      const disk = await core.openDisk(server.uri, { transports: [nbd()], readOnly: true });
+      await readAll(disk);
+      await disk.close();
+    },
+  });
+  const nbdcopy = (server) => ({ server, run: () => exec('nbdcopy', [server.uri, 'null:']) });
+  const [ours1, theirs1, ours1Tcp, theirs1Tcp] = await rounds([ourRead(kit), nbdcopy(kit), ourRead(kitTcp), nbdcopy(kitTcp)], ROUNDS);
+  report('client: full read from nbdkit file, unix socket', 'vd nbd() client', ours1, 'nbdcopy ... null:', theirs1, 1);
+  report('client: full read from nbdkit file, TCP loopback', 'vd nbd() client', ours1Tcp, 'nbdcopy ... null:', theirs1Tcp, 1);
 
   // 2. Server, raw and VMDK.
   const fileT = core.file({ formats: [core.vmdkFormat, core.rawFormat] });

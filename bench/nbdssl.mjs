@@ -3,7 +3,8 @@
 // run. Needs `pnpm build` (runs the built packages) and nbdkit, nbdcopy on PATH.
 //  1. Client cost of TLS: vd's client reading the whole export from `nbdkit file` in the clear and
 //     from `nbdkit --tls=require` (target: TLS >= 0.8x plaintext).
-//  2. Client against the peer: the same TLS read vs `nbdcopy nbds+unix://... null:` (target >= 1.0x).
+//  2. Client against the peer: the same TLS read vs `nbdcopy nbds+unix://... null:` (target >= 1.0x),
+//     over a unix socket and over TCP loopback.
 //  3. The same TLS read with the extra connections decrypting in worker threads vs without.
 //  4. Server: `nbdcopy nbds+unix://... null:` reading vd's NbdServer --tls=require vs nbdkit --tls=require.
 // Size: BENCH_NBDSSL_MIB (default 1024). Rounds: BENCH_NBDSSL_ROUNDS (default 3). The runs compared
@@ -19,7 +20,7 @@ import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { exec, median, peer, ratios, readAll, rounds } from './_nbd-peers.mjs';
+import { exec, freePort, median, peer, ratios, readAll, rounds } from './_nbd-peers.mjs';
 
 // The server reads files on libuv's pool; `vd serve` widens it the same way before any I/O.
 if (!process.env.UV_THREADPOOL_SIZE) {
@@ -90,6 +91,16 @@ try {
     pid('tls'),
   );
   stops.push(tlsKit.stop);
+  // The same TLS export over TCP loopback, the path a backup takes from a host.
+  const port = await freePort();
+  const tlsKitTcp = await peer(
+    'nbdkit',
+    ['-f', '--tls=require', `--tls-certificates=${pki.dir}`, '-i', '127.0.0.1', '-p', String(port), '-P', pid('tls-tcp'), 'file', raw],
+    { port },
+    pid('tls-tcp'),
+  );
+  stops.push(tlsKitTcp.stop);
+  const tlsTcpUri = `nbds://127.0.0.1:${port}/?tls-certificates=${pki.dir}`;
 
   const ourRead = (uri, transports, server) => ({
     server,
@@ -99,12 +110,14 @@ try {
       await disk.close();
     },
   });
-  const [tls, plain, nbdcopyTls, workers] = await rounds(
+  const [tls, plain, nbdcopyTls, workers, tlsTcp, nbdcopyTlsTcp] = await rounds(
     [
       ourRead(tlsUri, [nbdssl()], tlsKit),
       ourRead(plainUri, [nbd()], plainKit),
       { server: tlsKit, run: () => exec('nbdcopy', [tlsUri, 'null:']) },
       ourRead(tlsUri, [nbdssl({ workers: true })], tlsKit),
+      ourRead(tlsTcpUri, [nbdssl()], tlsKitTcp),
+      { server: tlsKitTcp, run: () => exec('nbdcopy', [tlsTcpUri, 'null:']) },
     ],
     ROUNDS,
   );
@@ -123,6 +136,14 @@ try {
     tls,
     'nbdcopy nbds+unix:// null:',
     nbdcopyTls,
+    1.0,
+  );
+  report(
+    'client: full read over TLS on TCP loopback, ours vs nbdcopy',
+    'vd nbdssl() from nbdkit --tls=require',
+    tlsTcp,
+    'nbdcopy nbds:// null:',
+    nbdcopyTlsTcp,
     1.0,
   );
 
