@@ -107,7 +107,12 @@ try {
   const kit = await peer('nbdkit', ['-f', '-U', sock('kit'), '-P', pid('kit'), 'file', raw], sock('kit'), pid('kit'));
   stops.push(kit.stop);
   const port = await freePort();
-  const kitTcp = await peer('nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(port), '-P', pid('kit-tcp'), 'file', raw], { port }, pid('kit-tcp'));
+  const kitTcp = await peer(
+    'nbdkit',
+    ['-f', '-i', '127.0.0.1', '-p', String(port), '-P', pid('kit-tcp'), 'file', raw],
+    { port },
+    pid('kit-tcp'),
+  );
   stops.push(kitTcp.stop);
   const ourRead = (server) => ({
     server,
