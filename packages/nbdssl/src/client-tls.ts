@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { DEFAULT_CIPHERS, type TLSSocket, connect as tlsConnect } from 'node:tls';
 import { abortError } from '@vd/core';
-import type { NbdClientTls, NbdTarget } from '@vd/nbd';
+import { type NbdClientTls, type NbdTarget, type ReadInto, readInto } from '@vd/nbd';
 import type { PskKey } from './psk.js';
 import { handshakeError, tlsError } from './tls-error.js';
 import { type PeerIdentity, type PeerVerification, sniName, verifyServer } from './verify.js';
@@ -119,39 +119,6 @@ export function startTlsClient(socket: Socket, host: string, opts: ClientTlsOpti
     tls.once('close', onClose);
     opts.signal?.addEventListener('abort', onAbort, { once: true });
   });
-}
-
-/** node:net's `onread` with a buffer function: the buffer for the next read, and the callback told what landed. */
-export interface ReadInto {
-  buffer: () => Uint8Array;
-  callback: (n: number, buf: Uint8Array) => boolean;
-}
-
-/**
- * Makes `tls` copy decrypted records into the buffers `onread` gives (split across them when a
- * buffer is smaller than a record), as `tls.connect({ onread })` would, but
- * node:tls ignores that option when it wraps an existing socket, which STARTTLS must. Without
- * it every 16 KiB record becomes a new Buffer pushed through the stream as 'data': a receive then
- * costs more CPU (allocation, GC, stream bookkeeping) than the decryption itself. This sets the
- * same internal fields node:net's constructor sets for `onread` (checked on Node 20); where they are
- * not found it changes nothing and 'data' events carry the bytes as before. Returns whether it
- * took effect.
- */
-export function readInto(tls: TLSSocket, onread: ReadInto): boolean {
-  const handle = (tls as unknown as { _handle?: { useUserBuffer?: (b: Uint8Array) => void } })._handle;
-  const field = (name: string) => Object.getOwnPropertySymbols(tls).find((s) => s.description === name);
-  const kBuffer = field('kBuffer');
-  const kBufferGen = field('kBufferGen');
-  const kBufferCb = field('kBufferCb');
-  if (!kBuffer || !kBufferGen || !kBufferCb || typeof handle?.useUserBuffer !== 'function') return false;
-  const own = tls as unknown as Record<symbol, unknown>;
-  if (own[kBuffer] !== null && own[kBuffer] !== undefined) return false;
-  const first = onread.buffer();
-  own[kBufferGen] = onread.buffer;
-  own[kBufferCb] = onread.callback;
-  own[kBuffer] = first;
-  handle.useUserBuffer(first);
-  return true;
 }
 
 /** The STARTTLS hook `@vd/nbd` calls on each connection it opens (first, multi-conn, reconnects). */

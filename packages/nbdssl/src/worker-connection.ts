@@ -56,6 +56,7 @@ export class WorkerConnection implements NbdClientConnection {
         extendedHeaders: hs.extendedHeaders,
         metaContexts: hs.metaContexts,
         maxInFlight: hs.maxInFlight,
+        sendBuffer: hs.sendBuffer,
       },
       tls,
     };

@@ -32,17 +32,9 @@ import {
   TxFlag,
   writeRequestHeader,
 } from '../protocol.js';
+import type { ReadInto } from '../read-into.js';
+import { checkSendBuffer, DEFAULT_SEND_BUFFER, loadSetSendBuffer, sizeSendBuffer } from '../send-buffer.js';
 import { formatNbdUri, type NbdTarget } from './uri.js';
-
-/**
- * Where a socket reads to (node:net's and node:tls's `onread`): the buffer for the next read and
- * the callback told how many bytes landed in it. Bytes handed over this way are never emitted as
- * 'data'.
- */
-export interface NbdReadInto {
-  buffer: () => Uint8Array;
-  callback: (n: number, buf: Uint8Array) => boolean;
-}
 
 /** TLS upgrade hook for the client (implemented by `@vd/nbdssl`): wraps the socket after STARTTLS. */
 export interface NbdClientTls {
@@ -52,7 +44,7 @@ export interface NbdClientTls {
    * allocating a Buffer per 16 KiB record and emitting it as 'data', which costs more CPU than
    * the decryption.
    */
-  upgrade(socket: Duplex, target: NbdTarget, onread?: NbdReadInto): Promise<Duplex>;
+  upgrade(socket: Duplex, target: NbdTarget, onread?: ReadInto): Promise<Duplex>;
 }
 
 export interface HandshakeOptions {
@@ -66,6 +58,13 @@ export interface HandshakeOptions {
   metaContexts?: readonly string[];
   /** Requests in flight on this connection (default `DEFAULT_MAX_IN_FLIGHT`). */
   maxInFlight?: number;
+  /**
+   * Bytes of socket send buffer asked for on a unix socket, plain or TLS, when `@vd/sparse` is
+   * loaded (default 2 MiB; 0 keeps the kernel's 208 KiB): a WRITE's payload then leaves in one
+   * call instead of one per 208 KiB the server drains. The kernel caps it at
+   * `net.core.wmem_max`. TCP keeps the kernel's autotuning.
+   */
+  sendBuffer?: number;
   tls?: NbdClientTls;
   signal?: AbortSignal;
 }
@@ -137,6 +136,8 @@ interface Receiver {
 export class NbdConnection {
   readonly info: ExportInfo;
   readonly uri: string;
+  /** The send buffer the socket got (bytes, as the kernel counts them), when it was enlarged. */
+  readonly sendBuffer: number | undefined;
   readonly #socket: Duplex;
   readonly #decoder: ServerStreamDecoder;
   readonly #pending = new Map<number, Pending>();
@@ -162,8 +163,10 @@ export class NbdConnection {
     info: ExportInfo,
     uri: string,
     maxInFlight: number,
+    sendBuffer: number | undefined,
   ) {
     this.#socket = socket;
+    this.sendBuffer = sendBuffer;
     this.#tls = (socket as { encrypted?: unknown }).encrypted === true;
     this.#decoder = decoder;
     this.info = info;
@@ -198,7 +201,7 @@ export class NbdConnection {
   static async open(target: NbdTarget, opts: HandshakeOptions = {}): Promise<NbdConnection> {
     const uri = formatNbdUri(target);
     const hs = await Handshake.run(target, opts, async (h) => h.go(target.exportName, opts));
-    return new NbdConnection(hs.socket, hs.receiver, hs.decoder, hs.result, uri, opts.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT);
+    return new NbdConnection(hs.socket, hs.receiver, hs.decoder, hs.result, uri, opts.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT, hs.sendBuffer);
   }
 
   get closed(): boolean {
@@ -512,6 +515,8 @@ class Handshake {
   #error: VdError | undefined;
   serverFlags = 0;
   result!: ExportInfo;
+  /** What the socket's send buffer was enlarged to, if it was. */
+  sendBuffer: number | undefined;
   readonly receiver: Receiver = { deliver: () => {} };
   readonly #plain: boolean;
   /** STARTTLS done: a lost connection from here on is most likely a TLS refusal. */
@@ -525,6 +530,8 @@ class Handshake {
   }
 
   static async run<T>(target: NbdTarget, opts: HandshakeOptions, body: (h: Handshake) => Promise<T>): Promise<Handshake & { value: T }> {
+    const sendBuffer = opts.sendBuffer ?? DEFAULT_SEND_BUFFER;
+    checkSendBuffer(sendBuffer, 'sendBuffer');
     const h = new Handshake(target, !(opts.tls || target.tls));
     const uri = formatNbdUri(target);
     const timeout = opts.handshakeTimeout ?? 10_000;
@@ -544,6 +551,8 @@ class Handshake {
         timeout,
       );
       await h.#connect();
+      // On the plain socket, so a TLS session over it gets the larger buffer too.
+      if (target.kind !== 'tcp' && sendBuffer > 0) h.sendBuffer = sizeSendBuffer(h.socket, sendBuffer, await loadSetSendBuffer());
       await h.#greet();
       if (opts.tls || target.tls) await h.#startTls(opts.tls);
       const value = await body(h);
@@ -571,7 +580,7 @@ class Handshake {
    * kernel (plain) or node:tls (one copy of each decrypted record) puts read data where it
    * belongs, with no allocation per read.
    */
-  #readInto(): NbdReadInto {
+  #readInto(): ReadInto {
     const scratch = Buffer.allocUnsafe(READ_BUFFER);
     let head = scratch.subarray(0, 0);
     const receiver = this.receiver;

@@ -30,6 +30,8 @@ export interface NbdClientConnection {
   readonly inFlight: number;
   /** True when the connection runs in a worker thread. */
   readonly worker?: boolean;
+  /** The send buffer its socket got, when enlarged (see `HandshakeOptions.sendBuffer`). */
+  readonly sendBuffer?: number | undefined;
   read(offset: number, into: Uint8Array, flags?: number): Promise<void>;
   write(offset: number, data: Uint8Array, flags?: number): Promise<void>;
   flush(): Promise<void>;
@@ -186,6 +188,7 @@ export class NbdClientSource implements BlockSource {
       extendedHeaders: info.extended,
       connections: this.#conns.length,
       workerConnections: this.workers,
+      ...(this.#conns[0]!.sendBuffer ? { sendBuffer: this.#conns[0]!.sendBuffer } : {}),
     };
   }
 
