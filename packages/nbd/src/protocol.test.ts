@@ -353,6 +353,138 @@ function expectProtocolError(f: () => unknown, re?: RegExp): void {
   if (re) expect(String((caught as Error).message)).toMatch(re);
 }
 
+/**
+ * Reads `bytes` as the server's socket does with payload buffers (`enterTransmission` with an
+ * allocator): each read takes the next of `sizes` bytes (at least 1), straight into the payload
+ * due when the decoder offers one, else into one reused buffer, released after its messages are
+ * taken and scribbled over before the next read. Where `drains` says false, messages are left
+ * queued after that read, as when the server pauses at its in-flight limit.
+ */
+function decodeClientReads(
+  bytes: Uint8Array,
+  extended: boolean,
+  sizes: number[],
+  drains: boolean[] = [],
+): { out: unknown[]; direct: number; allocated: number } {
+  const d = new ClientStreamDecoder();
+  const out: unknown[] = [];
+  const shared = new Uint8Array(bytes.length);
+  let direct = 0;
+  let allocated = 0;
+  let pos = 0;
+  for (let i = 0; pos < bytes.length; i++) {
+    const want = Math.max(1, sizes.length ? sizes[i % sizes.length]! : bytes.length);
+    const target = d.directTarget();
+    if (target) {
+      const n = Math.min(want, target.length, bytes.length - pos);
+      target.set(bytes.subarray(pos, pos + n));
+      d.filledDirect(n);
+      direct += n;
+      pos += n;
+    } else {
+      const n = Math.min(want, bytes.length - pos);
+      const input = shared.subarray(0, n);
+      input.set(bytes.subarray(pos, pos + n));
+      d.push(input);
+      pos += n;
+    }
+    const drain = pos === bytes.length || (drains[i % Math.max(1, drains.length)] ?? true);
+    for (let m = drain ? d.next() : undefined; m; m = d.next()) {
+      if (m.kind === 'option') {
+        out.push({ ...m, data: [...m.data] });
+        if (m.option === Opt.GO)
+          d.enterTransmission(extended, (n) => {
+            allocated++;
+            return new Uint8Array(n).fill(0xee);
+          });
+      } else if (m.kind === 'request') out.push({ ...m, payload: m.payload ? [...m.payload] : undefined });
+      else out.push(m);
+    }
+    d.releaseInput();
+    shared.fill(0xaa);
+  }
+  expect(d.buffered).toBe(0);
+  return { out, direct, allocated };
+}
+
+describe.each([false, true])('WRITE payloads in buffers of their own (extended headers: %s)', (extended) => {
+  const big = new Uint8Array(5000).map((_, i) => (i * 11 + 3) & 255);
+  const stream = () => {
+    const c = clientStream(extended);
+    const flags = extended ? CmdFlag.PAYLOAD_LEN : 0;
+    const tail = concat([
+      request(extended, flags, Cmd.WRITE, 9n, 0, big.length, big),
+      request(extended, flags, Cmd.WRITE, 10n, 512, 1, big.subarray(0, 1)),
+    ]);
+    const disc = c.bytes.length - requestHeaderSize(extended);
+    const bytes = concat([c.bytes.subarray(0, disc), tail, c.bytes.subarray(disc)]);
+    const write = (cookie: bigint, offset: number, payload: Uint8Array) => ({
+      kind: 'request',
+      flags,
+      command: Cmd.WRITE,
+      cookie,
+      offset,
+      length: payload.length,
+      payload: [...payload],
+    });
+    const expected = [...c.expected.slice(0, -1), write(9n, 0, big), write(10n, 512, big.subarray(0, 1)), c.expected.at(-1)];
+    return { bytes, expected };
+  };
+
+  it('property: any read sizes, with messages at times left queued, give the same messages, payloads partly read straight into their buffers', () => {
+    const { bytes, expected } = stream();
+    fc.assert(
+      fc.property(
+        fc.array(fc.integer({ min: 1, max: 700 }), { maxLength: 30 }),
+        fc.array(fc.boolean(), { maxLength: 10 }),
+        (sizes, drains) => {
+          const { out, allocated } = decodeClientReads(bytes, extended, sizes, drains);
+          expect(out).toEqual(expected);
+          expect(allocated).toBe(3);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it('reads a payload straight into its buffer once its header is in, and counts it as buffered meanwhile', () => {
+    const { bytes, expected } = stream();
+    const { out, direct } = decodeClientReads(bytes, extended, [64]);
+    expect(out).toEqual(expected);
+    // All but what came in the reads that carried the headers.
+    expect(direct).toBeGreaterThan(big.length - 64);
+    const d = new ClientStreamDecoder();
+    d.enterTransmission(extended, (n) => new Uint8Array(n));
+    const h = request(extended, extended ? CmdFlag.PAYLOAD_LEN : 0, Cmd.WRITE, 1n, 0, 100);
+    d.push(concat([h, big.subarray(0, 10)]));
+    expect(d.next()).toBeUndefined();
+    expect(d.buffered).toBe(h.length + 10);
+    const t = d.directTarget()!;
+    expect(t.length).toBe(90);
+    t.set(big.subarray(10, 100));
+    d.filledDirect(90);
+    expect(d.buffered).toBe(h.length + 100);
+    // Complete but not taken yet: no empty target, which a reader would take for the end of the stream.
+    expect(d.directTarget()).toBeUndefined();
+    expect(() => d.filledDirect(1)).toThrow(expect.objectContaining({ code: 'ERR_VD_PROTOCOL' }));
+    expect(d.next()).toMatchObject({ kind: 'request', command: Cmd.WRITE, length: 100 });
+    expect(d.buffered).toBe(0);
+    expect(() => d.filledDirect(1)).toThrow(expect.objectContaining({ code: 'ERR_VD_PROTOCOL' }));
+  });
+
+  it('checks the payload length against the limit before it allocates', () => {
+    const d = new ClientStreamDecoder({ maxPayload: 1000 });
+    let allocated = 0;
+    d.enterTransmission(extended, (n) => {
+      allocated++;
+      return new Uint8Array(n);
+    });
+    d.push(request(extended, extended ? CmdFlag.PAYLOAD_LEN : 0, Cmd.WRITE, 1n, 0, 1001));
+    expect(() => d.next()).toThrow(expect.objectContaining({ code: 'ERR_VD_PROTOCOL' }));
+    expect(allocated).toBe(0);
+  });
+});
+
 describe('zero-copy receive', () => {
   it('offers the caller buffer while read data is due, and accepts bytes read straight into it', () => {
     const into = new Uint8Array(1000);

@@ -353,6 +353,10 @@ export interface ClientDecoderLimits {
 export class ClientStreamDecoder extends Decoder<ClientMessage> {
   #state: 'flags' | 'option' | 'request' = 'flags';
   #extended = false;
+  /** Where WRITE payloads go (see `enterTransmission`); without it they are views or joined copies of the input. */
+  #alloc: ((length: number) => Uint8Array) | undefined;
+  /** A request whose header is in and whose payload is still arriving into `req.payload`. */
+  #pending: { req: NbdRequest & { payload: Uint8Array }; headerSize: number; got: number } | undefined;
   readonly maxOptionData: number;
   maxPayload: number;
 
@@ -362,10 +366,42 @@ export class ClientStreamDecoder extends Decoder<ClientMessage> {
     this.maxPayload = limits.maxPayload ?? 32 << 20;
   }
 
-  /** After GO/EXPORT_NAME: what follows are requests, with 32-byte headers if `extended`. */
-  enterTransmission(extended: boolean): void {
+  /**
+   * After GO/EXPORT_NAME: what follows are requests, with 32-byte headers if `extended`. With
+   * `alloc`, each payload goes into a buffer of its own from `alloc` as it arrives, so the input
+   * it came in is free at once and a reader may fill it directly (`directTarget`).
+   */
+  enterTransmission(extended: boolean, alloc?: (length: number) => Uint8Array): void {
     this.#state = 'request';
     this.#extended = extended;
+    this.#alloc = alloc;
+  }
+
+  /** Bytes received and not yet decoded, counting those of a request whose payload is still arriving. */
+  override get buffered(): number {
+    const p = this.#pending;
+    return this.q.length + (p ? p.headerSize + p.got : 0);
+  }
+
+  /**
+   * Zero-copy receive: while a payload is arriving and nothing is queued, the part of its buffer
+   * the next bytes belong in. A reader may read straight into it (at most its length, so nothing
+   * past the request lands there) and report how much with `filledDirect`.
+   */
+  directTarget(): Uint8Array | undefined {
+    const p = this.#pending;
+    // Complete but not yet taken by `next()`: an empty target would read as the end of the stream.
+    if (!p || p.got === p.req.payload.length || this.q.length > 0 || this.failed) return undefined;
+    return p.req.payload.subarray(p.got);
+  }
+
+  /** `n` bytes were read straight into `directTarget()`. */
+  filledDirect(n: number): void {
+    const p = this.#pending;
+    if (!p) throw protocolError('internal: direct bytes without a payload due');
+    if (!Number.isSafeInteger(n) || n < 0 || p.got + n > p.req.payload.length)
+      throw protocolError('internal: direct read overran its target');
+    p.got += n;
   }
 
   /** After a TLS upgrade: a fresh decoder on the new channel continues with options (flags were sent). */
@@ -403,6 +439,13 @@ export class ClientStreamDecoder extends Decoder<ClientMessage> {
         return { kind: 'option', option, data: q.take(len) };
       }
       case 'request': {
+        const p = this.#pending;
+        if (p) {
+          p.got += q.takeInto(p.req.payload, p.got, p.req.payload.length - p.got);
+          if (p.got < p.req.payload.length) return undefined;
+          this.#pending = undefined;
+          return p.req;
+        }
         const size = this.#extended ? EXTENDED_REQUEST_SIZE : REQUEST_SIZE;
         if (q.length < size) return undefined;
         const [v, at] = q.peek(size);
@@ -428,10 +471,17 @@ export class ClientStreamDecoder extends Decoder<ClientMessage> {
             length: payloadLength,
           });
         }
-        if (q.length < size + payloadLength) return undefined;
+        const alloc = payloadLength > 0 ? this.#alloc : undefined;
+        if (q.length < size + payloadLength && !alloc) return undefined;
         const cookie = v.getBigUint64(at + 8);
         const offset = u64(v, at + 16);
         q.skip(size);
+        if (alloc) {
+          const payload = alloc(payloadLength);
+          if (payload.length !== payloadLength) throw protocolError('internal: payload buffer has the wrong length');
+          this.#pending = { req: { kind: 'request', flags, command, cookie, offset, length, payload }, headerSize: size, got: 0 };
+          return this.parse();
+        }
         const payload = payloadLength > 0 || command === Cmd.WRITE ? q.take(payloadLength) : undefined;
         return { kind: 'request', flags, command, cookie, offset, length, payload };
       }

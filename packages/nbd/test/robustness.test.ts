@@ -249,6 +249,17 @@ describe('NbdServer against broken and malicious clients', () => {
     await until(() => server.connections === 0);
   });
 
+  it('drops a client that stops half-way through a WRITE payload (read straight into its buffer)', async () => {
+    const { server, port } = await serve(memoryDisk(MiB), { limits: { frameTimeout: 200 } });
+    const c = new RawClient(port);
+    await c.handshake();
+    const h = new Uint8Array(28);
+    writeRequestHeader(h, 0, false, 0, Cmd.WRITE, 1, 0, 256 * 1024);
+    c.send(h, new Uint8Array(1000).fill(7));
+    await c.closed;
+    await until(() => server.connections === 0);
+  });
+
   it('limits connections; a truncated frame followed by a close frees the slot', async () => {
     const { server, port } = await serve(memoryDisk(MiB), { limits: { maxConnections: 2 } });
     const a = new RawClient(port);

@@ -36,6 +36,8 @@ import {
   writeDataChunkHeader,
   writeSimpleReply,
 } from '../protocol.js';
+import { readInto } from '../read-into.js';
+import { sizeSendBuffer } from '../send-buffer.js';
 import type { NbdExport, NbdServerStats, NbdServerTls, ResolvedLimits } from './options.js';
 import type { SendSlots, ZeroCopyOps } from './zero-copy.js';
 
@@ -76,6 +78,9 @@ interface ZeroCopyReply {
 
 /** Output waiting its turn: bytes for node to write, or a reply for the addon to send. */
 type Pending = { data: Uint8Array; cb: (() => void) | undefined; send?: undefined } | { send: ZeroCopyReply };
+
+/** A connection's read buffer for requests (WRITE payloads go straight to their own buffers). */
+const RECEIVE_SCRATCH = 64 << 10;
 
 /**
  * Zero-copy replies queued back to back leave in one job on the pool (one round trip through the
@@ -192,23 +197,52 @@ export class ServerConnection {
   }
 
   #attach(socket: Duplex): void {
-    socket.on('data', (chunk: Uint8Array) => {
-      if (this.#state === 'closed' || this.#state === 'upgrading' || this.#state === 'draining') return;
-      try {
-        this.#decoder.push(chunk);
-      } catch (err) {
-        this.#abort(err);
-        return;
-      }
-      this.#pump();
-      this.#watchFrame();
-    });
+    socket.on('data', (chunk: Uint8Array) => this.#received(chunk));
     socket.on('drain', () => this.#pump());
     socket.on('error', (err) => {
       if (this.#state !== 'upgrading') this.#abort(err);
     });
     socket.on('close', () => {
       if (this.#state !== 'upgrading') this.#finish();
+    });
+  }
+
+  /** Input from the socket: a chunk to decode, or `direct` bytes read straight into the payload due. */
+  #received(chunk: Uint8Array | undefined, direct = 0): void {
+    if (this.#state === 'closed' || this.#state === 'upgrading' || this.#state === 'draining') return;
+    try {
+      if (chunk) this.#decoder.push(chunk);
+      else this.#decoder.filledDirect(direct);
+    } catch (err) {
+      this.#abort(err);
+      return;
+    }
+    this.#pump();
+    this.#watchFrame();
+  }
+
+  /**
+   * From transmission on, the socket reads into a scratch buffer of this connection, or straight
+   * into the pooled buffer of a WRITE whose payload is arriving: no Buffer per read for the GC
+   * (over TLS, per 16 KiB record), and payloads are not queued in pieces and joined. Where
+   * `readInto` cannot take effect, 'data' events go on as before.
+   */
+  #receiveDirect(): void {
+    const socket = this.#socket;
+    const scratch = Buffer.allocUnsafeSlow(RECEIVE_SCRATCH);
+    readInto(socket, {
+      buffer: () => (this.#socket === socket ? this.#decoder.directTarget() : undefined) ?? scratch,
+      callback: (n, buf) => {
+        if (buf.buffer !== scratch.buffer) {
+          this.#ctx.stats.directWriteBytes += n;
+          this.#received(undefined, n);
+          return true;
+        }
+        this.#received(buf.subarray(0, n));
+        // What is left queued points into scratch, which the next read overwrites.
+        this.#decoder.releaseInput();
+        return true;
+      },
     });
   }
 
@@ -500,8 +534,10 @@ export class ServerConnection {
 
   #enterTransmission(): void {
     clearTimeout(this.#handshakeTimer);
-    this.#decoder.enterTransmission(this.#extended);
+    const pool = this.#ctx.pool;
+    this.#decoder.enterTransmission(this.#extended, (n) => pool.get(n));
     this.#state = 'transmission';
+    this.#receiveDirect();
     debug('nbd server: client entered transmission on export %s', this.#export?.name);
   }
 
@@ -601,6 +637,15 @@ export class ServerConnection {
   }
 
   async #serve(req: NbdRequest): Promise<void> {
+    try {
+      await this.#execute(req);
+    } finally {
+      // The decoder took it from the pool (see #enterTransmission); the disk is done with it.
+      if (req.payload) this.#ctx.pool.release(req.payload);
+    }
+  }
+
+  async #execute(req: NbdRequest): Promise<void> {
     const [errno, why] = this.#check(req);
     if (errno !== 0) {
       this.#replyError(req, errno, why);
@@ -695,17 +740,10 @@ export class ServerConnection {
 
   /**
    * A unix socket gets a larger send buffer (`limits.sendBuffer`), whether its READs go zero-copy,
-   * copied, or over TLS: each wakeup of the reader then takes more. TCP keeps its autotuning.
+   * copied, or over TLS: each wakeup of the reader then takes more.
    */
   #sizeSendBuffer(socket: Duplex): void {
-    const want = this.#ctx.limits.sendBuffer;
-    const handle = (socket as { _handle?: { fd?: unknown; constructor?: { name?: string } } })._handle;
-    if (want === 0 || !this.#ctx.zeroCopy || handle?.constructor?.name !== 'Pipe' || typeof handle.fd !== 'number' || handle.fd < 0) return;
-    try {
-      debug('nbd server: socket send buffer %d bytes', this.#ctx.zeroCopy.setSendBuffer(handle.fd, want));
-    } catch (err) {
-      debug('nbd server: cannot size the socket send buffer: %s', errMessage(err));
-    }
+    sizeSendBuffer(socket, this.#ctx.limits.sendBuffer, this.#ctx.zeroCopy?.setSendBuffer);
   }
 
   /** A dup of the socket's descriptor for the addon, made on the first zero-copy send. */

@@ -1,6 +1,7 @@
 import type { Duplex } from 'node:stream';
 import type { Disk } from '@vd/core';
 import { DEFAULT_MAX_IN_FLIGHT } from '../protocol.js';
+import { DEFAULT_SEND_BUFFER } from '../send-buffer.js';
 import { defaultZeroCopySends } from './zero-copy.js';
 
 /** One disk the server exports under a name. */
@@ -107,6 +108,11 @@ export interface NbdServerStats {
   bufferedSendBytes: number;
   /** READ replies read into a buffer and written (no addon, TLS, a format that needs decoding, all send slots busy). */
   copiedReads: number;
+  /**
+   * WRITE payload bytes the socket read straight into the request's buffer (plain or decrypted);
+   * the rest came through a connection's scratch buffer, mostly in the read that carried a header.
+   */
+  directWriteBytes: number;
 }
 
 export function resolveLimits(l: NbdServerLimits = {}): ResolvedLimits {
@@ -121,6 +127,6 @@ export function resolveLimits(l: NbdServerLimits = {}): ResolvedLimits {
     maxExtents: l.maxExtents ?? 65536,
     zeroCopySends: l.zeroCopySends ?? defaultZeroCopySends(),
     sendStallTimeout: l.sendStallTimeout ?? 30_000,
-    sendBuffer: l.sendBuffer ?? 2 << 20,
+    sendBuffer: l.sendBuffer ?? DEFAULT_SEND_BUFFER,
   };
 }

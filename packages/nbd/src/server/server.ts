@@ -2,6 +2,7 @@ import { type AddressInfo, createServer, type Server, type Socket } from 'node:n
 import type { Duplex } from 'node:stream';
 import { debug, VdError } from '@vd/core';
 import { BufferPool } from '../buffer-pool.js';
+import { checkSendBuffer } from '../send-buffer.js';
 import { ServerConnection, type ServerContext } from './connection.js';
 import {
   type NbdExport,
@@ -41,7 +42,7 @@ export class NbdServer {
   readonly #addresses: NbdServerAddress[] = [];
   readonly #connections = new Set<ServerConnection>();
   readonly #ctx: ServerContext;
-  readonly #stats: NbdServerStats = { zeroCopyReads: 0, zeroCopyBatches: 0, bufferedSendBytes: 0, copiedReads: 0 };
+  readonly #stats: NbdServerStats = { zeroCopyReads: 0, zeroCopyBatches: 0, bufferedSendBytes: 0, copiedReads: 0, directWriteBytes: 0 };
   #zeroCopy: ZeroCopyOps | undefined;
   readonly #zeroCopyLoading: Promise<unknown>;
   #closing: Promise<void> | undefined;
@@ -66,10 +67,7 @@ export class NbdServer {
     if (!Number.isSafeInteger(zeroCopySends) || zeroCopySends < 0 || !Number.isSafeInteger(sendStallTimeout) || sendStallTimeout < 1) {
       throw new VdError('ERR_VD_INVALID_ARGUMENT', 'limits.zeroCopySends must be an integer >= 0 and limits.sendStallTimeout one >= 1');
     }
-    const { sendBuffer } = this.#limits;
-    if (!Number.isSafeInteger(sendBuffer) || sendBuffer < 0 || sendBuffer > 0x3fffffff) {
-      throw new VdError('ERR_VD_INVALID_ARGUMENT', 'limits.sendBuffer must be an integer from 0 (the kernel default) to 1 GiB');
-    }
+    checkSendBuffer(this.#limits.sendBuffer, 'limits.sendBuffer');
     this.#zeroCopyLoading =
       zeroCopySends > 0
         ? loadZeroCopy().then((z) => {
