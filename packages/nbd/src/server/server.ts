@@ -27,6 +27,12 @@ export interface NbdServerAddress {
 }
 
 /**
+ * READ reply and WRITE payload buffers, one pool for every server in the process: its cap on idle
+ * buffers then holds per process, not per server.
+ */
+const sharedPool = new BufferPool();
+
+/**
  * An NBD server exporting vd disks (raw, VMDK, chains: any `Disk`) over TCP, unix sockets and
  * inherited listening sockets (systemd socket activation). Fixed newstyle with structured replies,
  * extended headers, block status for every extents context the disk offers, and multi-conn: all
@@ -37,7 +43,6 @@ export interface NbdServerAddress {
 export class NbdServer {
   readonly #exports: NbdExport[];
   readonly #limits: ResolvedLimits;
-  readonly #pool = new BufferPool();
   readonly #servers: Server[] = [];
   readonly #addresses: NbdServerAddress[] = [];
   readonly #connections = new Set<ServerConnection>();
@@ -78,7 +83,7 @@ export class NbdServer {
     const self = this;
     this.#ctx = {
       limits: this.#limits,
-      pool: this.#pool,
+      pool: sharedPool,
       tls: opts.tls as NbdServerTls | undefined,
       extendedHeaders: opts.extendedHeaders ?? true,
       structuredReplies: opts.structuredReplies ?? true,
