@@ -8,7 +8,9 @@
 //     and vd's NbdServer vs qemu-nbd serving the same monolithicSparse VMDK.
 //  3. Sparse: a 10%-allocated raw read (allocated data only) from vd's server, as a share of the
 //     fully allocated one, by nbdcopy and by vd's client.
-//  4. Peak RSS of this process (which runs our client and server).
+//  4. Restore (no target): vd's copy engine writing the raw to `nbdkit null` vs nbdcopy doing so,
+//     and nbdcopy writing it into vd's NbdServer vs into `nbdkit file`.
+//  5. Peak RSS of this process (which runs our client and server).
 // Size: BENCH_NBD_MIB (default 2048). Rounds: BENCH_NBD_ROUNDS (default 5; the runs compared rotate
 // within each round after a warm-up of each; the ratio is the median of the per-round ratios, and
 // our CPU per GiB is printed since, on a shared machine, it swings far less than wall time; so is
@@ -64,7 +66,7 @@ function report(what, oursName, ours, peerName, theirs, target) {
   );
   console.log(`  ${peerName.padEnd(34)} ${median(theirs.wall).toFixed(2)} s  ${rate(SIZE, median(theirs.wall))}${server(theirs)}`);
   console.log(
-    `  ratio (ours/peer throughput)      ${r.median.toFixed(2)}x (target >= ${target}x)  rounds: ${r.rounds.map((x) => x.toFixed(2)).join(' ')}`,
+    `  ratio (ours/peer throughput)      ${r.median.toFixed(2)}x${target ? ` (target >= ${target}x)` : ''}  rounds: ${r.rounds.map((x) => x.toFixed(2)).join(' ')}`,
   );
 }
 
@@ -190,6 +192,40 @@ try {
       `  ${who.padEnd(16)} 10% allocated ${median(sparse.wall).toFixed(3)} s vs full ${median(full.wall).toFixed(3)} s = ${median(shares).toFixed(1)}%  rounds: ${shares.map((x) => x.toFixed(1)).join(' ')}`,
     );
   }
+
+  // 4. Restore: the raw copied onto an export, by vd's copy engine and nbdcopy into the same
+  // `nbdkit null` (the client's side alone), and by nbdcopy into vd's NbdServer and `nbdkit file`
+  // (each writing a file of its own).
+  const sink = await peer('nbdkit', ['-f', '-U', sock('null'), '-P', pid('null'), 'null', `size=${SIZE}`], sock('null'), pid('null'));
+  stops.push(sink.stop);
+  const [vdTarget, kitTarget] = [join(dir, 'restore-vd.raw'), join(dir, 'restore-kit.raw')];
+  await core.createDisk(vdTarget, { size: SIZE });
+  await core.createDisk(kitTarget, { size: SIZE });
+  const kitW = await peer('nbdkit', ['-f', '-U', sock('kit-w'), '-P', pid('kit-w'), 'file', kitTarget], sock('kit-w'), pid('kit-w'));
+  stops.push(kitW.stop);
+  const targetDisk = await core.openDisk(vdTarget, { transports: [fileT] });
+  const writable = new NbdServer({ exports: [{ name: '', disk: targetDisk }] });
+  await writable.listen({ path: sock('vd-w') });
+  const [ours4, theirs4, ours5, theirs5] = await rounds(
+    [
+      {
+        server: sink,
+        run: async () => {
+          const target = await core.openDisk(sink.uri, { transports: [nbd()] });
+          await core.copyDisk(rawDisk, target, { targetIsZero: false });
+          await target.close();
+        },
+      },
+      { server: sink, run: () => exec('nbdcopy', [raw, sink.uri]) },
+      () => exec('nbdcopy', [raw, `nbd+unix:///?socket=${sock('vd-w')}`]),
+      { server: kitW, run: () => exec('nbdcopy', [raw, kitW.uri]) },
+    ],
+    ROUNDS,
+  );
+  report('restore: the raw copied onto nbdkit null', 'vd copyDisk() + nbd() client', ours4, 'nbdcopy raw nbd+unix://...', theirs4);
+  report('restore: nbdcopy writing the raw (page cache, no flush)', 'vd NbdServer', ours5, 'nbdkit file', theirs5);
+  await writable.close();
+  await targetDisk.close();
 
   await server.close();
   await Promise.all([rawDisk.close(), vmdkDisk.close(), sparseDisk.close()]);
