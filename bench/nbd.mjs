@@ -10,7 +10,8 @@
 //     fully allocated one, by nbdcopy and by vd's client.
 //  4. Restore (no target): vd's copy engine writing the raw to `nbdkit null` vs nbdcopy doing so,
 //     and nbdcopy writing it into vd's NbdServer vs into `nbdkit file`.
-//  5. Peak RSS of this process (which runs our client and server).
+//  5. Peak RSS of this process (which runs our client and servers): through the read sections
+//     (the target), and with the restore runs on top.
 // Size: BENCH_NBD_MIB (default 2048). Rounds: BENCH_NBD_ROUNDS (default 5; the runs compared rotate
 // within each round after a warm-up of each; the ratio is the median of the per-round ratios, and
 // our CPU per GiB is printed since, on a shared machine, it swings far less than wall time; so is
@@ -193,6 +194,10 @@ try {
     );
   }
 
+  // The RSS target is about reading, as it was set before the restore runs were added; those put a
+  // writable server and a copy's buffers on top, and malloc keeps some freed 2 MiB buffers.
+  const readPeakRss = peakRss;
+
   // 4. Restore: the raw copied onto an export, by vd's copy engine and nbdcopy into the same
   // `nbdkit null` (the client's side alone), and by nbdcopy into vd's NbdServer and `nbdkit file`
   // (each writing a file of its own).
@@ -230,7 +235,8 @@ try {
   await server.close();
   await Promise.all([rawDisk.close(), vmdkDisk.close(), sparseDisk.close()]);
   clearInterval(rssTimer);
-  console.log(`peak RSS of the vd process: ${(peakRss / MiB).toFixed(0)} MiB (target < 200 MiB)`);
+  console.log(`peak RSS of the vd process (client and servers), reading: ${(readPeakRss / MiB).toFixed(0)} MiB (target < 200 MiB)`);
+  console.log(`peak RSS of the vd process, the restore runs included: ${(peakRss / MiB).toFixed(0)} MiB`);
 } finally {
   clearInterval(rssTimer);
   for (const s of stops) s();
