@@ -38,7 +38,11 @@ afterEach(async () => {
  * A TCP proxy to the server at `uri` whose connections we can cut (`cut()`), and which drops new
  * ones at once while `refuse` is set: a network that fails under the client.
  */
-async function cuttableProxy(uri: string): Promise<{ port: number; cut: () => void; refuse: boolean }> {
+/**
+ * A TCP proxy to `uri`: `cut()` drops every connection; with `refuse` new ones are dropped at once,
+ * with `silent` they are accepted and never answered (a server that never greets).
+ */
+async function cuttableProxy(uri: string): Promise<{ port: number; cut: () => void; refuse: boolean; silent: boolean; accepted: number }> {
   const t = parseNbdUri(uri);
   if (t.kind !== 'tcp') throw new Error('tcp expected');
   const sockets = new Set<Socket>();
@@ -48,10 +52,18 @@ async function cuttableProxy(uri: string): Promise<{ port: number; cut: () => vo
       for (const s of sockets) s.destroy();
     },
     refuse: false,
+    silent: false,
+    accepted: 0,
   };
   const proxy = createServer((c) => {
+    out.accepted++;
     if (out.refuse) {
       c.destroy();
+      return;
+    }
+    if (out.silent) {
+      sockets.add(c);
+      c.on('error', () => c.destroy());
       return;
     }
     const up = netConnect({ host: t.host, port: t.port });
@@ -404,6 +416,24 @@ describe('client against our server', () => {
     const again = await disk.read(MiB, 65536);
     expect(Buffer.compare(again, pattern(4 * MiB, 6).subarray(MiB, MiB + 65536))).toBe(0);
   });
+
+  it('destroy ends a reconnect whose handshake the server never answers at once, not after handshakeTimeout', async () => {
+    const { uri } = await serve(memoryDisk(MiB));
+    const proxy = await cuttableProxy(uri);
+    // Waiting for this handshake timeout would outlast the test's own. (close() is graceful: it
+    // waits for the read, whose retry this handshake is.)
+    const disk = await openDisk(`nbd://127.0.0.1:${proxy.port}/d`, {
+      transports: [nbd({ connections: 1, retryDelay: 1, handshakeTimeout: 60_000 })],
+    });
+    proxy.silent = true;
+    proxy.cut();
+    const read = disk.read(0, 4096).catch((e) => e);
+    // The reconnect has connected and waits for a greeting that never comes.
+    await vi.waitFor(() => expect(proxy.accepted).toBe(2));
+    await disk.destroy();
+    expect(isVdError(await read)).toBe(true);
+    expect(proxy.accepted).toBe(2);
+  }, 10_000);
 
   it('times out a handshake the server never answers', async () => {
     const silent = createServer(() => {});

@@ -85,6 +85,8 @@ export class NbdClientSource implements BlockSource {
   readonly #joining = new Set<Promise<unknown>>();
   /** Aborts their handshakes on close or destroy: a server that never greets them must not hold either up. */
   #stopJoining: AbortController | undefined;
+  /** The same for reconnects, which close waits for. */
+  readonly #stopReconnects = new AbortController();
 
   private constructor(target: NbdTarget, conns: NbdClientConnection[], opts: NbdClientOptions, readOnly: boolean, planned: number) {
     this.target = target;
@@ -244,7 +246,9 @@ export class NbdClientSource implements BlockSource {
 
   async _close(): Promise<void> {
     this.#closed = true;
-    this.#stopJoining?.abort(new VdError('ERR_VD_CLOSED', `NBD disk ${formatNbdUri(this.target)} is closed`));
+    const closed = new VdError('ERR_VD_CLOSED', `NBD disk ${formatNbdUri(this.target)} is closed`);
+    this.#stopJoining?.abort(closed);
+    this.#stopReconnects.abort(closed);
     await this.#ready();
     await this.#reconnecting?.catch(() => {});
     await Promise.allSettled(this.#conns.map((c) => c.disconnect()));
@@ -252,7 +256,9 @@ export class NbdClientSource implements BlockSource {
 
   async _destroy(err?: Error): Promise<void> {
     this.#closed = true;
-    this.#stopJoining?.abort(err ?? new VdError('ERR_VD_CLOSED', `NBD disk ${formatNbdUri(this.target)} was destroyed`));
+    const reason = err ?? new VdError('ERR_VD_CLOSED', `NBD disk ${formatNbdUri(this.target)} was destroyed`);
+    this.#stopJoining?.abort(reason);
+    this.#stopReconnects.abort(reason);
     for (const c of this.#conns) c.destroy(err);
   }
 
@@ -295,8 +301,9 @@ export class NbdClientSource implements BlockSource {
     this.#reconnecting ??= (async () => {
       try {
         // Not the signal the disk was opened with: it bounds the open (AbortSignal.timeout, say)
-        // and may have fired since. Each handshake still has its own timeout.
-        const { signal: _opening, ...hs } = this.#opts;
+        // and may have fired since. Each handshake still has its own timeout, and close or
+        // destroy ends it.
+        const hs = { ...this.#opts, signal: this.#stopReconnects.signal };
         const next: NbdClientConnection[] = [];
         const before = [...this.#conns];
         // After a failure the rest stay as they are (dead, for the next attempt), but what was
