@@ -1,3 +1,4 @@
+export { BufferPool } from './buffer-pool.js';
 export { defaultCapabilities, effectiveCapabilities, readOnlyCapabilities } from './capabilities.js';
 export { type CopyChecksum, type CopyOptions, type CopyProgress, type CopyRange, type CopyResult, copyDisk } from './copy/index.js';
 export { type CreateDiskOptions, createDisk } from './create.js';

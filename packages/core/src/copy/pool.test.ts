@@ -1,15 +1,16 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { dropSpare, runPool } from './pool.js';
+import { runPool, spareBuffers } from './pool.js';
 
 async function* items(n: number): AsyncGenerator<number, void, undefined> {
   for (let i = 0; i < n; i++) yield i;
 }
 
-/** Runs the pool over `n` items; answers the buffers its workers used. */
-async function buffersOf(n: number, workers: number, size: number, fail?: number): Promise<Set<Uint8Array>> {
-  const used = new Set<Uint8Array>();
+/** Runs the pool over `n` items; answers the memory its workers' buffers were views of. */
+async function buffersOf(n: number, workers: number, size: number, fail?: number): Promise<Set<ArrayBufferLike>> {
+  const used = new Set<ArrayBufferLike>();
   await runPool(items(n), { workers, bufferSize: size, what: 'test' }, async (item, buffer) => {
-    used.add(buffer());
+    expect(buffer().length).toBe(size);
+    used.add(buffer().buffer);
     await new Promise((r) => setImmediate(r));
     if (item === fail) throw new Error(`item ${item} failed`);
   }).catch((err: Error) => {
@@ -19,7 +20,7 @@ async function buffersOf(n: number, workers: number, size: number, fail?: number
 }
 
 describe('runPool buffers', () => {
-  afterEach(() => dropSpare());
+  afterEach(() => spareBuffers.drop());
 
   it('hands a finished run’s buffers to the next run of the same size, not to another size', async () => {
     const first = await buffersOf(8, 4, 4096);
@@ -28,7 +29,7 @@ describe('runPool buffers', () => {
     expect([...second].every((b) => first.has(b))).toBe(true);
     const other = await buffersOf(8, 4, 8192);
     expect([...other].some((b) => first.has(b))).toBe(false);
-    expect([...other].every((b) => b.length === 8192)).toBe(true);
+    expect([...other].every((b) => b.byteLength === 8192)).toBe(true);
   });
 
   it('keeps the buffer of a worker whose item failed out of later runs (a request may still write into it)', async () => {

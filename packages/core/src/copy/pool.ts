@@ -1,47 +1,18 @@
-import { Buffer } from 'node:buffer';
+import { BufferPool } from '../buffer-pool.js';
 import { abortError } from '../errors.js';
 
 /**
- * Buffers of finished runs, by size, for the next run to take: a process that copies disk after
- * disk does not leave each copy's buffers (32 MiB by default) to the garbage collector. Bounded,
- * and dropped when no run has taken one for a while.
+ * Buffers of finished runs, for the next run to take: a process that copies disk after disk does
+ * not leave each copy's buffers (32 MiB by default) to the garbage collector. Bounded, and dropped
+ * when no run has used one for a while.
  */
-const spare = new Map<number, Uint8Array[]>();
-let spareBytes = 0;
-const SPARE_LIMIT = 64 << 20;
-const SPARE_IDLE_MS = 30_000;
-let idle: NodeJS.Timeout | undefined;
-
-function takeSpare(size: number): Uint8Array {
-  const b = spare.get(size)?.pop();
-  if (!b) return Buffer.allocUnsafeSlow(size);
-  spareBytes -= size;
-  return b;
-}
-
-function giveSpare(b: Uint8Array): void {
-  if (spareBytes + b.length > SPARE_LIMIT) return;
-  const list = spare.get(b.length);
-  if (list) list.push(b);
-  else spare.set(b.length, [b]);
-  spareBytes += b.length;
-  clearTimeout(idle);
-  idle = setTimeout(dropSpare, SPARE_IDLE_MS);
-  idle.unref();
-}
-
-/** Lets the GC have the spare buffers (also what tests call to start clean). */
-export function dropSpare(): void {
-  clearTimeout(idle);
-  spare.clear();
-  spareBytes = 0;
-}
+export const spareBuffers = new BufferPool(64 << 20, 30_000);
 
 /**
  * Runs `work` over `items` with at most `workers` items in progress. Each worker owns one buffer
- * of `bufferSize` bytes, taken on first use and reused for every item it takes, so memory
- * stays below `workers × bufferSize` and nothing is allocated per request. A worker whose items
- * all settled hands its buffer on to later runs.
+ * of `bufferSize` bytes (from a buffer of the next power of two), taken on first use and reused
+ * for every item it takes, so nothing is allocated per request. A worker whose items all settled
+ * hands its buffer on to later runs.
  *
  * Fails fast: after the first error (or an abort) no new item is taken, the items in progress are
  * waited for, and then the first error (or ERR_VD_ABORTED) is thrown. `work` that passes the
@@ -61,7 +32,7 @@ export async function runPool<T>(
   const worker = async (): Promise<void> => {
     let own: Uint8Array | undefined;
     const buffer = () => {
-      own ??= takeSpare(opts.bufferSize);
+      own ??= spareBuffers.get(opts.bufferSize);
       return own;
     };
     while (!stopped()) {
@@ -81,7 +52,7 @@ export async function runPool<T>(
         return;
       }
     }
-    if (own) giveSpare(own);
+    if (own) spareBuffers.release(own);
   };
 
   await Promise.all(Array.from({ length: opts.workers }, worker));

@@ -1,8 +1,7 @@
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
-import { BASE_ALLOCATION, type Disk, debug, type FileSpan, isVdError, VdError } from '@vd/core';
-import type { BufferPool } from '../buffer-pool.js';
+import { BASE_ALLOCATION, type BufferPool, type Disk, debug, type FileSpan, isVdError, VdError } from '@vd/core';
 import { extentFlags, matchesQuery } from '../contexts.js';
 import { toErrno } from '../errno.js';
 import {

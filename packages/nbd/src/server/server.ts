@@ -1,7 +1,6 @@
 import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { debug, VdError } from '@vd/core';
-import { BufferPool } from '../buffer-pool.js';
+import { BufferPool, debug, VdError } from '@vd/core';
 import { checkSendBuffer } from '../send-buffer.js';
 import { ServerConnection, type ServerContext } from './connection.js';
 import {
