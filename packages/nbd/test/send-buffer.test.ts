@@ -102,6 +102,25 @@ describe.skipIf(skip)('unix socket send buffers', () => {
     expect(sizeSendBuffer(unix, 2 * MiB, undefined)).toBeUndefined();
   });
 
+  it('the server enlarges each unix socket, whether its READs go zero-copy or are copied, not over TCP or when told 0', async () => {
+    const accepted = async (limits: { zeroCopySends?: number; sendBuffer?: number }, where: 'unix' | 'tcp') => {
+      const server = new NbdServer({ exports: [{ name: 'd', disk: memoryDisk(MiB) }], limits });
+      const n = closers.length;
+      const { uri } =
+        where === 'unix'
+          ? await server.listen({ path: join(tmp.dir, `srv${n}.sock`) })
+          : await server.listen({ host: '127.0.0.1', port: 0 });
+      closers.push(() => server.close());
+      const disk = await openDisk(uri, { transports: [nbd({ sendBuffer: 0, connections: 1 })] });
+      await disk.close();
+      return server.stats.enlargedSendBuffers;
+    };
+    expect(await accepted({}, 'unix')).toBe(1);
+    expect(await accepted({ zeroCopySends: 0 }, 'unix')).toBe(1);
+    expect(await accepted({ sendBuffer: 0 }, 'unix')).toBe(0);
+    expect(await accepted({}, 'tcp')).toBe(0);
+  });
+
   it('the client enlarges its unix socket by default, not over TCP or when told 0, and refuses a bad size', async () => {
     const server = new NbdServer({ exports: [{ name: 'd', disk: memoryDisk(MiB) }] });
     const { uri: unixUri } = await server.listen({ path: join(tmp.dir, 'nbd.sock') });

@@ -36,7 +36,7 @@ import {
   writeSimpleReply,
 } from '../protocol.js';
 import { readInto } from '../read-into.js';
-import { sizeSendBuffer } from '../send-buffer.js';
+import { type SetSendBuffer, sizeSendBuffer } from '../send-buffer.js';
 import type { NbdExport, NbdServerStats, NbdServerTls, ResolvedLimits } from './options.js';
 import type { SendSlots, ZeroCopyOps } from './zero-copy.js';
 
@@ -50,6 +50,8 @@ export interface ServerContext {
   readonly shuttingDown: boolean;
   /** The sendfile calls, once `@vd/sparse` has loaded (undefined: copy every READ). */
   readonly zeroCopy: ZeroCopyOps | undefined;
+  /** SO_SNDBUF from `@vd/sparse`, when loaded and `limits.sendBuffer` asks for a size. */
+  readonly setSendBuffer: SetSendBuffer | undefined;
   readonly sendSlots: SendSlots;
   readonly stats: NbdServerStats;
   findExport(name: string): NbdExport | undefined;
@@ -165,7 +167,9 @@ export class ServerConnection {
       this.#resolveClosed = r;
     });
     (socket as Socket).setNoDelay?.(true);
-    this.#sizeSendBuffer(socket);
+    // A unix socket gets a larger send buffer (`limits.sendBuffer`), whether its READs go
+    // zero-copy, copied, or over TLS: each wakeup of the reader then takes more.
+    if (sizeSendBuffer(socket, ctx.limits.sendBuffer, ctx.setSendBuffer) !== undefined) ctx.stats.enlargedSendBuffers++;
     this.#handshakeTimer = setTimeout(() => this.#abort('handshake not finished in time'), ctx.limits.handshakeTimeout);
     this.#handshakeTimer.unref?.();
     this.#attach(socket);
@@ -735,14 +739,6 @@ export class ServerConnection {
       }
     }
     return true;
-  }
-
-  /**
-   * A unix socket gets a larger send buffer (`limits.sendBuffer`), whether its READs go zero-copy,
-   * copied, or over TLS: each wakeup of the reader then takes more.
-   */
-  #sizeSendBuffer(socket: Duplex): void {
-    sizeSendBuffer(socket, this.#ctx.limits.sendBuffer, this.#ctx.zeroCopy?.setSendBuffer);
   }
 
   /** A dup of the socket's descriptor for the addon, made on the first zero-copy send. */

@@ -113,6 +113,8 @@ export interface NbdServerStats {
    * the rest came through a connection's scratch buffer, mostly in the read that carried a header.
    */
   directWriteBytes: number;
+  /** Connections whose socket got the larger send buffer (`limits.sendBuffer`; unix sockets only). */
+  enlargedSendBuffers: number;
 }
 
 export function resolveLimits(l: NbdServerLimits = {}): ResolvedLimits {

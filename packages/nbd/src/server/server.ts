@@ -1,7 +1,7 @@
 import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { BufferPool, debug, VdError } from '@vd/core';
-import { checkSendBuffer } from '../send-buffer.js';
+import { checkSendBuffer, loadSetSendBuffer, type SetSendBuffer } from '../send-buffer.js';
 import { ServerConnection, type ServerContext } from './connection.js';
 import {
   type NbdExport,
@@ -46,9 +46,17 @@ export class NbdServer {
   readonly #addresses: NbdServerAddress[] = [];
   readonly #connections = new Set<ServerConnection>();
   readonly #ctx: ServerContext;
-  readonly #stats: NbdServerStats = { zeroCopyReads: 0, zeroCopyBatches: 0, bufferedSendBytes: 0, copiedReads: 0, directWriteBytes: 0 };
+  readonly #stats: NbdServerStats = {
+    zeroCopyReads: 0,
+    zeroCopyBatches: 0,
+    bufferedSendBytes: 0,
+    copiedReads: 0,
+    directWriteBytes: 0,
+    enlargedSendBuffers: 0,
+  };
   #zeroCopy: ZeroCopyOps | undefined;
-  readonly #zeroCopyLoading: Promise<unknown>;
+  #setSendBuffer: SetSendBuffer | undefined;
+  readonly #loading: Promise<unknown>;
   #closing: Promise<void> | undefined;
 
   constructor(opts: NbdServerOptions) {
@@ -72,12 +80,10 @@ export class NbdServer {
       throw new VdError('ERR_VD_INVALID_ARGUMENT', 'limits.zeroCopySends must be an integer >= 0 and limits.sendStallTimeout one >= 1');
     }
     checkSendBuffer(this.#limits.sendBuffer, 'limits.sendBuffer');
-    this.#zeroCopyLoading =
-      zeroCopySends > 0
-        ? loadZeroCopy().then((z) => {
-            this.#zeroCopy = z;
-          })
-        : Promise.resolve();
+    this.#loading = Promise.all([
+      zeroCopySends > 0 ? loadZeroCopy().then((z) => (this.#zeroCopy = z)) : undefined,
+      this.#limits.sendBuffer > 0 ? loadSetSendBuffer().then((f) => (this.#setSendBuffer = f)) : undefined,
+    ]);
     const exports = this.#exports;
     const self = this;
     this.#ctx = {
@@ -90,6 +96,9 @@ export class NbdServer {
       stats: this.#stats,
       get zeroCopy() {
         return self.#zeroCopy;
+      },
+      get setSendBuffer() {
+        return self.#setSendBuffer;
       },
       get shuttingDown() {
         return self.#closing !== undefined;
@@ -134,8 +143,8 @@ export class NbdServer {
   /** Starts listening; resolves to the address and the URI of the default export. */
   async listen(opts: ListenOptions = {}): Promise<NbdServerAddress> {
     if (this.#closing) throw new VdError('ERR_VD_CLOSED', 'the NBD server is closed');
-    // So the first client's reads already go zero-copy where they can.
-    await this.#zeroCopyLoading;
+    // So the first client's reads already go zero-copy where they can, over a sized socket.
+    await this.#loading;
     const server = createServer({ noDelay: true, pauseOnConnect: false }, (s) => this.handle(s));
     server.on('error', (err) => debug('nbd server: listener error: %s', err.message));
     const where =

@@ -9,7 +9,6 @@ export interface ZeroCopyOps {
   ): Promise<number>;
   dup(fd: number): number;
   close(fd: number): void;
-  setSendBuffer(fd: number, bytes: number): number;
 }
 
 let loading: Promise<ZeroCopyOps | undefined> | undefined;
@@ -26,18 +25,11 @@ export function loadZeroCopy(): Promise<ZeroCopyOps | undefined> {
       return undefined;
     }
     const mod = await loadSparseAddon();
-    const { sendFiles, dup, close, setSendBuffer } = (mod ?? {}) as Partial<ZeroCopyOps>;
-    if (
-      typeof sendFiles === 'function' &&
-      typeof dup === 'function' &&
-      typeof close === 'function' &&
-      typeof setSendBuffer === 'function'
-    ) {
-      return { sendFiles, dup, close, setSendBuffer };
-    }
+    const { sendFiles, dup, close } = (mod ?? {}) as Partial<ZeroCopyOps>;
+    if (typeof sendFiles === 'function' && typeof dup === 'function' && typeof close === 'function') return { sendFiles, dup, close };
     debug(
       mod
-        ? 'nbd server: @vd/sparse lacks sendFiles/dup/close/setSendBuffer (too old); READ replies are copied'
+        ? 'nbd server: @vd/sparse lacks sendFiles/dup/close (too old); READ replies are copied'
         : 'nbd server: READ replies are copied (@vd/sparse not loaded)',
     );
     return undefined;
