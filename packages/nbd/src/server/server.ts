@@ -11,7 +11,7 @@ import {
   type ResolvedLimits,
   resolveLimits,
 } from './options.js';
-import { removeStaleSocket } from './unix-socket.js';
+import { removeStaleSocket, withSocketPathLock } from './unix-socket.js';
 import { loadZeroCopy, SendSlots, type ZeroCopyOps } from './zero-copy.js';
 
 export type ListenOptions = { host?: string; port?: number } | { path: string } | { fd: number };
@@ -153,8 +153,10 @@ export class NbdServer {
       .catch(async (err: NodeJS.ErrnoException) => {
         // A socket file left by a server that was killed: remove it (only if dead) and try once more.
         if (err.code !== 'EADDRINUSE' || !('path' in opts)) throw err;
-        await removeStaleSocket(opts.path);
-        await listenOn(server, where);
+        await withSocketPathLock(opts.path, async () => {
+          await removeStaleSocket(opts.path);
+          await listenOn(server, where);
+        });
       })
       .catch((err: NodeJS.ErrnoException) => {
         if (err instanceof VdError) throw err;

@@ -68,6 +68,26 @@ describe('NbdServer.listen({ path }) over an existing path', () => {
     expect(await kind(sock)).toBe('none');
   });
 
+  it('of several servers starting at once on a stale socket, one listens and the others are refused', async () => {
+    const sock = join(tmp.dir, 'raced.sock');
+    for (let round = 0; round < 5; round++) {
+      await staleSocket(sock);
+      const servers = Array.from({ length: 6 }, () => new NbdServer({ exports: { name: 'd', disk } }));
+      try {
+        const results = await Promise.allSettled(servers.map((s) => s.listen({ path: sock })));
+        const won = results.filter((r) => r.status === 'fulfilled');
+        // Without the lock, a late server unlinked the winner's fresh socket by name and listened
+        // too: two or more "won", and the first was unreachable.
+        expect(won).toHaveLength(1);
+        for (const r of results) if (r.status === 'rejected') expect(isVdError(r.reason, 'ERR_VD_EXISTS')).toBe(true);
+        expect(await firstSector((won[0] as PromiseFulfilledResult<{ uri: string }>).value.uri)).toBe(9);
+      } finally {
+        await Promise.all(servers.map((s) => s.close()));
+      }
+      expect(await kind(sock)).toBe('none');
+    }
+  });
+
   it('refuses a path a live server listens on, naming it, and leaves that server serving', async () => {
     const sock = join(tmp.dir, 'live.sock');
     const first = new NbdServer({ exports: { name: 'd', disk } });
