@@ -144,6 +144,44 @@ export class Disk implements AsyncDisposable {
     await this.#finish(parts, fua === 'emulate', opts.signal);
   }
 
+  /**
+   * Zero-copy write: writes at `offset` the bytes that local-file `spans` hold (as
+   * `withFileSpans` gives them), without reading them into memory; an NBD target sends them with
+   * sendfile. Resolves false, having written nothing, where the disk's source cannot (local and
+   * in-memory disks, TLS, a request above `blockSize.maximum`, FUA without native support): write
+   * from a buffer instead. Keep the spans valid until the promise settles; a source that sends
+   * later takes descriptors of its own when the request starts. `signal` gives up on the request
+   * as for `write` (it may still land, as a write may).
+   */
+  async writeFileSpans(offset: number, spans: readonly FileSpan[], opts: WriteOptions = {}): Promise<boolean> {
+    this.#checkWritable('write');
+    let length = 0;
+    for (const s of spans) {
+      if (
+        !Number.isSafeInteger(s.fd) ||
+        s.fd < 0 ||
+        !Number.isSafeInteger(s.position) ||
+        s.position < 0 ||
+        !Number.isSafeInteger(s.length) ||
+        s.length <= 0
+      )
+        throw new VdError(
+          'ERR_VD_INVALID_ARGUMENT',
+          'writeFileSpans: each span needs a descriptor, a non-negative position and a positive length',
+          {
+            details: { span: { ...s } },
+          },
+        );
+      length += s.length;
+    }
+    this.#checkRange('write', offset, length);
+    const source = this.#source;
+    const fua = this.#fuaMode(opts.fua);
+    if (typeof source._writeFileSpans !== 'function' || length > this.capabilities.blockSize.maximum || fua === 'emulate') return false;
+    const o = { signal: opts.signal, fua: fua === 'native' };
+    return this.#submit('write', offset, length, opts.signal, () => source._writeFileSpans!(offset, spans, o));
+  }
+
   async flush(opts: IoOptions = {}): Promise<void> {
     this.#checkOpen('flush');
     if (!this.capabilities.flush) {

@@ -184,3 +184,34 @@ describe('Disk.withFileSpans', () => {
     }
   });
 });
+
+describe('Disk.writeFileSpans', () => {
+  it('checks its arguments like a write does, then answers false where the source cannot write from files', async () => {
+    const src = await openRaw();
+    const mem = memoryDisk(SIZE);
+    const ro = await openRaw(true);
+    try {
+      await src.withFileSpans(0, 4096, async ([span]) => {
+        const s = span!;
+        // A local raw file and a disk in memory have no sendfile path: the caller writes from a buffer.
+        expect(await mem.writeFileSpans(0, [s])).toBe(false);
+        expect(Buffer.from(await mem.read(0, 4096)).every((b) => b === 0)).toBe(true);
+        await expect(mem.writeFileSpans(SIZE - 100, [s])).rejects.toSatisfy((e) => isVdError(e, 'ERR_VD_OUT_OF_RANGE'));
+        await expect(mem.writeFileSpans(0, [])).rejects.toSatisfy((e) => isVdError(e, 'ERR_VD_INVALID_ARGUMENT'));
+        for (const bad of [
+          { ...s, fd: -1 },
+          { ...s, position: -4096 },
+          { ...s, length: 0 },
+          { ...s, length: 1.5 },
+        ]) {
+          await expect(mem.writeFileSpans(0, [bad])).rejects.toSatisfy((e) => isVdError(e, 'ERR_VD_INVALID_ARGUMENT'));
+        }
+        await expect(ro.writeFileSpans(0, [s])).rejects.toSatisfy((e) => isVdError(e, 'ERR_VD_READ_ONLY'));
+      });
+    } finally {
+      await ro.close();
+      await mem.close();
+      await src.close();
+    }
+  });
+});

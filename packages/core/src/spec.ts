@@ -135,6 +135,14 @@ export interface BlockSource {
     fn: (spans: readonly FileSpan[]) => Promise<T>,
     opts: IoOptions,
   ): Promise<T | undefined>;
+  /**
+   * Zero-copy writes (sendfile): writes at `offset` the bytes `spans` hold, in order, as one
+   * request no larger than `blockSize.maximum`. The spans' descriptors may be closed once this
+   * returns its promise: a source that sends later dups them before. Resolves true once written, or
+   * false, having written nothing, where it cannot (a TLS connection, no native addon): the caller
+   * writes from a buffer.
+   */
+  _writeFileSpans?(offset: number, spans: readonly FileSpan[], opts: WriteOptions): Promise<boolean>;
 }
 
 /** The answer of `Transport.probe`: can this transport reach the disk, and if not, why. */

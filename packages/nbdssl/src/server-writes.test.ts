@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
-import { memoryDisk, openDisk } from '@vd/core';
+import { copyDisk, file, memoryDisk, openDisk, rawFormat } from '@vd/core';
 import { NbdConnection, NbdServer, parseNbdUri } from '@vd/nbd';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientUpgrade } from './client-tls.js';
@@ -91,5 +91,34 @@ describe('output and input over TLS', () => {
       conn.destroy();
       await server.close();
     }
+  });
+
+  it('a copy from a local file onto a TLS export sends its payloads through node:tls, never with sendfile', async () => {
+    // sendfile would put the file's bytes on the socket in the clear: the TLS connection refuses
+    // file spans and the copy writes from its buffers.
+    const data = randomBytes(6 * MiB);
+    const src = join(dir, 'src.raw');
+    await writeFile(src, data);
+    const target = memoryDisk(data.length);
+    const server = new NbdServer({
+      exports: [{ name: 'd', disk: target }],
+      tls: await nbdServerTls({ mode: 'require', certificates: pki.dir }),
+    });
+    const { uri } = await server.listen({ path: join(dir, 'c.sock') });
+    const source = await openDisk(src, { transports: [file({ formats: [rawFormat] })], readOnly: true });
+    const disk = await openDisk(`${uri.replace(/^nbd\+unix/, 'nbds+unix')}&tls-certificates=${pki.dir}`, {
+      transports: [nbdssl({ connections: 1, workers: false })],
+    });
+    try {
+      const result = await copyDisk(source, disk, { targetIsZero: false });
+      expect(result.bytesWritten).toBe(data.length);
+      expect(disk.info().zeroCopyWrites).toBe(0);
+      expect(server.stats.directWriteBytes).toBeGreaterThan(0);
+    } finally {
+      await disk.close();
+      await source.close();
+      await server.close();
+    }
+    expect(Buffer.from(await target.read(0, data.length)).equals(data)).toBe(true);
   });
 });

@@ -100,6 +100,31 @@ export async function copyDisk(source: Disk, target: Disk, options: CopyOptions 
   const writeTarget = (offset: number, data: Uint8Array) =>
     atTarget({ op: 'write', offset, length: data.length }, target.write(offset, data, { signal }));
 
+  /**
+   * Chunks read for the zero check still go to the target from the source's files where both
+   * can (a local raw file onto NBD: sendfile, no copy through the buffer). Not when digests are
+   * taken: they must describe the very bytes written. Off for the rest of the copy once the target
+   * says it cannot.
+   */
+  let fromFiles = !wantDigests;
+  const writeFromFiles = async (offset: number, length: number): Promise<boolean> => {
+    let sent = false;
+    await source.withFileSpans(
+      offset,
+      length,
+      (spans) =>
+        atTarget(
+          { op: 'write', offset, length },
+          target.writeFileSpans(offset, spans, { signal }).then((ok) => {
+            sent = ok;
+            if (!ok) fromFiles = false;
+          }),
+        ),
+      { signal },
+    );
+    return sent;
+  };
+
   /** Makes a range zero on the target: a native zero (fast when offered), else written zeroes. */
   const zeroTarget = async (offset: number, length: number): Promise<void> => {
     if (zeroMode === 'none') {
@@ -161,7 +186,7 @@ export async function copyDisk(source: Disk, target: Disk, options: CopyOptions 
           }
         } else {
           op = 'write';
-          await writeTarget(offset, view);
+          if (!(fromFiles && (await writeFromFiles(offset, length)))) await writeTarget(offset, view);
           progress.bytesWritten += length;
         }
       }

@@ -1,6 +1,6 @@
-import { connect as netConnect, type Socket } from 'node:net';
+import { connect as netConnect, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { debug, VdError } from '@vd/core';
+import { debug, type FileSpan, Limiter, VdError } from '@vd/core';
 import { fromErrno } from '../errno.js';
 import {
   type BlockDescriptor,
@@ -34,6 +34,7 @@ import {
 } from '../protocol.js';
 import type { ReadInto } from '../read-into.js';
 import { checkSendBuffer, DEFAULT_SEND_BUFFER, loadSetSendBuffer, sizeSendBuffer } from '../send-buffer.js';
+import { defaultZeroCopySends, loadZeroCopy, type ZeroCopyOps } from '../sendfile.js';
 import { formatNbdUri, type NbdTarget } from './uri.js';
 
 /** TLS upgrade hook for the client (implemented by `@vd/nbdssl`): wraps the socket after STARTTLS. */
@@ -113,6 +114,32 @@ const SMALL_WRITE = 4096;
 const GATHER_LIMIT = 64 * 1024;
 /** Plain sockets read into one reused buffer of this size (fewer, larger reads; no allocation per read). */
 const READ_BUFFER = 256 * 1024;
+/** Zero-copy WRITEs queued together leave in one job on libuv's pool, up to this many or bytes. */
+const SEND_BATCH_WRITES = 64;
+const SEND_BATCH_BYTES = 32 << 20;
+/** Pieces per `sendFiles` call (the addon's limit). */
+const SEND_PIECES_MAX = 1024;
+
+/**
+ * Zero-copy WRITE sends running at once, process-wide. Each holds a pool thread while the server
+ * drains it, so they are capped below the pool's size and the file reads feeding them keep
+ * threads of their own (the server caps its zero-copy READ replies the same way).
+ */
+let sendSlots: Limiter | undefined;
+
+/** A WRITE payload's span, with a descriptor of our own (the caller's may close before it goes). */
+interface OwnedSpan {
+  fd: number;
+  position: number;
+  length: number;
+}
+
+/** Output waiting behind a zero-copy send: a request header with its payload, in a buffer or in file spans. */
+interface OutItem {
+  header: Uint8Array;
+  data?: Uint8Array | undefined;
+  spans?: OwnedSpan[] | undefined;
+}
 
 /** Where bytes from the socket go; `borrowed` bytes live in a buffer the next read overwrites. */
 interface Receiver {
@@ -153,6 +180,20 @@ export class NbdConnection {
   readonly #tls: boolean;
   readonly #tlsOut: Uint8Array[] = [];
   #tlsWriting = false;
+  /**
+   * Zero-copy WRITEs (plain sockets, `@vd/sparse` loaded): while one is queued or being sent by
+   * the addon, other output waits in `#out` behind it, in order; `#nodeWrites` counts node's
+   * writes not yet handed to the kernel, which a send must not overtake.
+   */
+  readonly #zc: ZeroCopyOps | undefined;
+  readonly #socketFd: number | undefined;
+  readonly #out: OutItem[] = [];
+  #addonOwns = false;
+  #nodeWrites = 0;
+  /** A dup of the socket's descriptor for the addon, so a destroyed socket's number is never reused under a send. */
+  #sendFd: number | undefined;
+  #sendAbort: AbortController | undefined;
+  #zeroCopyWrites = 0;
   #dead: VdError | undefined;
   readonly #onDeath: ((err: VdError) => void)[] = [];
 
@@ -164,10 +205,15 @@ export class NbdConnection {
     uri: string,
     maxInFlight: number,
     sendBuffer: number | undefined,
+    zc: ZeroCopyOps | undefined,
   ) {
     this.#socket = socket;
     this.sendBuffer = sendBuffer;
     this.#tls = (socket as { encrypted?: unknown }).encrypted === true;
+    const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+    const plain = !this.#tls && socket instanceof Socket && typeof fd === 'number' && fd >= 0;
+    this.#zc = plain ? zc : undefined;
+    this.#socketFd = plain ? (fd as number) : undefined;
     this.#decoder = decoder;
     this.info = info;
     this.uri = uri;
@@ -201,7 +247,17 @@ export class NbdConnection {
   static async open(target: NbdTarget, opts: HandshakeOptions = {}): Promise<NbdConnection> {
     const uri = formatNbdUri(target);
     const hs = await Handshake.run(target, opts, async (h) => h.go(target.exportName, opts));
-    return new NbdConnection(hs.socket, hs.receiver, hs.decoder, hs.result, uri, opts.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT, hs.sendBuffer);
+    const zc = opts.tls || target.tls ? undefined : await loadZeroCopy();
+    return new NbdConnection(
+      hs.socket,
+      hs.receiver,
+      hs.decoder,
+      hs.result,
+      uri,
+      opts.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT,
+      hs.sendBuffer,
+      zc,
+    );
   }
 
   get closed(): boolean {
@@ -210,6 +266,11 @@ export class NbdConnection {
 
   get inFlight(): number {
     return this.#pending.size;
+  }
+
+  /** WRITEs whose payload went from files with sendfile (`writeSpans`). */
+  get zeroCopyWrites(): number {
+    return this.#zeroCopyWrites;
   }
 
   onDeath(f: (err: VdError) => void): void {
@@ -229,6 +290,31 @@ export class NbdConnection {
       undefined,
       data,
     ) as Promise<void>;
+  }
+
+  /**
+   * A WRITE whose payload goes from local-file spans to the socket with sendfile, on libuv's pool:
+   * no copy through memory (on unix sockets none at all: the kernel passes the pages on). The
+   * spans' descriptors are dup'd before this returns, so the caller may close its own. Resolves
+   * false at once, having sent nothing, over TLS or without the addon.
+   */
+  writeSpans(offset: number, spans: readonly FileSpan[], flags = 0): Promise<boolean> {
+    const zc = this.#zc;
+    sendSlots ??= new Limiter(Math.min(2, defaultZeroCopySends()));
+    if (!zc || sendSlots.limit === 0 || spans.length === 0) return Promise.resolve(false);
+    let length = 0;
+    for (const span of spans) length += span.length;
+    if (length > 0xffffffff) return Promise.resolve(false);
+    const owned: OwnedSpan[] = [];
+    try {
+      for (const span of spans) owned.push({ fd: zc.dup(span.fd), position: span.position, length: span.length });
+    } catch (err) {
+      this.#release(owned);
+      debug('nbd client: cannot dup a file descriptor (%s); the WRITE is copied', (err as Error).message);
+      return Promise.resolve(false);
+    }
+    const payload = this.#extended ? CmdFlag.PAYLOAD_LEN : 0;
+    return this.#request(Cmd.WRITE, flags | payload, offset, length, undefined, undefined, owned).then(() => true);
   }
 
   flush(): Promise<void> {
@@ -292,9 +378,13 @@ export class NbdConnection {
     length: number,
     into: Uint8Array | undefined,
     data: Uint8Array | undefined,
+    spans?: OwnedSpan[],
   ): Promise<unknown> {
     while (this.#pending.size >= this.#maxInFlight && !this.#dead) await new Promise<void>((r) => this.#waiters.push(r));
-    if (this.#dead) throw this.#dead;
+    if (this.#dead) {
+      if (spans) this.#release(spans);
+      throw this.#dead;
+    }
     const cookie = this.#nextCookie();
     const h = Buffer.allocUnsafe(this.#headerSize);
     writeRequestHeader(h, 0, this.#extended, flags, command, cookie, offset, length);
@@ -312,7 +402,10 @@ export class NbdConnection {
         resolve,
         reject,
       });
-      this.#send(h, data);
+      if (spans) {
+        this.#out.push({ header: h, spans });
+        this.#flushOut();
+      } else this.#send(h, data);
     });
   }
 
@@ -331,6 +424,14 @@ export class NbdConnection {
       if (!this.#tlsWriting) this.#tlsWrite();
       return;
     }
+    if (this.#addonOwns || this.#out.length > 0) {
+      this.#out.push({ header, data });
+      return;
+    }
+    this.#nodeWrite(header, data);
+  }
+
+  #nodeWrite(header: Uint8Array, data: Uint8Array | undefined): void {
     const s = this.#socket;
     if (!this.#corked) {
       this.#corked = true;
@@ -340,8 +441,112 @@ export class NbdConnection {
         s.uncork();
       });
     }
-    s.write(header);
-    if (data) s.write(data);
+    this.#nodeWrites++;
+    s.write(header, this.#written);
+    if (data) {
+      this.#nodeWrites++;
+      s.write(data, this.#written);
+    }
+  }
+
+  readonly #written = (): void => {
+    this.#nodeWrites--;
+    if (this.#nodeWrites === 0 && this.#out.length > 0) this.#flushOut();
+  };
+
+  /** Hands queued output on in order; a zero-copy send starts once node has written everything before it. */
+  #flushOut(): void {
+    while (!this.#addonOwns && this.#out.length > 0) {
+      if (this.#dead) {
+        this.#dropOut();
+        return;
+      }
+      const next = this.#out[0]!;
+      if (!next.spans) {
+        this.#out.shift();
+        this.#nodeWrite(next.header, next.data);
+        continue;
+      }
+      if (this.#nodeWrites > 0) return; // the last write's callback flushes again
+      if (this.#socket.writableLength > 0) {
+        setImmediate(() => this.#flushOut());
+        return;
+      }
+      this.#startSends();
+    }
+  }
+
+  /** The socket is the addon's now: the zero-copy WRITEs at the head of the queue go in one job. */
+  #startSends(): void {
+    const zc = this.#zc!;
+    const batch: OwnedSpan[][] = [];
+    const pieces: { header: Uint8Array | null; fileFd: number; position: number; length: number }[] = [];
+    let bytes = 0;
+    while (batch.length < SEND_BATCH_WRITES && bytes < SEND_BATCH_BYTES && this.#out[0]?.spans) {
+      const { header, spans } = this.#out.shift()!;
+      batch.push(spans!);
+      spans!.forEach((span, i) => {
+        pieces.push({ header: i === 0 ? header : null, fileFd: span.fd, position: span.position, length: span.length });
+        bytes += span.length;
+      });
+    }
+    this.#addonOwns = true;
+    const abort = new AbortController();
+    this.#sendAbort = abort;
+    const slots = sendSlots!;
+    (async () => {
+      await slots.acquire();
+      try {
+        this.#sendFd ??= zc.dup(this.#socketFd!);
+        for (let at = 0; at < pieces.length; at += SEND_PIECES_MAX) {
+          if (abort.signal.aborted) throw abort.signal.reason;
+          await zc.sendFiles(this.#sendFd, pieces.slice(at, at + SEND_PIECES_MAX), { signal: abort.signal });
+        }
+      } finally {
+        slots.release();
+      }
+    })().then(
+      () => {
+        this.#zeroCopyWrites += batch.length;
+        this.#endSends(batch);
+      },
+      (err) => {
+        this.#endSends(batch);
+        this.#die(connectionLost(this.uri, err, 'sending a WRITE payload failed'));
+      },
+    );
+  }
+
+  #endSends(batch: OwnedSpan[][]): void {
+    for (const spans of batch) this.#release(spans);
+    this.#addonOwns = false;
+    this.#sendAbort = undefined;
+    if (this.#dead) {
+      this.#dropOut();
+      this.#closeSendFd();
+    } else this.#flushOut();
+  }
+
+  /** The connection is gone: queued payload descriptors are closed, and the send descriptor once no send uses it. */
+  #dropOut(): void {
+    for (const item of this.#out.splice(0)) if (item.spans) this.#release(item.spans);
+  }
+
+  #closeSendFd(): void {
+    if (this.#sendFd === undefined || this.#addonOwns) return;
+    const fd = this.#sendFd;
+    this.#sendFd = undefined;
+    this.#release([{ fd, position: 0, length: 0 }]);
+  }
+
+  #release(spans: readonly OwnedSpan[]): void {
+    for (const span of spans) {
+      try {
+        this.#zc!.close(span.fd);
+      } catch (err) {
+        debug('nbd client: closing a descriptor: %s', (err as Error).message);
+      }
+    }
   }
 
   /**
@@ -495,6 +700,10 @@ export class NbdConnection {
     this.#pending.clear();
     this.#reads = 0;
     for (const w of this.#waiters.splice(0)) w();
+    // A send under way stops within ~100 ms and closes what it holds when it ends.
+    this.#sendAbort?.abort(err);
+    this.#dropOut();
+    this.#closeSendFd();
     if (first) for (const f of this.#onDeath) f(err);
   }
 }

@@ -7,6 +7,7 @@ import {
   type DiskInfo,
   debug,
   type Extent,
+  type FileSpan,
   type IoOptions,
   isVdError,
   throwIfAborted,
@@ -34,6 +35,10 @@ export interface NbdClientConnection {
   readonly sendBuffer?: number | undefined;
   read(offset: number, into: Uint8Array, flags?: number): Promise<void>;
   write(offset: number, data: Uint8Array, flags?: number): Promise<void>;
+  /** A WRITE sent from local-file spans (sendfile); false, having sent nothing, where the connection cannot. */
+  writeSpans?(offset: number, spans: readonly FileSpan[], flags?: number): Promise<boolean>;
+  /** How many WRITEs `writeSpans` sent. */
+  readonly zeroCopyWrites?: number;
   flush(): Promise<void>;
   trim(offset: number, length: number, flags?: number): Promise<void>;
   zero(offset: number, length: number, flags?: number): Promise<void>;
@@ -191,6 +196,7 @@ export class NbdClientSource implements BlockSource {
       connections: this.#conns.length,
       workerConnections: this.workers,
       ...(this.#conns[0]!.sendBuffer ? { sendBuffer: this.#conns[0]!.sendBuffer } : {}),
+      zeroCopyWrites: this.#conns.reduce((n, c) => n + (c.zeroCopyWrites ?? 0), 0),
     };
   }
 
@@ -200,6 +206,11 @@ export class NbdClientSource implements BlockSource {
 
   _write(offset: number, data: Uint8Array, opts: WriteOptions): Promise<void> {
     return this.#once(opts, (c) => c.write(offset, data, opts.fua ? CmdFlag.FUA : 0));
+  }
+
+  /** Over a plain socket with `@vd/sparse` loaded, the payload goes from the files with sendfile. */
+  _writeFileSpans(offset: number, spans: readonly FileSpan[], opts: WriteOptions): Promise<boolean> {
+    return this.#once(opts, (c) => c.writeSpans?.(offset, spans, opts.fua ? CmdFlag.FUA : 0) ?? Promise.resolve(false));
   }
 
   _flush(opts: IoOptions): Promise<void> {

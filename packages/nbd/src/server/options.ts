@@ -2,7 +2,7 @@ import type { Duplex } from 'node:stream';
 import type { Disk } from '@vd/core';
 import { DEFAULT_MAX_IN_FLIGHT } from '../protocol.js';
 import { DEFAULT_SEND_BUFFER } from '../send-buffer.js';
-import { defaultZeroCopySends } from './zero-copy.js';
+import { defaultZeroCopySends } from '../sendfile.js';
 
 /** One disk the server exports under a name. */
 export interface NbdExport {

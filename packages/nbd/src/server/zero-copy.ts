@@ -1,42 +1,3 @@
-import { debug, loadSparseAddon } from '@vd/core';
-
-/** The zero-copy calls of the optional native package `@vd/sparse`. */
-export interface ZeroCopyOps {
-  sendFiles(
-    sockFd: number,
-    pieces: readonly { header?: Uint8Array | null; fileFd: number; position: number; length: number }[],
-    opts: { stallTimeout?: number; signal?: AbortSignal },
-  ): Promise<number>;
-  dup(fd: number): number;
-  close(fd: number): void;
-}
-
-let loading: Promise<ZeroCopyOps | undefined> | undefined;
-
-/**
- * The sendfile calls of `@vd/sparse` (loaded once, by `@vd/core`). Absent, unbuilt, too old, or
- * switched off with `VD_NBD_ZEROCOPY=0`, it resolves undefined and READ replies are read into a
- * buffer and written.
- */
-export function loadZeroCopy(): Promise<ZeroCopyOps | undefined> {
-  loading ??= (async () => {
-    if (process.env.VD_NBD_ZEROCOPY === '0') {
-      debug('nbd server: zero-copy reads are off (VD_NBD_ZEROCOPY=0)');
-      return undefined;
-    }
-    const mod = await loadSparseAddon();
-    const { sendFiles, dup, close } = (mod ?? {}) as Partial<ZeroCopyOps>;
-    if (typeof sendFiles === 'function' && typeof dup === 'function' && typeof close === 'function') return { sendFiles, dup, close };
-    debug(
-      mod
-        ? 'nbd server: @vd/sparse lacks sendFiles/dup/close (too old); READ replies are copied'
-        : 'nbd server: READ replies are copied (@vd/sparse not loaded)',
-    );
-    return undefined;
-  })();
-  return loading;
-}
-
 /**
  * Zero-copy sends running at once, server-wide. Each holds a libuv pool thread for as long as its
  * client takes to read (up to the stall limit), so the cap stays below the pool size and stalled
@@ -59,14 +20,4 @@ export class SendSlots {
   release(): void {
     this.#active--;
   }
-}
-
-/**
- * Half of libuv's pool (UV_THREADPOOL_SIZE, default 4), at most 4; none with a one-thread pool,
- * where a single stalled client would hold the only thread and stop every file read.
- */
-export function defaultZeroCopySends(): number {
-  const pool = Number(process.env.UV_THREADPOOL_SIZE);
-  const size = Number.isSafeInteger(pool) && pool > 0 ? pool : 4;
-  return Math.min(4, Math.floor(size / 2));
 }
