@@ -211,13 +211,17 @@ try {
   const targetDisk = await core.openDisk(vdTarget, { transports: [fileT] });
   const writable = new NbdServer({ exports: [{ name: '', disk: targetDisk }] });
   await writable.listen({ path: sock('vd-w') });
+  // WRITEs whose payload copyDisk sent from the raw with sendfile, and the bytes it wrote in all.
+  const restoreWrites = { zeroCopy: 0, bytes: 0 };
   const [ours4, theirs4, ours5, theirs5] = await rounds(
     [
       {
         server: sink,
         run: async () => {
           const target = await core.openDisk(sink.uri, { transports: [nbd()] });
-          await core.copyDisk(rawDisk, target, { targetIsZero: false });
+          const { bytesWritten } = await core.copyDisk(rawDisk, target, { targetIsZero: false });
+          restoreWrites.zeroCopy += target.info().zeroCopyWrites;
+          restoreWrites.bytes += bytesWritten;
           await target.close();
         },
       },
@@ -228,6 +232,9 @@ try {
     ROUNDS,
   );
   report('restore: the raw copied onto nbdkit null', 'vd copyDisk() + nbd() client', ours4, 'nbdcopy raw nbd+unix://...', theirs4);
+  console.log(
+    `  vd copyDisk(): ${restoreWrites.zeroCopy} WRITEs sent from the file with sendfile, ${(restoreWrites.bytes / MiB).toFixed(0)} MiB written in all`,
+  );
   report('restore: nbdcopy writing the raw (page cache, no flush)', 'vd NbdServer', ours5, 'nbdkit file', theirs5);
   await writable.close();
   await targetDisk.close();
