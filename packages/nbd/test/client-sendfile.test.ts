@@ -64,6 +64,7 @@ describe.skipIf(skip)('NBD client: WRITE payloads sent from files (sendfile)', (
     'over $where (extended headers: $extendedHeaders): the copy is exact and its data went by sendfile',
     async ({ where, extendedHeaders }) => {
       await target.write(0, randomFillSync(Buffer.alloc(SIZE)));
+      const before = openFds();
       const src = await openDisk(srcPath, { transports: [fileT], readOnly: true });
       const dst = await openDisk(uris[where]!, { transports: [nbd({ extendedHeaders })] });
       try {
@@ -78,6 +79,8 @@ describe.skipIf(skip)('NBD client: WRITE payloads sent from files (sendfile)', (
         await src.close();
       }
       expect(Buffer.compare(await target.read(0, SIZE), expected)).toBe(0);
+      // A graceful close leaves no descriptor behind: not the payloads' dups, not the socket's.
+      await expect.poll(openFds, { timeout: 2000 }).toBeLessThanOrEqual(before);
     },
   );
 

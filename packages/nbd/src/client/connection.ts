@@ -353,6 +353,8 @@ export class NbdConnection {
       setTimeout(resolve, 2000).unref();
     });
     socket.destroy();
+    // The addon's dup of the socket (a send still ending closes it itself, seeing the connection dead).
+    this.#closeSendFd();
   }
 
   destroy(err?: Error): void {
