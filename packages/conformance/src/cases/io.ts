@@ -1,4 +1,6 @@
-import { readSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { FileSpan } from '@vd/core';
 import { bytesEqual, check } from '../assert.js';
 import type { CaseSpec } from '../define.js';
@@ -84,6 +86,56 @@ export const ioCases: CaseSpec[] = [
           continue;
         }
         bytesEqual(got, await disk.read(r.offset, r.length), r.offset, 'bytes read through the file spans');
+      }
+    },
+  },
+  {
+    id: 'write/file-spans',
+    title:
+      'writes from local-file spans (zero-copy producers: sendfile) land as the spans hold, mixed with buffered writes; a disk that cannot write so answers false and changes nothing',
+    requires: ['write'],
+    async body({ disk, caps, window, rng, range }) {
+      const model = await Model.load(disk, 0, window);
+      const dir = mkdtempSync(join(tmpdir(), 'vd-conformance-spans-'));
+      const content = rng.bytes(2 * MiB);
+      const fd = openSync(join(dir, 'spans.bin'), 'w+');
+      try {
+        writeSync(fd, content, 0, content.length, 0);
+        const max = Math.min(caps.blockSize.maximum, window);
+        for (let round = 0; round < 8; round++) {
+          // Non-overlapping ranges in flight at once: half from file spans, half from buffers.
+          const slot = 256 * 1024;
+          const slots = Math.max(1, Math.floor(window / slot));
+          const picks = [...new Set(Array.from({ length: 6 }, () => rng.int(0, slots - 1)))];
+          const writes = picks.map(async (at, k) => {
+            const r = range(at * slot, Math.min(window, (at + 1) * slot), Math.min(max, slot));
+            if (k % 2 === 1) {
+              const data = rng.bytes(r.length);
+              model.write(r.offset, data);
+              await disk.write(r.offset, data);
+              return true;
+            }
+            // One to three spans from anywhere in the file.
+            const cuts = [0, ...[rng.int(0, r.length), rng.int(0, r.length)].sort((a, b) => a - b), r.length];
+            const spans = [];
+            const bytes = new Uint8Array(r.length);
+            for (let i = 0; i + 1 < cuts.length; i++) {
+              const length = cuts[i + 1]! - cuts[i]!;
+              if (length === 0) continue;
+              const position = rng.int(0, content.length - length);
+              spans.push({ fd, position, length });
+              bytes.set(content.subarray(position, position + length), cuts[i]!);
+            }
+            const sent = await disk.writeFileSpans(r.offset, spans);
+            if (sent) model.write(r.offset, bytes);
+            return sent;
+          });
+          const sent = await Promise.all(writes);
+          await model.verify(disk, `after round ${round} of writes from file spans (${sent.filter(Boolean).length} sent so)`);
+        }
+      } finally {
+        closeSync(fd);
+        rmSync(dir, { recursive: true, force: true });
       }
     },
   },
