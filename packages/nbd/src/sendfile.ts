@@ -42,3 +42,28 @@ export function defaultZeroCopySends(): number {
   const size = Number.isSafeInteger(pool) && pool > 0 ? pool : 4;
   return Math.min(4, Math.floor(size / 2));
 }
+
+/**
+ * Zero-copy sends running at once: a server's READ replies (one set per server), or the client's
+ * WRITEs (one set per process). Each holds a libuv pool thread for as long as the peer takes to
+ * read (up to the stall limit), so the cap stays below the pool size and stalled peers cannot
+ * starve file I/O; what finds no slot is copied instead.
+ */
+export class SendSlots {
+  #active = 0;
+  constructor(readonly max: number) {}
+
+  get available(): boolean {
+    return this.#active < this.max;
+  }
+
+  tryAcquire(): boolean {
+    if (this.#active >= this.max) return false;
+    this.#active++;
+    return true;
+  }
+
+  release(): void {
+    this.#active--;
+  }
+}

@@ -7,6 +7,7 @@ import { peerRequired, skipWithoutPeers } from '@vd/conformance/peers';
 import { copyDisk, type Disk, file, isVdError, memoryDisk, openDisk, rawFormat } from '@vd/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdServer, nbd } from '../src/index.js';
+import { defaultZeroCopySends } from '../src/sendfile.js';
 import { run, sparseRaw, tempDir } from './helpers.js';
 import { type Peer, startPeer } from './peers.js';
 
@@ -179,6 +180,29 @@ describe.skipIf(skip)('NBD client: WRITE payloads sent from files (sendfile)', (
     expect(isVdError(await copying)).toBe(true);
     await src.close();
     await expect.poll(openFds, { timeout: 2000 }).toBeLessThanOrEqual(before);
+  });
+
+  it('sends zero-copy on as many connections at once as there are slots; another answers false at once instead of waiting', async () => {
+    const slots = Math.min(2, defaultZeroCopySends());
+    const src = await openDisk(srcPath, { transports: [fileT], readOnly: true });
+    const disks = await Promise.all(
+      Array.from({ length: slots + 1 }, () => openDisk(uris.unix!, { transports: [nbd({ connections: 1 })] })),
+    );
+    try {
+      await src.withFileSpans(0, 4 * MiB, async (spans) => {
+        // Each of the first `slots` disks holds a slot while its WRITE is queued or under way.
+        const holding = disks.slice(0, slots).map((d, i) => d.writeFileSpans(i * 4 * MiB, spans));
+        expect(await disks[slots]!.writeFileSpans(20 * MiB, spans)).toBe(false);
+        expect(await Promise.all(holding)).toEqual(disks.slice(0, slots).map(() => true));
+        // Done, they gave their slots back.
+        expect(await disks[slots]!.writeFileSpans(20 * MiB, spans)).toBe(true);
+      });
+    } finally {
+      await Promise.all(disks.map((d) => d.close()));
+      await src.close();
+    }
+    for (let i = 0; i < slots; i++) expect(Buffer.compare(await target.read(i * 4 * MiB, 4 * MiB), expected.subarray(0, 4 * MiB))).toBe(0);
+    expect(Buffer.compare(await target.read(20 * MiB, 4 * MiB), expected.subarray(0, 4 * MiB))).toBe(0);
   });
 
   it('answers false, sending nothing, where it cannot: a disk in memory, a request above the block size maximum', async () => {

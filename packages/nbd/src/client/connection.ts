@@ -1,6 +1,6 @@
 import { connect as netConnect, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { debug, type FileSpan, Limiter, VdError } from '@vd/core';
+import { debug, type FileSpan, VdError } from '@vd/core';
 import { fromErrno } from '../errno.js';
 import {
   type BlockDescriptor,
@@ -34,7 +34,7 @@ import {
 } from '../protocol.js';
 import type { ReadInto } from '../read-into.js';
 import { checkSendBuffer, DEFAULT_SEND_BUFFER, loadSetSendBuffer, sizeSendBuffer } from '../send-buffer.js';
-import { defaultZeroCopySends, loadZeroCopy, type ZeroCopyOps } from '../sendfile.js';
+import { defaultZeroCopySends, loadZeroCopy, SendSlots, type ZeroCopyOps } from '../sendfile.js';
 import { formatNbdUri, type NbdTarget } from './uri.js';
 
 /** TLS upgrade hook for the client (implemented by `@vd/nbdssl`): wraps the socket after STARTTLS. */
@@ -121,11 +121,13 @@ const SEND_BATCH_BYTES = 32 << 20;
 const SEND_PIECES_MAX = 1024;
 
 /**
- * Zero-copy WRITE sends running at once, process-wide. Each holds a pool thread while the server
- * drains it, so they are capped below the pool's size and the file reads feeding them keep
- * threads of their own (the server caps its zero-copy READ replies the same way).
+ * Connections sending zero-copy WRITEs at once, process-wide. A send holds a pool thread while the
+ * server drains it, so they are capped below the pool's size and the file reads feeding them keep
+ * threads of their own. A connection holds its slot while it has such WRITEs queued or under way;
+ * one that finds none free answers false and the caller writes from its buffer, so a server that
+ * stops reading delays only its own connection.
  */
-let sendSlots: Limiter | undefined;
+let sendSlots: SendSlots | undefined;
 
 /** A WRITE payload's span, with a descriptor of our own (the caller's may close before it goes). */
 interface OwnedSpan {
@@ -194,6 +196,8 @@ export class NbdConnection {
   #sendFd: number | undefined;
   #sendAbort: AbortController | undefined;
   #zeroCopyWrites = 0;
+  /** Zero-copy WRITEs queued or being sent; the connection holds a send slot while there are any. */
+  #spanWrites = 0;
   #dead: VdError | undefined;
   readonly #onDeath: ((err: VdError) => void)[] = [];
 
@@ -300,21 +304,29 @@ export class NbdConnection {
    */
   writeSpans(offset: number, spans: readonly FileSpan[], flags = 0): Promise<boolean> {
     const zc = this.#zc;
-    sendSlots ??= new Limiter(Math.min(2, defaultZeroCopySends()));
-    if (!zc || sendSlots.limit === 0 || spans.length === 0) return Promise.resolve(false);
     let length = 0;
     for (const span of spans) length += span.length;
-    if (length > 0xffffffff) return Promise.resolve(false);
+    if (!zc || this.#dead || length === 0 || length > 0xffffffff) return Promise.resolve(false);
+    sendSlots ??= new SendSlots(Math.min(2, defaultZeroCopySends()));
+    if (this.#spanWrites === 0 && !sendSlots.tryAcquire()) return Promise.resolve(false);
+    this.#spanWrites++;
     const owned: OwnedSpan[] = [];
     try {
       for (const span of spans) owned.push({ fd: zc.dup(span.fd), position: span.position, length: span.length });
     } catch (err) {
-      this.#release(owned);
+      this.#spanWritesDone(owned);
       debug('nbd client: cannot dup a file descriptor (%s); the WRITE is copied', (err as Error).message);
       return Promise.resolve(false);
     }
     const payload = this.#extended ? CmdFlag.PAYLOAD_LEN : 0;
     return this.#request(Cmd.WRITE, flags | payload, offset, length, undefined, undefined, owned).then(() => true);
+  }
+
+  /** Closes a zero-copy WRITE's descriptors; the last one done gives the send slot back. */
+  #spanWritesDone(...done: readonly OwnedSpan[][]): void {
+    for (const spans of done) this.#release(spans);
+    this.#spanWrites -= done.length;
+    if (this.#spanWrites === 0 && done.length > 0) sendSlots!.release();
   }
 
   flush(): Promise<void> {
@@ -384,7 +396,7 @@ export class NbdConnection {
   ): Promise<unknown> {
     while (this.#pending.size >= this.#maxInFlight && !this.#dead) await new Promise<void>((r) => this.#waiters.push(r));
     if (this.#dead) {
-      if (spans) this.#release(spans);
+      if (spans) this.#spanWritesDone(spans);
       throw this.#dead;
     }
     const cookie = this.#nextCookie();
@@ -495,17 +507,11 @@ export class NbdConnection {
     this.#addonOwns = true;
     const abort = new AbortController();
     this.#sendAbort = abort;
-    const slots = sendSlots!;
     (async () => {
-      await slots.acquire();
-      try {
-        this.#sendFd ??= zc.dup(this.#socketFd!);
-        for (let at = 0; at < pieces.length; at += SEND_PIECES_MAX) {
-          if (abort.signal.aborted) throw abort.signal.reason;
-          await zc.sendFiles(this.#sendFd, pieces.slice(at, at + SEND_PIECES_MAX), { signal: abort.signal });
-        }
-      } finally {
-        slots.release();
+      this.#sendFd ??= zc.dup(this.#socketFd!);
+      for (let at = 0; at < pieces.length; at += SEND_PIECES_MAX) {
+        if (abort.signal.aborted) throw abort.signal.reason;
+        await zc.sendFiles(this.#sendFd, pieces.slice(at, at + SEND_PIECES_MAX), { signal: abort.signal });
       }
     })().then(
       () => {
@@ -520,7 +526,7 @@ export class NbdConnection {
   }
 
   #endSends(batch: OwnedSpan[][]): void {
-    for (const spans of batch) this.#release(spans);
+    this.#spanWritesDone(...batch);
     this.#addonOwns = false;
     this.#sendAbort = undefined;
     if (this.#dead) {
@@ -531,7 +537,8 @@ export class NbdConnection {
 
   /** The connection is gone: queued payload descriptors are closed, and the send descriptor once no send uses it. */
   #dropOut(): void {
-    for (const item of this.#out.splice(0)) if (item.spans) this.#release(item.spans);
+    const dropped = this.#out.splice(0).flatMap((item) => (item.spans ? [item.spans] : []));
+    this.#spanWritesDone(...dropped);
   }
 
   #closeSendFd(): void {

@@ -37,9 +37,8 @@ import {
 } from '../protocol.js';
 import { readInto } from '../read-into.js';
 import { type SetSendBuffer, sizeSendBuffer } from '../send-buffer.js';
-import type { ZeroCopyOps } from '../sendfile.js';
+import type { SendSlots, ZeroCopyOps } from '../sendfile.js';
 import type { NbdExport, NbdServerStats, NbdServerTls, ResolvedLimits } from './options.js';
-import type { SendSlots } from './zero-copy.js';
 
 /** What a connection needs from its server. */
 export interface ServerContext {

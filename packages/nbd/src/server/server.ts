@@ -2,7 +2,7 @@ import { type AddressInfo, createServer, type Server, type Socket } from 'node:n
 import type { Duplex } from 'node:stream';
 import { BufferPool, debug, VdError } from '@vd/core';
 import { checkSendBuffer, loadSetSendBuffer, type SetSendBuffer } from '../send-buffer.js';
-import { loadZeroCopy, type ZeroCopyOps } from '../sendfile.js';
+import { loadZeroCopy, SendSlots, type ZeroCopyOps } from '../sendfile.js';
 import { ServerConnection, type ServerContext } from './connection.js';
 import {
   type NbdExport,
@@ -13,7 +13,6 @@ import {
   resolveLimits,
 } from './options.js';
 import { removeStaleSocket, withSocketPathLock } from './unix-socket.js';
-import { SendSlots } from './zero-copy.js';
 
 export type ListenOptions = { host?: string; port?: number } | { path: string } | { fd: number };
 

@@ -1,7 +1,7 @@
 import { loadSparseAddon, memoryDisk } from '@vd/core';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { defaultZeroCopySends, loadZeroCopy } from '../sendfile.js';
-import { NbdServer } from './server.js';
+import { defaultZeroCopySends, loadZeroCopy } from './sendfile.js';
+import { NbdServer } from './server/server.js';
 
 describe('defaultZeroCopySends', () => {
   const saved = process.env.UV_THREADPOOL_SIZE;
@@ -69,7 +69,7 @@ describe('loadZeroCopy', () => {
     try {
       // A fresh module: the answer is cached once per process.
       vi.resetModules();
-      const fresh = (await import('../sendfile.js')) as typeof import('../sendfile.js');
+      const fresh = (await import('./sendfile.js')) as typeof import('./sendfile.js');
       expect(await fresh.loadZeroCopy()).toBeUndefined();
     } finally {
       if (saved === undefined) delete process.env.VD_NBD_ZEROCOPY;
