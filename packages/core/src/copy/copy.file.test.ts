@@ -1,10 +1,15 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { readSync } from 'node:fs';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDisk } from '../create.js';
+import { Disk } from '../disk.js';
+import { rawFormat } from '../formats/raw.js';
+import { MemorySource } from '../memory.js';
 import { openDisk } from '../open-disk.js';
+import type { FileSpan } from '../spec.js';
 import { loadSparse } from '../stores/sparse.js';
 import { file } from '../transports/file.js';
 import { copyDisk } from './copy.js';
@@ -106,5 +111,73 @@ describe('copyDisk between files', () => {
     execFileSync('qemu-img', ['compare', '-f', 'raw', '-F', 'vmdk', src, dst]);
     const info = JSON.parse(execFileSync('qemu-img', ['info', '--output=json', dst]).toString()) as { 'actual-size': number };
     expect(info['actual-size']).toBeLessThan(8 * MiB);
+  });
+});
+
+/**
+ * A target that writes from file spans the way a sendfile transport would (reading them through
+ * their descriptors), declining whenever `accept` says so: it records what it was asked.
+ */
+class SpanTarget extends MemorySource {
+  asked = 0;
+  sent = 0;
+  constructor(
+    size: number,
+    readonly accept: (call: number) => boolean,
+  ) {
+    super(size);
+  }
+  async _writeFileSpans(offset: number, spans: readonly FileSpan[]): Promise<boolean> {
+    if (!this.accept(this.asked++)) return false;
+    const bytes = new Uint8Array(spans.reduce((n, x) => n + x.length, 0));
+    let at = 0;
+    for (const x of spans) at += readSync(x.fd, bytes, at, x.length, x.position);
+    await this._write(offset, bytes);
+    this.sent++;
+    return true;
+  }
+}
+
+describe('copyDisk onto a target that writes from file spans', () => {
+  const size = 16 * MiB;
+  let src: string;
+  let bytes: Uint8Array;
+  beforeAll(async () => {
+    src = join(dir, 'spans-src.raw');
+    bytes = pattern(size, 7);
+    await writeFile(src, bytes);
+  });
+  const copyOnto = async (t: SpanTarget, opts: Parameters<typeof copyDisk>[2] = {}) => {
+    const source = await openDisk(src, { transports: [file({ formats: [rawFormat] })], readOnly: true });
+    const target = new Disk(t, { transport: 'memory' });
+    try {
+      await copyDisk(source, target, { chunkSize: MiB, inFlight: 1, targetIsZero: false, ...opts });
+      // Whether the target holds the source's bytes.
+      return Buffer.compare(await target.read(0, size), bytes) === 0;
+    } finally {
+      await Promise.all([source.close(), target.close()]);
+    }
+  };
+
+  it('sends every chunk from the files, asks again after a decline once it has sent, and lands the bytes', async () => {
+    // Busy now and then (every third request), as a transport whose send slots are taken.
+    const t = new SpanTarget(size, (call) => call % 3 !== 1);
+    expect(await copyOnto(t)).toBe(true);
+    expect(t.asked).toBe(16);
+    expect(t.sent).toBe(16 - 5);
+  });
+
+  it('asks no more after a first decline: such a target cannot (TLS, no addon)', async () => {
+    const t = new SpanTarget(size, () => false);
+    expect(await copyOnto(t)).toBe(true);
+    expect(t.asked).toBe(1);
+  });
+
+  it('never asks when digests are taken: they must describe the bytes written', async () => {
+    for (const opts of [{ checksums: true }, { verify: true }]) {
+      const t = new SpanTarget(size, () => true);
+      expect(await copyOnto(t, opts)).toBe(true);
+      expect(t.asked).toBe(0);
+    }
   });
 });

@@ -103,10 +103,12 @@ export async function copyDisk(source: Disk, target: Disk, options: CopyOptions 
   /**
    * Chunks read for the zero check still go to the target from the source's files where both
    * can (a local raw file onto NBD: sendfile, no copy through the buffer). Not when digests are
-   * taken: they must describe the very bytes written. Off for the rest of the copy once the target
-   * says it cannot.
+   * taken: they must describe the very bytes written. A target that has sent so may decline now and
+   * then (its send slots busy): that chunk goes from the buffer. One that declines the first time
+   * cannot (TLS, no addon): the rest of the copy goes from buffers without asking again.
    */
   let fromFiles = !wantDigests;
+  let filesWorked = false;
   const writeFromFiles = async (offset: number, length: number): Promise<boolean> => {
     let sent = false;
     await source.withFileSpans(
@@ -117,7 +119,8 @@ export async function copyDisk(source: Disk, target: Disk, options: CopyOptions 
           { op: 'write', offset, length },
           target.writeFileSpans(offset, spans, { signal }).then((ok) => {
             sent = ok;
-            if (!ok) fromFiles = false;
+            if (ok) filesWorked = true;
+            else if (!filesWorked) fromFiles = false;
           }),
         ),
       { signal },
