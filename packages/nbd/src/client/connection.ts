@@ -545,16 +545,18 @@ export class NbdConnection {
     if (this.#sendFd === undefined || this.#addonOwns) return;
     const fd = this.#sendFd;
     this.#sendFd = undefined;
-    this.#release([{ fd, position: 0, length: 0 }]);
+    this.#closeFd(fd);
   }
 
   #release(spans: readonly OwnedSpan[]): void {
-    for (const span of spans) {
-      try {
-        this.#zc!.close(span.fd);
-      } catch (err) {
-        debug('nbd client: closing a descriptor: %s', (err as Error).message);
-      }
+    for (const span of spans) this.#closeFd(span.fd);
+  }
+
+  #closeFd(fd: number): void {
+    try {
+      this.#zc!.close(fd);
+    } catch (err) {
+      debug('nbd client: closing a descriptor: %s', (err as Error).message);
     }
   }
 
