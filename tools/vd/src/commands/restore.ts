@@ -76,6 +76,8 @@ Examples:
           bytesWritten: number;
           seconds: number;
           verified: boolean;
+          /** NBD targets: WRITEs whose data went from the repository files with sendfile. */
+          zeroCopyWrites?: number;
         };
         if (newFile) {
           const ref = await (await Repository.open(repo)).point(point);
@@ -125,6 +127,8 @@ Examples:
               seconds: r.seconds,
               verified: r.verified,
             };
+            const sent = disk.info().zeroCopyWrites;
+            if (typeof sent === 'number') summary.zeroCopyWrites = sent;
           } finally {
             await disk.close();
           }
@@ -144,6 +148,9 @@ Examples:
             ['written', formatBytes(summary.bytesWritten)],
             ['time', `${summary.seconds.toFixed(2)} s (${formatRate(summary.size, summary.seconds)} of disk)`],
             ['verified', summary.verified ? 'yes: repository checksums, then the target read back' : 'no (use --verify)'],
+            ...(summary.zeroCopyWrites !== undefined
+              ? [['zero-copy', `${summary.zeroCopyWrites} WRITEs sent from the repository files (sendfile)`] as [string, string]]
+              : []),
           ]),
         );
       } finally {
