@@ -1,14 +1,13 @@
 import { randomFillSync } from 'node:crypto';
 import { readdirSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
-import { createServer, connect as netConnect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { peerRequired, skipWithoutPeers } from '@vd/conformance/peers';
 import { copyDisk, type Disk, file, isVdError, memoryDisk, openDisk, rawFormat } from '@vd/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdServer, nbd } from '../src/index.js';
 import { defaultZeroCopySends } from '../src/sendfile.js';
-import { run, sparseRaw, tempDir } from './helpers.js';
+import { run, sparseRaw, tcpProxy, tempDir } from './helpers.js';
 import { type Peer, startPeer } from './peers.js';
 
 const MiB = 1 << 20;
@@ -127,33 +126,9 @@ describe.skipIf(skip)('NBD client: WRITE payloads sent from files (sendfile)', (
   });
 
   it('a connection the server drops under a payload fails the copy with a coded error and leaves no descriptor open', async () => {
-    // A proxy that cuts both sides once 5 MiB came from the client: mid-payload.
-    const sockets = new Set<Socket>();
-    const proxy = createServer((c) => {
-      const t = new URL(uris.tcp!);
-      const up = netConnect({ host: t.hostname, port: Number(t.port) });
-      sockets.add(c).add(up);
-      let seen = 0;
-      let handshakeDone = false;
-      up.pipe(c);
-      c.on('data', (d: Buffer) => {
-        up.write(d);
-        seen += d.length;
-        // The handshake is small; count from the first large payload on.
-        if (seen > 5 * MiB && !handshakeDone) {
-          handshakeDone = true;
-          for (const s of sockets) s.destroy();
-        }
-      });
-      const drop = () => {
-        c.destroy();
-        up.destroy();
-      };
-      c.on('error', drop).on('close', drop);
-      up.on('error', drop).on('close', drop);
-    });
-    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
-    const port = (proxy.address() as { port: number }).port;
+    // Cut both sides once 5 MiB came from the client: in the middle of a payload.
+    const proxy = await tcpProxy(uris.tcp!, { cutAfter: 5 * MiB });
+    const port = proxy.port;
     const before = openFds();
     const src = await openDisk(srcPath, { transports: [fileT], readOnly: true });
     const dst = await openDisk(`nbd://127.0.0.1:${port}/d`, { transports: [nbd({ connections: 1, retries: 0 })] });
@@ -164,7 +139,7 @@ describe.skipIf(skip)('NBD client: WRITE payloads sent from files (sendfile)', (
     } finally {
       await dst.close();
       await src.close();
-      await new Promise<void>((r) => proxy.close(() => r()));
+      await proxy.close();
     }
     // The dup'd socket and span descriptors are closed once the send stopped (within ~100 ms).
     await expect.poll(openFds, { timeout: 2000 }).toBeLessThanOrEqual(before);

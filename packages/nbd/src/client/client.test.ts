@@ -3,6 +3,7 @@ import { availableParallelism } from 'node:os';
 import { runConformance } from '@vd/conformance/vitest';
 import { type Disk, isVdError, memoryDisk, openDisk } from '@vd/core';
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
+import { type CuttableProxy, tcpProxy } from '../../test/helpers.js';
 import { NbdServer, type NbdServerOptions } from '../index.js';
 import { DEFAULT_MAX_IN_FLIGHT } from '../protocol.js';
 import { connectionLost, type HandshakeOptions, listExports, NbdConnection } from './connection.js';
@@ -34,52 +35,11 @@ afterEach(async () => {
   for (const c of cleanups.splice(0)) await c();
 });
 
-/**
- * A TCP proxy to the server at `uri` whose connections we can cut (`cut()`), and which drops new
- * ones at once while `refuse` is set: a network that fails under the client.
- */
-/**
- * A TCP proxy to `uri`: `cut()` drops every connection; with `refuse` new ones are dropped at once,
- * with `silent` they are accepted and never answered (a server that never greets).
- */
-async function cuttableProxy(uri: string): Promise<{ port: number; cut: () => void; refuse: boolean; silent: boolean; accepted: number }> {
-  const t = parseNbdUri(uri);
-  if (t.kind !== 'tcp') throw new Error('tcp expected');
-  const sockets = new Set<Socket>();
-  const out = {
-    port: 0,
-    cut: () => {
-      for (const s of sockets) s.destroy();
-    },
-    refuse: false,
-    silent: false,
-    accepted: 0,
-  };
-  const proxy = createServer((c) => {
-    out.accepted++;
-    if (out.refuse) {
-      c.destroy();
-      return;
-    }
-    if (out.silent) {
-      sockets.add(c);
-      c.on('error', () => c.destroy());
-      return;
-    }
-    const up = netConnect({ host: t.host, port: t.port });
-    sockets.add(c).add(up);
-    c.pipe(up).pipe(c);
-    const drop = () => {
-      c.destroy();
-      up.destroy();
-    };
-    c.on('error', drop).on('close', drop);
-    up.on('error', drop).on('close', drop);
-  });
-  await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
-  cleanups.push(() => new Promise((r) => proxy.close(() => r())));
-  out.port = (proxy.address() as { port: number }).port;
-  return out;
+/** `cuttableProxy` from the test helpers, closed after the test. */
+async function cuttableProxy(uri: string): Promise<CuttableProxy> {
+  const proxy = await tcpProxy(uri);
+  cleanups.push(() => proxy.close());
+  return proxy;
 }
 
 function pattern(n: number, seed: number): Uint8Array {
