@@ -46,7 +46,8 @@ export async function withSocketPathLock<T>(path: string, fn: () => Promise<T>):
 /** The bound lock, or undefined while another process (or server) holds it. */
 function bind(name: string): Promise<Server | undefined> {
   return new Promise((resolve, reject) => {
-    const s = createServer();
+    // Nobody has anything to say to a lock: whoever connects is hung up on.
+    const s = createServer((c) => c.destroy());
     s.once('error', (err: NodeJS.ErrnoException) => (err.code === 'EADDRINUSE' ? resolve(undefined) : reject(err)));
     s.listen(name, () => resolve(s));
   });
