@@ -70,7 +70,7 @@ describe('NbdServer.listen({ path }) over an existing path', () => {
 
   it('of several servers starting at once on a stale socket, one listens and the others are refused', async () => {
     const sock = join(tmp.dir, 'raced.sock');
-    for (let round = 0; round < 5; round++) {
+    for (let round = 0; round < 20; round++) {
       await staleSocket(sock);
       const servers = Array.from({ length: 6 }, () => new NbdServer({ exports: { name: 'd', disk } }));
       try {
