@@ -5,7 +5,8 @@
 //     from `nbdkit --tls=require` (target: TLS >= 0.8x plaintext).
 //  2. Client against the peer: the same TLS read vs `nbdcopy nbds+unix://... null:` (target >= 1.0x),
 //     over a unix socket and over TCP loopback.
-//  3. The same TLS read with the extra connections decrypting in worker threads vs without.
+//  3. The same TLS read with the connections after the first decrypting in worker threads (the
+//     default with more than one core) vs all in this thread.
 //  4. Server: `nbdcopy nbds+unix://... null:` reading vd's NbdServer --tls=require vs nbdkit --tls=require.
 // Size: BENCH_NBDSSL_MIB (default 1024). Rounds: BENCH_NBDSSL_ROUNDS (default 3). The runs compared
 // rotate within each round, so a load spike hits both sides; the ratio reported is the median
@@ -17,7 +18,7 @@ import { spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, open, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { exec, freePort, median, peer, ratios, readAll, rounds } from './_nbd-peers.mjs';
@@ -110,12 +111,14 @@ try {
       await disk.close();
     },
   });
-  const [tls, plain, nbdcopyTls, workers, tlsTcp, nbdcopyTlsTcp] = await rounds(
+  // The default (worker threads with more than one core) against the other choice.
+  const workersByDefault = availableParallelism() > 1;
+  const [tls, plain, nbdcopyTls, otherMode, tlsTcp, nbdcopyTlsTcp] = await rounds(
     [
       ourRead(tlsUri, [nbdssl()], tlsKit),
       ourRead(plainUri, [nbd()], plainKit),
       { server: tlsKit, run: () => exec('nbdcopy', [tlsUri, 'null:']) },
-      ourRead(tlsUri, [nbdssl({ workers: true })], tlsKit),
+      ourRead(tlsUri, [nbdssl({ workers: !workersByDefault })], tlsKit),
       ourRead(tlsTcpUri, [nbdssl()], tlsKitTcp),
       { server: tlsKitTcp, run: () => exec('nbdcopy', [tlsTcpUri, 'null:']) },
     ],
@@ -147,12 +150,13 @@ try {
     1.0,
   );
 
+  const [withWorkers, inThread] = workersByDefault ? [tls, otherMode] : [otherMode, tls];
   report(
-    'client: TLS connections after the first in worker threads vs all in-thread (the default on <= 2 cores)',
-    'vd nbdssl({ workers: true })',
-    workers,
-    "vd nbdssl() (this machine's default)",
-    tls,
+    'client: TLS connections after the first in worker threads vs all in-thread',
+    `vd nbdssl({ workers: true })${workersByDefault ? ' (default)' : ''}`,
+    withWorkers,
+    `vd nbdssl({ workers: false })${workersByDefault ? '' : ' (default)'}`,
+    inThread,
     undefined,
     true,
   );

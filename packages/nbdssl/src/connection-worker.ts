@@ -1,12 +1,13 @@
 /**
  * The worker thread side of a `WorkerConnection` (see worker-connection.ts): one socket, one TLS
- * session and one NbdConnection, driven by messages from the main thread. Read data lands in
- * buffers of this thread's pool and is transferred (not copied) to the main thread, which copies
- * it into the caller's buffer and hands the buffer back.
+ * session and one NbdConnection at a time, driven by messages from the main thread. Read data
+ * lands in buffers of this thread's pool and is transferred (not copied) to the main thread, which
+ * copies it into the caller's buffer and hands the buffer back. After a graceful disconnect the
+ * thread waits for its next `connect` (idle-workers.ts), keeping its modules and buffers.
  */
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
 import type { HandshakeOptions, NbdConnection } from '@vd/nbd';
 import { DEFAULT_MAX_IN_FLIGHT } from '@vd/nbd/protocol';
 import { clientUpgrade } from './client-tls.js';
@@ -20,7 +21,6 @@ const nbdIndex = pathToFileURL(createRequire(import.meta.url).resolve('@vd/nbd')
 const { NbdConnection: Connection } = (await import(new URL('./client/connection.js', nbdIndex).href)) as typeof import('@vd/nbd');
 
 const port = parentPort!;
-const setup = workerData as WorkerSetup;
 const post = (m: FromWorker, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
 
 /**
@@ -30,7 +30,7 @@ const post = (m: FromWorker, transfer: ArrayBuffer[] = []) => port.postMessage(m
 const pool = new Map<number, ArrayBuffer[]>();
 let pooled = 0;
 let pooledBytes = 0;
-const poolLimit = setup.handshake.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT;
+let poolLimit = DEFAULT_MAX_IN_FLIGHT;
 const poolBytes = 64 << 20;
 
 function take(length: number): ArrayBuffer {
@@ -52,66 +52,82 @@ function give(buf: ArrayBuffer): void {
   pooledBytes += buf.byteLength;
 }
 
-async function main(): Promise<void> {
+/** The connection this thread serves now; none while it waits to be handed the next one. */
+let conn: NbdConnection | undefined;
+
+async function connect(setup: WorkerSetup): Promise<void> {
+  poolLimit = setup.handshake.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT;
   const hs: HandshakeOptions = { ...setup.handshake };
   if (setup.tls) hs.tls = clientUpgrade(setup.tls, (peer) => post({ t: 'peer', peer }));
-  let conn: NbdConnection;
+  let opened: NbdConnection;
   try {
-    conn = await Connection.open(setup.target, hs);
+    opened = await Connection.open(setup.target, hs);
   } catch (err) {
     post({ t: 'fail', error: serializeError(err) });
     process.exit(0);
   }
-  conn.onDeath((err) => {
+  opened.onDeath((err) => {
     post({ t: 'dead', error: serializeError(err) });
     // Let the message leave before the thread ends.
     setImmediate(() => process.exit(0));
   });
-  const answer = (id: number, p: Promise<unknown>) =>
-    p.then(
-      (value) => post({ t: 'done', id, value }),
-      (err) => post({ t: 'err', id, error: serializeError(err) }),
-    );
-  port.on('message', (m: ToWorker) => {
-    switch (m.t) {
-      case 'read': {
-        const buf = take(m.length);
-        conn.read(m.offset, new Uint8Array(buf, 0, m.length), m.flags).then(
-          () => post({ t: 'done', id: m.id, buf }, [buf]),
-          (err) => {
-            give(buf);
-            post({ t: 'err', id: m.id, error: serializeError(err) });
-          },
-        );
-        return;
-      }
-      case 'recycle':
-        give(m.buf);
-        return;
-      case 'write':
-        answer(m.id, conn.write(m.offset, new Uint8Array(m.data), m.flags));
-        return;
-      case 'flush':
-        answer(m.id, conn.flush());
-        return;
-      case 'trim':
-        answer(m.id, conn.trim(m.offset, m.length, m.flags));
-        return;
-      case 'zero':
-        answer(m.id, conn.zero(m.offset, m.length, m.flags));
-        return;
-      case 'cache':
-        answer(m.id, conn.cache(m.offset, m.length));
-        return;
-      case 'blockStatus':
-        answer(m.id, conn.blockStatus(m.offset, m.length, m.flags));
-        return;
-      case 'disconnect':
-        conn.disconnect().finally(() => process.exit(0));
-        return;
-    }
-  });
-  post({ t: 'open', info: conn.info });
+  conn = opened;
+  post({ t: 'open', info: opened.info });
 }
 
-void main();
+const answer = (id: number, p: Promise<unknown>) =>
+  p.then(
+    (value) => post({ t: 'done', id, value }),
+    (err) => post({ t: 'err', id, error: serializeError(err) }),
+  );
+
+port.on('message', (m: ToWorker) => {
+  if (m.t === 'connect') {
+    void connect(m.setup);
+    return;
+  }
+  if (m.t === 'recycle') {
+    give(m.buf);
+    return;
+  }
+  // The main thread sends requests only between 'open' and 'disconnect'.
+  const c = conn!;
+  switch (m.t) {
+    case 'read': {
+      const buf = take(m.length);
+      c.read(m.offset, new Uint8Array(buf, 0, m.length), m.flags).then(
+        () => post({ t: 'done', id: m.id, buf }, [buf]),
+        (err) => {
+          give(buf);
+          post({ t: 'err', id: m.id, error: serializeError(err) });
+        },
+      );
+      return;
+    }
+    case 'write':
+      answer(m.id, c.write(m.offset, new Uint8Array(m.data), m.flags));
+      return;
+    case 'flush':
+      answer(m.id, c.flush());
+      return;
+    case 'trim':
+      answer(m.id, c.trim(m.offset, m.length, m.flags));
+      return;
+    case 'zero':
+      answer(m.id, c.zero(m.offset, m.length, m.flags));
+      return;
+    case 'cache':
+      answer(m.id, c.cache(m.offset, m.length));
+      return;
+    case 'blockStatus':
+      answer(m.id, c.blockStatus(m.offset, m.length, m.flags));
+      return;
+    case 'disconnect':
+      // Graceful: the connection's death callback does not run, and the thread stays for reuse.
+      c.disconnect().finally(() => {
+        conn = undefined;
+        post({ t: 'released' });
+      });
+      return;
+  }
+});

@@ -34,4 +34,5 @@ export {
 export { handshakeError, type TlsFailure, tlsError } from './tls-error.js';
 export { clientTlsFor, type NbdsslOptions, nbdssl } from './transport.js';
 export { checkThumbprintOption, type PeerIdentity, type PeerVerification, verifyServer } from './verify.js';
-export { WorkerConnection, workerConnector, workersAvailable } from './worker-connection.js';
+export { WorkerConnection, workerConnector } from './worker-connection.js';
+export { setWorkerIdleTime, workersAvailable, workerThreadStats } from './worker-threads.js';

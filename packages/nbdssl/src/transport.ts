@@ -9,7 +9,8 @@ import { defaultPkiDir } from './server.js';
 import type { Thumbprint } from './thumbprint.js';
 import { tlsError } from './tls-error.js';
 import { checkThumbprintOption, type PeerIdentity } from './verify.js';
-import { workerConnector, workersAvailable } from './worker-connection.js';
+import { workerConnector } from './worker-connection.js';
+import { workersAvailable } from './worker-threads.js';
 
 /** Settings of the nbdssl transport; the URI's query parameters override them per disk. */
 export interface NbdsslOptions extends Omit<NbdTransportOptions, 'tls'> {
@@ -37,7 +38,7 @@ export interface NbdsslOptions extends Omit<NbdTransportOptions, 'tls'> {
   /**
    * Run each multi-conn connection after the first (socket, TLS session, reply parsing) in its own
    * worker thread, so decryption runs on several cores. Default: on when the machine has more
-   * than 2 cores; `workers=true|false` in the URI and `VD_NBDSSL_WORKERS=1|0` decide too (URI,
+   * than one core; `workers=true|false` in the URI and `VD_NBDSSL_WORKERS=1|0` decide too (URI,
    * then this option, then the environment).
    */
   workers?: boolean | number;
@@ -60,10 +61,10 @@ function queryFlag(location: URL, name: string): boolean | undefined {
 
 /**
  * Whether this disk's multi-conn connections (all but the first) run in worker threads: the URI's
- * `workers=`, else the option, else `VD_NBDSSL_WORKERS`, else when the machine has more than 2
- * cores. On 2 cores shared with the server (nbdkit's encryption costs about what our decryption
- * does) another decrypting thread has no idle core to run on and its overhead (start-up, a copy
- * of what it reads) makes the read slower; see the README's figures.
+ * `workers=`, else the option, else `VD_NBDSSL_WORKERS`, else when the machine has more than one
+ * core. Even on 2 cores shared with a local server the read is faster with them, now that a
+ * thread's start-up is paid once per process (idle threads are kept for the next disk); see the
+ * README.
  */
 export function useWorkers(location: URL, options: NbdsslOptions): boolean {
   const option = options.workers;
@@ -72,7 +73,7 @@ export function useWorkers(location: URL, options: NbdsslOptions): boolean {
     queryFlag(location, 'workers') ??
     (option === undefined ? undefined : option !== false && option !== 0) ??
     (env ? parseFlag(env, `VD_NBDSSL_WORKERS=${env}`) : undefined) ??
-    availableParallelism() > 2;
+    availableParallelism() > 1;
   return wanted && workersAvailable();
 }
 

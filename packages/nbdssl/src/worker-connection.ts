@@ -1,17 +1,17 @@
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { abortError, debug, VdError } from '@vd/core';
 import { connectionLost, formatNbdUri, type HandshakeOptions, type NbdClientConnection, type NbdTarget, type protocol } from '@vd/nbd';
 import type { ClientTlsOptions } from './client-tls.js';
 import type { PeerIdentity } from './verify.js';
 import { deserializeError, type FromWorker, type ToWorker, type WorkerSetup } from './worker-protocol.js';
+import { park, takeThread } from './worker-threads.js';
 
 /**
  * An NBD connection run in a worker thread (connection-worker.ts): the socket, the TLS session
  * and the NBD reply parsing live there, so with several connections (multi-conn) decryption runs
  * on several cores instead of all on the caller's thread. Read data comes back in transferred
  * buffers and is copied into the caller's here (a memcpy costs a fraction of the decryption).
+ * A connection closed gracefully leaves its thread idle for the next one (worker-threads.ts).
  */
 export class WorkerConnection implements NbdClientConnection {
   readonly worker = true;
@@ -23,14 +23,18 @@ export class WorkerConnection implements NbdClientConnection {
   readonly #drained: (() => void)[] = [];
   #id = 0;
   #dead: VdError | undefined;
+  readonly #listeners: { message: (m: FromWorker) => void; error: (err: Error) => void; exit: () => void };
 
   private constructor(thread: Worker, info: NbdClientConnection['info'], uri: string) {
     this.#thread = thread;
     this.info = info;
     this.uri = uri;
-    thread.on('message', (m: FromWorker) => this.#onMessage(m));
-    thread.on('error', (err) => this.#die(connectionLost(uri, err, 'its worker thread failed')));
-    thread.on('exit', () => this.#die(connectionLost(uri, undefined, 'its worker thread ended')));
+    this.#listeners = {
+      message: (m) => this.#onMessage(m),
+      error: (err) => this.#die(connectionLost(uri, err, 'its worker thread failed')),
+      exit: () => this.#die(connectionLost(uri, undefined, 'its worker thread ended')),
+    };
+    thread.on('message', this.#listeners.message).on('error', this.#listeners.error).on('exit', this.#listeners.exit);
   }
 
   /**
@@ -44,8 +48,6 @@ export class WorkerConnection implements NbdClientConnection {
     onPeer?: (peer: PeerIdentity, target: NbdTarget) => void,
   ): Promise<WorkerConnection> {
     const uri = formatNbdUri(target);
-    const entry = workerEntry();
-    if (!entry) return Promise.reject(new VdError('ERR_VD_NOT_SUPPORTED', 'the NBD connection worker is not built (pnpm build)'));
     const signal = hs.signal;
     if (signal?.aborted) return Promise.reject(abortError(signal, `NBD connect to ${uri}`));
     const setup: WorkerSetup = {
@@ -60,14 +62,17 @@ export class WorkerConnection implements NbdClientConnection {
       },
       tls,
     };
-    let thread: Worker;
+    let taken: Worker | undefined;
     try {
-      thread = startWorker(entry, setup);
+      taken = takeThread();
     } catch (err) {
       return Promise.reject(
         new VdError('ERR_VD_IO', `NBD connect to ${uri}: cannot start a worker thread: ${(err as Error).message}`, { cause: err }),
       );
     }
+    if (!taken) return Promise.reject(new VdError('ERR_VD_NOT_SUPPORTED', 'the NBD connection worker is not built (pnpm build)'));
+    const thread = taken;
+    thread.postMessage({ t: 'connect', setup } satisfies ToWorker);
     return new Promise<WorkerConnection>((resolve, reject) => {
       const fail = (err: unknown) => {
         done();
@@ -146,17 +151,30 @@ export class WorkerConnection implements NbdClientConnection {
     return this.#call({ t: 'blockStatus', id: 0, offset, length, flags }) as Promise<Map<string, protocol.BlockDescriptor[]>>;
   }
 
-  /** Soft disconnect: waits for requests in flight, then the worker sends DISC, closes and ends. */
+  /**
+   * Soft disconnect: waits for requests in flight, then the worker sends DISC and closes. Its
+   * thread is kept idle for the next connection, or ended if it does not release within 3 s.
+   */
   async disconnect(): Promise<void> {
     while (this.#pending.size > 0 && !this.#dead) await new Promise<void>((r) => this.#drained.push(r));
     if (this.#dead) return;
     this.#dead = new VdError('ERR_VD_CLOSED', `NBD connection to ${this.uri} is closed`);
     const thread = this.#thread;
-    const exited = new Promise<void>((resolve) => thread.once('exit', () => resolve()));
+    let settle!: (released: boolean) => void;
+    const released = new Promise<boolean>((resolve) => {
+      settle = resolve;
+    });
+    const onMessage = (m: FromWorker) => m.t === 'released' && settle(true);
+    const onGone = () => settle(false);
+    thread.on('message', onMessage).once('exit', onGone).once('error', onGone);
     thread.postMessage({ t: 'disconnect' } satisfies ToWorker);
-    const timer = setTimeout(() => void thread.terminate(), 3000);
-    await exited;
+    const timer = setTimeout(onGone, 3000);
+    const reusable = await released;
     clearTimeout(timer);
+    thread.off('message', onMessage).off('exit', onGone).off('error', onGone);
+    this.#detach();
+    if (reusable) park(thread);
+    else await thread.terminate();
   }
 
   destroy(err?: Error): void {
@@ -205,7 +223,13 @@ export class WorkerConnection implements NbdClientConnection {
     for (const p of this.#pending.values()) p.reject(err);
     this.#pending.clear();
     this.#wakeDrained();
+    // Listeners stay: the thread's exit after terminate finds this connection already dead.
     void this.#thread.terminate();
+  }
+
+  #detach(): void {
+    const l = this.#listeners;
+    this.#thread.off('message', l.message).off('error', l.error).off('exit', l.exit);
   }
 
   #settled(id: number): void {
@@ -222,68 +246,6 @@ interface Pending {
   resolve: (v: unknown) => void;
   reject: (e: unknown) => void;
   into: Uint8Array | undefined;
-}
-
-let entry: URL | null | undefined;
-
-/**
- * The built worker script. Run from TypeScript sources (tests), this module's sibling is a .ts
- * file a worker thread cannot load, so the package's built copy is used when there is one.
- */
-function workerEntry(): URL | undefined {
-  if (entry === undefined) {
-    const here = import.meta.url;
-    const url = here.endsWith('.ts') ? new URL('../dist/connection-worker.js', here) : new URL('./connection-worker.js', here);
-    entry = existsSync(fileURLToPath(url)) ? url : null;
-    if (!entry) debug('nbdssl: %s is missing; connections run in this thread', fileURLToPath(url));
-  }
-  return entry ?? undefined;
-}
-
-/**
- * The process's node options, less those a worker must not inherit: a `@vd/source` export
- * condition (from a test runner) would point its imports at TypeScript files it cannot load, and
- * `--input-type` (from `node --input-type=module -e`) is refused for a worker's file.
- */
-function workerArgv(argv: readonly string[]): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if ((a === '--conditions' || a === '-C' || a === '--input-type') && i + 1 < argv.length) {
-      if (a === '--input-type' || argv[i + 1] === '@vd/source') i++;
-      else out.push(a);
-    } else if (!a.startsWith('--input-type=') && a !== '--conditions=@vd/source' && a !== '-C=@vd/source') out.push(a);
-  }
-  return out;
-}
-
-/**
- * A worker with the process's node options (see workerArgv). A worker refuses V8 and process-wide
- * flags (--max-old-space-size, --expose-gc, --title, …) that the process was started with: they
- * apply to the whole process already, so those it names are dropped (all options, where the
- * refusal cannot be read).
- */
-function startWorker(entry: URL, setup: WorkerSetup): Worker {
-  const argv = workerArgv(process.execArgv);
-  try {
-    return new Worker(entry, { workerData: setup, execArgv: argv });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ERR_WORKER_INVALID_EXEC_ARGV') throw err;
-    const listed = /flags: (.*)$/s.exec((err as Error).message)?.[1];
-    const refused = new Set(listed?.split(', ') ?? []);
-    const kept = argv.filter((a) => !refused.has(a));
-    try {
-      return new Worker(entry, { workerData: setup, execArgv: kept });
-    } catch (again) {
-      if ((again as NodeJS.ErrnoException).code !== 'ERR_WORKER_INVALID_EXEC_ARGV') throw again;
-      return new Worker(entry, { workerData: setup, execArgv: [] });
-    }
-  }
-}
-
-/** Whether connections can run in worker threads (the worker script is present). */
-export function workersAvailable(): boolean {
-  return workerEntry() !== undefined;
 }
 
 /**

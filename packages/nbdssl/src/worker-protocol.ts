@@ -5,7 +5,7 @@ import type { PeerIdentity } from './verify.js';
 
 /** The messages between a `WorkerConnection` and its thread (connection-worker.ts). */
 
-/** What a worker is started with: everything structured-clonable, no functions, no signal. */
+/** What a worker connects with: everything structured-clonable, no functions, no signal. */
 export interface WorkerSetup {
   target: NbdTarget;
   handshake: Omit<HandshakeOptions, 'tls' | 'signal'>;
@@ -14,6 +14,7 @@ export interface WorkerSetup {
 }
 
 export type ToWorker =
+  | { t: 'connect'; setup: WorkerSetup }
   | { t: 'read'; id: number; offset: number; length: number; flags: number }
   | { t: 'recycle'; buf: ArrayBuffer }
   | { t: 'write'; id: number; offset: number; data: ArrayBuffer; flags: number }
@@ -28,7 +29,9 @@ export type FromWorker =
   | { t: 'peer'; peer: PeerIdentity }
   | { t: 'done'; id: number; value?: unknown; buf?: ArrayBuffer }
   | { t: 'err'; id: number; error: SerializedError }
-  | { t: 'dead'; error: SerializedError };
+  | { t: 'dead'; error: SerializedError }
+  /** After `disconnect`: the connection is closed and the thread waits for its next `connect`. */
+  | { t: 'released' };
 
 /** An error as it crosses threads; a VdError comes back with its code and details. */
 export interface SerializedError {

@@ -12,7 +12,8 @@ import { parseNbdUri } from '@vd/nbd';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createPki, type Pki } from '../../src/pki.js';
 import { clientTlsFor, nbdssl, useWorkers } from '../../src/transport.js';
-import { workerConnector, workersAvailable } from '../../src/worker-connection.js';
+import { workerConnector } from '../../src/worker-connection.js';
+import { setWorkerIdleTime, workersAvailable, workerThreadStats } from '../../src/worker-threads.js';
 import { type Daemon, daemon } from '../peers.js';
 
 /**
@@ -109,7 +110,7 @@ describe.skipIf(skip)('nbdssl connections in worker threads', () => {
     const env = process.env.VD_NBDSSL_WORKERS;
     try {
       delete process.env.VD_NBDSSL_WORKERS;
-      expect(useWorkers(url, {})).toBe(availableParallelism() > 2);
+      expect(useWorkers(url, {})).toBe(availableParallelism() > 1);
       process.env.VD_NBDSSL_WORKERS = '1';
       expect(useWorkers(url, {})).toBe(true);
       expect(useWorkers(url, { workers: false })).toBe(false);
@@ -264,6 +265,10 @@ describe.skipIf(skip)('nbdssl connections in worker threads', () => {
     const script = `
       const { openDisk } = await import(${JSON.stringify(dist('core'))});
       const { nbdssl } = await import(${JSON.stringify(dist('nbdssl'))});
+      const { setWorkerIdleTime } = await import(${JSON.stringify(dist('nbdssl'))});
+      // Idle threads are kept for the next disk: they must not hold the process either, however
+      // long they are kept.
+      setWorkerIdleTime(3_600_000);
       const open = () => openDisk(${JSON.stringify(uriOf(sock))}, { transports: [nbdssl({ connections: 3, workers: true })], readOnly: true });
       // Closed while its workers are still starting: close waits for them and ends them.
       await (await open()).close();
@@ -281,6 +286,80 @@ describe.skipIf(skip)('nbdssl connections in worker threads', () => {
       ),
     );
     expect(out.trim()).toBe('closed');
+  });
+
+  it('a closed disk leaves its worker threads idle for the next disk, which starts none', async () => {
+    setWorkerIdleTime(60_000);
+    try {
+      const open = () => openDisk(uriOf(sock), { transports: [nbdssl({ connections: 3, workers: true })], readOnly: true });
+      const first = await open();
+      await joined(first, 2);
+      await first.close();
+      const before = workerThreadStats();
+      expect(before.idle).toBeGreaterThanOrEqual(2);
+      const second = await open();
+      await joined(second, 2);
+      const after = workerThreadStats();
+      expect(after.started).toBe(before.started);
+      expect(after.reused - before.reused).toBe(2);
+      expect(after.idle).toBe(before.idle - 2);
+      // The reused threads carry the new disk's requests.
+      const parts = await Promise.all(Array.from({ length: 8 }, (_, i) => second.read(i * MiB, MiB)));
+      expect(Buffer.compare(Buffer.concat(parts), data)).toBe(0);
+      await second.close();
+      expect(workerThreadStats().idle).toBe(before.idle);
+    } finally {
+      setWorkerIdleTime(10_000);
+    }
+  });
+
+  it("idle threads end after the idle time, or at once with 0; a destroyed connection's thread is not kept", async () => {
+    setWorkerIdleTime(60_000);
+    try {
+      const disk = await openDisk(uriOf(sock), { transports: [nbdssl({ connections: 2, workers: true })], readOnly: true });
+      await joined(disk, 1);
+      const idle = workerThreadStats().idle;
+      await disk.destroy();
+      expect(workerThreadStats().idle).toBe(idle);
+      const kept = await openDisk(uriOf(sock), { transports: [nbdssl({ connections: 2, workers: true })], readOnly: true });
+      await joined(kept, 1);
+      await kept.close();
+      expect(workerThreadStats().idle).toBeGreaterThan(0);
+      setWorkerIdleTime(0);
+      expect(workerThreadStats().idle).toBe(0);
+      setWorkerIdleTime(50);
+      const brief = await openDisk(uriOf(sock), { transports: [nbdssl({ connections: 2, workers: true })], readOnly: true });
+      await joined(brief, 1);
+      await brief.close();
+      expect(workerThreadStats().idle).toBe(1);
+      await vi.waitFor(() => expect(workerThreadStats().idle).toBe(0), { timeout: 5000, interval: 20 });
+      expect(() => setWorkerIdleTime(-1)).toThrow(RangeError);
+    } finally {
+      setWorkerIdleTime(10_000);
+    }
+  });
+
+  it('a reused thread refused by the next server (wrong thumbprint) ends; the pool goes on', async () => {
+    setWorkerIdleTime(60_000);
+    try {
+      const disk = await openDisk(uriOf(sock), { transports: [nbdssl({ connections: 2, workers: true })], readOnly: true });
+      await joined(disk, 1);
+      await disk.close();
+      const before = workerThreadStats();
+      expect(before.idle).toBeGreaterThan(0);
+      const wrong = `sha256:${'AB:'.repeat(31)}AB`;
+      const err = await workerConnector({ thumbprint: wrong })(parseNbdUri(uriOf(sock)), {}).catch((e) => e);
+      expect(isVdError(err, 'ERR_VD_TLS'), String(err)).toBe(true);
+      const after = workerThreadStats();
+      expect(after.reused).toBe(before.reused + 1);
+      expect(after.idle).toBe(before.idle - 1);
+      const again = await openDisk(uriOf(sock), { transports: [nbdssl({ connections: 2, workers: true })], readOnly: true });
+      await joined(again, 1);
+      expect(Buffer.compare(Buffer.from(await again.read(0, MiB)), data.subarray(0, MiB))).toBe(0);
+      await again.close();
+    } finally {
+      setWorkerIdleTime(10_000);
+    }
   });
 
   it('a process started with V8 or process-wide flags (--max-old-space-size, --expose-gc) still runs worker connections', async () => {
