@@ -1,3 +1,5 @@
+// The worker threads are @vd/nbd's; re-exported so a TLS user need not import both packages.
+export { setWorkerIdleTime, WorkerConnection, workerThreadStats } from '@vd/nbd';
 export {
   type CertificateOptions,
   type CertificatePair,
@@ -32,7 +34,6 @@ export {
   thumbprintOf,
 } from './thumbprint.js';
 export { handshakeError, type TlsFailure, tlsError } from './tls-error.js';
+export { workerConnector, workersAvailable } from './tls-workers.js';
 export { clientTlsFor, type NbdsslOptions, nbdssl } from './transport.js';
 export { checkThumbprintOption, type PeerIdentity, type PeerVerification, verifyServer } from './verify.js';
-export { WorkerConnection, workerConnector } from './worker-connection.js';
-export { setWorkerIdleTime, workersAvailable, workerThreadStats } from './worker-threads.js';

@@ -8,9 +8,8 @@ import { loadPskFile, type PskKey, pickPsk } from './psk.js';
 import { defaultPkiDir } from './server.js';
 import type { Thumbprint } from './thumbprint.js';
 import { tlsError } from './tls-error.js';
+import { workerConnector, workersAvailable } from './tls-workers.js';
 import { checkThumbprintOption, type PeerIdentity } from './verify.js';
-import { workerConnector } from './worker-connection.js';
-import { workersAvailable } from './worker-threads.js';
 
 /** Settings of the nbdssl transport; the URI's query parameters override them per disk. */
 export interface NbdsslOptions extends Omit<NbdTransportOptions, 'tls'> {

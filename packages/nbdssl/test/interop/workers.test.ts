@@ -8,12 +8,11 @@ import { fileURLToPath } from 'node:url';
 import { defineConformance } from '@vd/conformance';
 import { peerRequired, skipWithoutPeers } from '@vd/conformance/peers';
 import { channels, type Disk, isVdError, openDisk } from '@vd/core';
-import { parseNbdUri } from '@vd/nbd';
+import { parseNbdUri, setWorkerIdleTime, workerThreadStats } from '@vd/nbd';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createPki, type Pki } from '../../src/pki.js';
+import { workerConnector, workersAvailable } from '../../src/tls-workers.js';
 import { clientTlsFor, nbdssl, useWorkers } from '../../src/transport.js';
-import { workerConnector } from '../../src/worker-connection.js';
-import { setWorkerIdleTime, workersAvailable, workerThreadStats } from '../../src/worker-threads.js';
 import { type Daemon, daemon } from '../peers.js';
 
 /**

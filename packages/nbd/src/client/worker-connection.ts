@@ -1,17 +1,18 @@
 import type { Worker } from 'node:worker_threads';
 import { abortError, debug, VdError } from '@vd/core';
-import { connectionLost, formatNbdUri, type HandshakeOptions, type NbdClientConnection, type NbdTarget, type protocol } from '@vd/nbd';
-import type { ClientTlsOptions } from './client-tls.js';
-import type { PeerIdentity } from './verify.js';
-import { deserializeError, type FromWorker, type ToWorker, type WorkerSetup } from './worker-protocol.js';
+import type * as protocol from '../protocol.js';
+import { connectionLost, type HandshakeOptions } from './connection.js';
+import type { NbdClientConnection } from './source.js';
+import { formatNbdUri, type NbdTarget } from './uri.js';
+import { deserializeError, type FromWorker, type ToWorker, type WorkerSetup, type WorkerUpgrade } from './worker-protocol.js';
 import { park, takeThread } from './worker-threads.js';
 
 /**
- * An NBD connection run in a worker thread (connection-worker.ts): the socket, the TLS session
- * and the NBD reply parsing live there, so with several connections (multi-conn) decryption runs
- * on several cores instead of all on the caller's thread. Read data comes back in transferred
- * buffers and is copied into the caller's here (a memcpy costs a fraction of the decryption).
- * A connection closed gracefully leaves its thread idle for the next one (worker-threads.ts).
+ * An NBD connection run in a worker thread (connection-worker.ts): the socket, the TLS session if
+ * any and the NBD reply parsing live there, so with several connections (multi-conn) receiving
+ * and decrypting run on several cores instead of all on the caller's thread. Read data comes back
+ * in transferred buffers and is copied into the caller's here. A connection closed gracefully
+ * leaves its thread idle for the next one (worker-threads.ts).
  */
 export class WorkerConnection implements NbdClientConnection {
   readonly worker = true;
@@ -38,14 +39,15 @@ export class WorkerConnection implements NbdClientConnection {
   }
 
   /**
-   * Starts a worker that connects, upgrades to TLS when `tls` is given, and negotiates. Rejects
-   * with the worker's error (its code and details kept: ERR_VD_TLS with the thumbprints, …).
+   * Starts (or reuses) a worker that connects, upgrades when `upgrade` is given (TLS), and
+   * negotiates. Rejects with the worker's error (its code and details kept: ERR_VD_TLS with the
+   * thumbprints, …).
    */
   static open(
     target: NbdTarget,
     hs: HandshakeOptions,
-    tls: WorkerSetup['tls'],
-    onPeer?: (peer: PeerIdentity, target: NbdTarget) => void,
+    upgrade?: WorkerUpgrade,
+    onPeer?: (peer: unknown, target: NbdTarget) => void,
   ): Promise<WorkerConnection> {
     const uri = formatNbdUri(target);
     const signal = hs.signal;
@@ -60,7 +62,7 @@ export class WorkerConnection implements NbdClientConnection {
         maxInFlight: hs.maxInFlight,
         sendBuffer: hs.sendBuffer,
       },
-      tls,
+      upgrade,
     };
     let taken: Worker | undefined;
     try {
@@ -249,12 +251,13 @@ interface Pending {
 }
 
 /**
- * `NbdClientOptions.connect` that runs each connection in its own worker thread, over TLS when
- * `tls` is given (functions and the signal stay in this thread: `onPeer` is called from here).
+ * `NbdClientOptions.connectExtra` that runs each connection in its own worker thread, upgraded by
+ * `upgrade` (TLS) when given; functions and the signal stay in this thread (`onPeer` is called
+ * from here).
  */
 export function workerConnector(
-  tls: Omit<ClientTlsOptions, 'signal' | 'onread'> | undefined,
-  onPeer?: (peer: PeerIdentity, target: NbdTarget) => void,
+  upgrade?: WorkerUpgrade,
+  onPeer?: (peer: unknown, target: NbdTarget) => void,
 ): (target: NbdTarget, hs: HandshakeOptions) => Promise<NbdClientConnection> {
-  return (target, hs) => WorkerConnection.open(target, hs, tls, onPeer);
+  return (target, hs) => WorkerConnection.open(target, hs, upgrade, onPeer);
 }

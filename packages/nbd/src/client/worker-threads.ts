@@ -20,9 +20,9 @@ let entry: URL | null | undefined;
 function workerEntry(): URL | undefined {
   if (entry === undefined) {
     const here = import.meta.url;
-    const url = here.endsWith('.ts') ? new URL('../dist/connection-worker.js', here) : new URL('./connection-worker.js', here);
+    const url = here.endsWith('.ts') ? new URL('../../dist/client/connection-worker.js', here) : new URL('./connection-worker.js', here);
     entry = existsSync(fileURLToPath(url)) ? url : null;
-    if (!entry) debug('nbdssl: %s is missing; connections run in this thread', fileURLToPath(url));
+    if (!entry) debug('nbd client: %s is missing; connections run in this thread', fileURLToPath(url));
   }
   return entry ?? undefined;
 }

@@ -1,16 +1,30 @@
 import { isVdError, VdError, type VdErrorCode } from '@vd/core';
-import type { ExportInfo, HandshakeOptions, NbdTarget } from '@vd/nbd';
-import type { ClientTlsOptions } from './client-tls.js';
-import type { PeerIdentity } from './verify.js';
+import type { ExportInfo, HandshakeOptions } from './connection.js';
+import type { NbdTarget } from './uri.js';
 
 /** The messages between a `WorkerConnection` and its thread (connection-worker.ts). */
+
+/**
+ * How a worker upgrades its connection (TLS, from `@vd/nbdssl`): the thread imports `module` and
+ * calls its `workerUpgrade(options, onPeer)`, which returns `HandshakeOptions.tls`. A module, not
+ * a function: functions do not cross threads.
+ */
+export interface WorkerUpgrade {
+  /** URL of an ES module exporting `workerUpgrade`. */
+  module: string;
+  /** Its settings, structured-clonable. */
+  options: unknown;
+}
+
+/** The `workerUpgrade` export of a `WorkerUpgrade` module; `onPeer` reports what it learnt of the server. */
+export type WorkerUpgradeFn = (options: unknown, onPeer: (peer: unknown) => void) => HandshakeOptions['tls'];
 
 /** What a worker connects with: everything structured-clonable, no functions, no signal. */
 export interface WorkerSetup {
   target: NbdTarget;
   handshake: Omit<HandshakeOptions, 'tls' | 'signal'>;
-  /** TLS settings, or none for a plaintext connection. */
-  tls: Omit<ClientTlsOptions, 'signal' | 'onread'> | undefined;
+  /** The upgrade (TLS), or none for a plaintext connection. */
+  upgrade: WorkerUpgrade | undefined;
 }
 
 export type ToWorker =
@@ -26,7 +40,7 @@ export type ToWorker =
 export type FromWorker =
   | { t: 'open'; info: ExportInfo }
   | { t: 'fail'; error: SerializedError }
-  | { t: 'peer'; peer: PeerIdentity }
+  | { t: 'peer'; peer: unknown }
   | { t: 'done'; id: number; value?: unknown; buf?: ArrayBuffer }
   | { t: 'err'; id: number; error: SerializedError }
   | { t: 'dead'; error: SerializedError }

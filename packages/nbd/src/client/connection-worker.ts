@@ -5,20 +5,12 @@
  * copies it into the caller's buffer and hands the buffer back. After a graceful disconnect the
  * thread waits for its next `connect` (idle-workers.ts), keeping its modules and buffers.
  */
-import { createRequire } from 'node:module';
-import { pathToFileURL } from 'node:url';
 import { parentPort } from 'node:worker_threads';
-import type { HandshakeOptions, NbdConnection } from '@vd/nbd';
-import { DEFAULT_MAX_IN_FLIGHT } from '@vd/nbd/protocol';
-import { clientUpgrade } from './client-tls.js';
-import { type FromWorker, serializeError, type ToWorker, type WorkerSetup } from './worker-protocol.js';
-
-// Each worker loads its modules afresh, and @vd/nbd's index brings the server too: the connection
-// module alone (from the built package) halves a worker's start-up CPU; @vd/nbd/protocol, which
-// that module loads anyway, costs nothing more. (require.resolve, not import.meta.resolve: Node 20
-// before 20.6 lacks the latter.)
-const nbdIndex = pathToFileURL(createRequire(import.meta.url).resolve('@vd/nbd'));
-const { NbdConnection: Connection } = (await import(new URL('./client/connection.js', nbdIndex).href)) as typeof import('@vd/nbd');
+import { DEFAULT_MAX_IN_FLIGHT } from '../protocol.js';
+// The connection module alone, not the package's index (which brings the server too): each
+// worker loads its modules afresh, and this halves its start-up CPU.
+import { type HandshakeOptions, NbdConnection } from './connection.js';
+import { type FromWorker, serializeError, type ToWorker, type WorkerSetup, type WorkerUpgradeFn } from './worker-protocol.js';
 
 const port = parentPort!;
 const post = (m: FromWorker, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
@@ -58,10 +50,13 @@ let conn: NbdConnection | undefined;
 async function connect(setup: WorkerSetup): Promise<void> {
   poolLimit = setup.handshake.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT;
   const hs: HandshakeOptions = { ...setup.handshake };
-  if (setup.tls) hs.tls = clientUpgrade(setup.tls, (peer) => post({ t: 'peer', peer }));
   let opened: NbdConnection;
   try {
-    opened = await Connection.open(setup.target, hs);
+    if (setup.upgrade) {
+      const { workerUpgrade } = (await import(setup.upgrade.module)) as { workerUpgrade: WorkerUpgradeFn };
+      hs.tls = workerUpgrade(setup.upgrade.options, (peer) => post({ t: 'peer', peer }));
+    }
+    opened = await NbdConnection.open(setup.target, hs);
   } catch (err) {
     post({ t: 'fail', error: serializeError(err) });
     process.exit(0);
