@@ -1,7 +1,7 @@
 import { stat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { type BlockSource, type OpenOptions, type ProbeResult, type Transport, VdError } from '@vd/core';
-import { type NbdTarget, type NbdTransportOptions, nbd, parseNbdUri } from '@vd/nbd';
+import { type NbdTarget, type NbdTransportOptions, nbd, parseNbdUri, queryFlag, workersWanted } from '@vd/nbd';
 import { type ClientTlsOptions, clientUpgrade } from './client-tls.js';
 import { loadPki } from './pki.js';
 import { loadPskFile, type PskKey, pickPsk } from './psk.js';
@@ -12,7 +12,7 @@ import { workerConnector, workersAvailable } from './tls-workers.js';
 import { checkThumbprintOption, type PeerIdentity } from './verify.js';
 
 /** Settings of the nbdssl transport; the URI's query parameters override them per disk. */
-export interface NbdsslOptions extends Omit<NbdTransportOptions, 'tls'> {
+export interface NbdsslOptions extends Omit<NbdTransportOptions, 'tls' | 'workers'> {
   /** A PKI directory: ca-cert.pem to trust, client-cert.pem and client-key.pem to present (libnbd's tls-certificates). */
   certificates?: string;
   /** Trusted CA certificates (PEM), instead of or besides the directory's. */
@@ -45,19 +45,6 @@ export interface NbdsslOptions extends Omit<NbdTransportOptions, 'tls'> {
 
 const schemes = ['nbds', 'nbds+unix'] as const;
 
-/** A yes/no setting (1/true/yes/on, 0/false/no/off); `setting` says which, and where, in the error. */
-function parseFlag(value: string, setting: string): boolean {
-  if (/^(1|true|yes|on)$/i.test(value)) return true;
-  if (/^(0|false|no|off)$/i.test(value)) return false;
-  throw new VdError('ERR_VD_INVALID_ARGUMENT', `${setting}: expected true or false`);
-}
-
-/** The URI's query parameter `name` as a yes/no setting; undefined when it is absent. */
-function queryFlag(location: URL, name: string): boolean | undefined {
-  const v = location.searchParams.get(name);
-  return v === null ? undefined : parseFlag(v, `${name}=${v} in ${location.href}`);
-}
-
 /**
  * Whether this disk's multi-conn connections (all but the first) run in worker threads: the URI's
  * `workers=`, else the option, else `VD_NBDSSL_WORKERS`, else when the machine has more than one
@@ -66,14 +53,7 @@ function queryFlag(location: URL, name: string): boolean | undefined {
  * README.
  */
 export function useWorkers(location: URL, options: NbdsslOptions): boolean {
-  const option = options.workers;
-  const env = process.env.VD_NBDSSL_WORKERS;
-  const wanted =
-    queryFlag(location, 'workers') ??
-    (option === undefined ? undefined : option !== false && option !== 0) ??
-    (env ? parseFlag(env, `VD_NBDSSL_WORKERS=${env}`) : undefined) ??
-    availableParallelism() > 1;
-  return wanted && workersAvailable();
+  return workersWanted(location, options.workers, 'VD_NBDSSL_WORKERS', availableParallelism() > 1) && workersAvailable();
 }
 
 /** What `nbd()` takes of our options: everything but the TLS settings. */

@@ -210,7 +210,10 @@ export class NbdClientSource implements BlockSource {
 
   /** Over a plain socket with `@vd/sparse` loaded, the payload goes from the files with sendfile. */
   _writeFileSpans(offset: number, spans: readonly FileSpan[], opts: WriteOptions): Promise<boolean> {
-    return this.#once(opts, (c) => c.writeSpans?.(offset, spans, opts.fua ? CmdFlag.FUA : 0) ?? Promise.resolve(false));
+    // Only connections in this thread send from files: a worker's would answer false, and a copy
+    // takes a first false as "never".
+    const flags = opts.fua ? CmdFlag.FUA : 0;
+    return this.#once(opts, (c) => c.writeSpans?.(offset, spans, flags) ?? Promise.resolve(false), (c) => c.writeSpans !== undefined);
   }
 
   _flush(opts: IoOptions): Promise<void> {
@@ -273,17 +276,19 @@ export class NbdClientSource implements BlockSource {
     for (const c of this.#conns) c.destroy(err);
   }
 
-  /** The connection with the fewest requests in flight. */
-  #pick(): NbdClientConnection {
-    let best = this.#conns[0]!;
-    for (const c of this.#conns) if (!c.closed && (best.closed || c.inFlight < best.inFlight)) best = c;
+  /** The connection with the fewest requests in flight (among those `fits`, when there are any). */
+  #pick(fits?: (c: NbdClientConnection) => boolean): NbdClientConnection {
+    const among = fits ? this.#conns.filter(fits) : this.#conns;
+    const from = among.length > 0 ? among : this.#conns;
+    let best = from[0]!;
+    for (const c of from) if (!c.closed && (best.closed || c.inFlight < best.inFlight)) best = c;
     return best;
   }
 
-  #once<T>(opts: IoOptions, call: (c: NbdClientConnection) => Promise<T>): Promise<T> {
+  #once<T>(opts: IoOptions, call: (c: NbdClientConnection) => Promise<T>, fits?: (c: NbdClientConnection) => boolean): Promise<T> {
     throwIfAborted(opts.signal);
     if (this.#closed) return Promise.reject(new VdError('ERR_VD_CLOSED', `NBD disk ${formatNbdUri(this.target)} is closed`));
-    return call(this.#pick());
+    return call(this.#pick(fits));
   }
 
   /** Flush goes to every connection unless multi-conn makes one enough. */

@@ -48,3 +48,16 @@ export function formatNbdUri(t: NbdTarget): string {
   const host = t.host.includes(':') ? `[${t.host}]` : t.host;
   return `${s}://${host}${t.port === NBD_PORT ? '' : `:${t.port}`}/${name}`;
 }
+
+/** A yes/no setting (1/true/yes/on, 0/false/no/off); `setting` says which, and where, in the error. */
+export function parseFlag(value: string, setting: string): boolean {
+  if (/^(1|true|yes|on)$/i.test(value)) return true;
+  if (/^(0|false|no|off)$/i.test(value)) return false;
+  throw new VdError('ERR_VD_INVALID_ARGUMENT', `${setting}: expected true or false`);
+}
+
+/** The URI's query parameter `name` as a yes/no setting; undefined when it is absent. */
+export function queryFlag(location: URL, name: string): boolean | undefined {
+  const v = location.searchParams.get(name);
+  return v === null ? undefined : parseFlag(v, `${name}=${v} in ${location.href}`);
+}

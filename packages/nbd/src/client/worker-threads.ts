@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { debug } from '@vd/core';
+import { parseFlag, queryFlag } from './uri.js';
 
 /**
  * The threads that carry worker connections (connection-worker.ts): where their script is, how
@@ -66,6 +67,21 @@ function startWorker(entry: URL): Worker {
       return new Worker(entry, { execArgv: [] });
     }
   }
+}
+
+/**
+ * Whether a disk's connections after the first run in worker threads: the URI's `workers=`, else
+ * `option`, else the environment variable `env` (1/0, true/false), else `byDefault`; never where
+ * the worker script is not built.
+ */
+export function workersWanted(location: URL, option: boolean | number | undefined, env: string, byDefault: boolean): boolean {
+  const fromEnv = process.env[env];
+  const wanted =
+    queryFlag(location, 'workers') ??
+    (option === undefined ? undefined : option !== false && option !== 0) ??
+    (fromEnv ? parseFlag(fromEnv, `${env}=${fromEnv}`) : undefined) ??
+    byDefault;
+  return wanted && workersAvailable();
 }
 
 /** Whether connections can run in worker threads (the worker script is present). */

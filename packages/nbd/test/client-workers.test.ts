@@ -1,0 +1,212 @@
+import { randomFillSync } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { defineConformance } from '@vd/conformance';
+import { peerRequired, skipWithoutPeers } from '@vd/conformance/peers';
+import { copyDisk, type Disk, file, memoryDisk, openDisk, rawFormat } from '@vd/core';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import {
+  NbdServer,
+  nbd,
+  parseNbdUri,
+  plainWorkersByDefault,
+  setWorkerIdleTime,
+  workersAvailable,
+  workerThreadStats,
+} from '../src/index.js';
+import { tempDir } from './helpers.js';
+import { type Peer, startPeer } from './peers.js';
+
+/**
+ * Plaintext connections in worker threads: on by default for a read-only disk behind a unix
+ * socket (more than one core), off over TCP and for writable disks; reads, writes and every
+ * command through them; sendfile WRITEs kept on the connection in this thread; threads reused
+ * across disks. The worker runs the built package (a thread cannot load TypeScript): without
+ * `pnpm build` these are skipped, or fail in CI.
+ */
+
+const MiB = 1 << 20;
+const noWorkers = !workersAvailable();
+if (noWorkers && peerRequired()) throw new Error('the nbd connection worker is not built: run pnpm build first');
+const skip = noWorkers || process.platform !== 'linux';
+
+/** Waits until `n` worker connections have joined the disk's first one. */
+async function joined(disk: Disk, n: number): Promise<void> {
+  await vi.waitFor(() => expect(disk.info().workerConnections).toBe(n), { timeout: 20_000, interval: 20 });
+}
+
+describe('plainWorkersByDefault', () => {
+  it('is on for a read-only disk behind a unix socket with more than one core, off otherwise', () => {
+    const unix = parseNbdUri('nbd+unix:///d?socket=/tmp/x.sock');
+    const tcp = parseNbdUri('nbd://127.0.0.1:10809/d');
+    const cores = availableParallelism() > 1;
+    expect(plainWorkersByDefault(unix, true)).toBe(cores);
+    expect(plainWorkersByDefault(unix, false)).toBe(false);
+    expect(plainWorkersByDefault(tcp, true)).toBe(false);
+  });
+});
+
+describe.skipIf(skip)('NBD client: plaintext connections in worker threads', () => {
+  let tmp: Awaited<ReturnType<typeof tempDir>>;
+  const data = randomFillSync(Buffer.alloc(8 * MiB));
+  const source = memoryDisk(8 * MiB);
+  const server = new NbdServer({ exports: [{ name: 'd', disk: source }] });
+  let unixUri: string;
+  let tcpUri: string;
+
+  beforeAll(async () => {
+    tmp = await tempDir();
+    await source.write(0, data);
+    unixUri = (await server.listen({ path: join(tmp.dir, 's.sock') })).uri;
+    tcpUri = (await server.listen({ host: '127.0.0.1', port: 0 })).uri;
+  });
+  afterAll(async () => {
+    await server.close();
+    await tmp?.cleanup();
+  });
+
+  it('by default: workers for a read-only disk over a unix socket; none when writable, over TCP, or switched off', async () => {
+    const counts: Record<string, unknown> = {};
+    const env = process.env.VD_NBD_WORKERS;
+    delete process.env.VD_NBD_WORKERS;
+    try {
+      for (const [name, uri, readOnly, opts] of [
+        ['unix read-only', unixUri, true, {}],
+        ['unix writable', unixUri, false, {}],
+        ['tcp read-only', tcpUri, true, {}],
+        ['option false', unixUri, true, { workers: false }],
+        ['uri false', `${unixUri}&workers=false`, true, { workers: true }],
+        ['option true, tcp, writable', tcpUri, false, { workers: true }],
+      ] as const) {
+        const disk = await openDisk(uri, { transports: [nbd({ connections: 2, ...opts })], readOnly });
+        if (name === 'unix read-only' || name === 'option true, tcp, writable') await joined(disk, 1);
+        counts[name] = disk.info().workerConnections;
+        expect(Buffer.compare(Buffer.from(await disk.read(MiB, MiB)), data.subarray(MiB, 2 * MiB))).toBe(0);
+        await disk.close();
+      }
+      process.env.VD_NBD_WORKERS = '0';
+      const off = await openDisk(unixUri, { transports: [nbd({ connections: 2 })], readOnly: true });
+      counts['env 0'] = off.info().workerConnections;
+      await off.close();
+    } finally {
+      if (env === undefined) delete process.env.VD_NBD_WORKERS;
+      else process.env.VD_NBD_WORKERS = env;
+    }
+    const byDefault = availableParallelism() > 1 ? 1 : 0;
+    expect(counts).toEqual({
+      'unix read-only': byDefault,
+      'unix writable': 0,
+      'tcp read-only': 0,
+      'option false': 0,
+      'uri false': 0,
+      'option true, tcp, writable': 1,
+      'env 0': 0,
+    });
+  });
+
+  it('reads in flight on every connection land exact; the next disk reuses the threads', async () => {
+    setWorkerIdleTime(60_000);
+    try {
+      const open = () => openDisk(unixUri, { transports: [nbd({ connections: 3, workers: true })], readOnly: true });
+      const first = await open();
+      await joined(first, 2);
+      const parts = await Promise.all(Array.from({ length: 32 }, (_, i) => first.read((i % 8) * MiB, MiB)));
+      for (const [i, p] of parts.entries())
+        expect(Buffer.compare(Buffer.from(p), data.subarray((i % 8) * MiB, ((i % 8) + 1) * MiB))).toBe(0);
+      await first.close();
+      const before = workerThreadStats();
+      const second = await open();
+      await joined(second, 2);
+      expect(workerThreadStats().started).toBe(before.started);
+      expect(workerThreadStats().reused).toBe(before.reused + 2);
+      expect(Buffer.compare(Buffer.from(await second.read(7 * MiB, MiB)), data.subarray(7 * MiB))).toBe(0);
+      await second.close();
+    } finally {
+      setWorkerIdleTime(10_000);
+    }
+  });
+
+  it('a writable disk with workers: a copy from a file still sends with sendfile, on the connection in this thread; the data lands exact', async () => {
+    const target = memoryDisk(8 * MiB);
+    const writable = new NbdServer({ exports: [{ name: 'w', disk: target }] });
+    const { uri } = await writable.listen({ path: join(tmp.dir, 'w.sock') });
+    const srcPath = join(tmp.dir, 'src.raw');
+    await writeFile(srcPath, data);
+    const src = await openDisk(srcPath, { transports: [file({ formats: [rawFormat] })], readOnly: true });
+    const dst = await openDisk(uri, { transports: [nbd({ connections: 2, workers: true })] });
+    try {
+      await joined(dst, 1);
+      await copyDisk(src, dst, { targetIsZero: false, chunkSize: MiB });
+      // Every chunk: the worker connection cannot send from files, so none is refused there.
+      expect(dst.info().zeroCopyWrites).toBe(8);
+      // Buffered writes, zero, trim and flush go through the worker connection too.
+      await Promise.all([dst.write(0, Buffer.alloc(4096, 7)), dst.write(MiB, Buffer.alloc(4096, 8))]);
+      await Promise.all([dst.zero(2 * MiB, 4096), dst.trim(3 * MiB, 4096), dst.flush()]);
+      await dst.close();
+      const back = Buffer.from(await target.read(0, 8 * MiB));
+      expect(back.subarray(0, 4096).every((b) => b === 7)).toBe(true);
+      expect(back.subarray(MiB, MiB + 4096).every((b) => b === 8)).toBe(true);
+      expect(back.subarray(2 * MiB, 2 * MiB + 4096).every((b) => b === 0)).toBe(true);
+      expect(back.subarray(3 * MiB, 3 * MiB + 4096).every((b) => b === 0)).toBe(true);
+      expect(Buffer.compare(back.subarray(4096, MiB), data.subarray(4096, MiB))).toBe(0);
+      expect(Buffer.compare(back.subarray(4 * MiB), data.subarray(4 * MiB))).toBe(0);
+    } finally {
+      await dst.close();
+      await src.close();
+      await writable.close();
+    }
+  });
+});
+
+if (!skip) {
+  const servers: NbdServer[] = [];
+  let tmp: Awaited<ReturnType<typeof tempDir>> | undefined;
+  const suite = defineConformance({
+    name: 'nbd client, worker connections ↔ NbdServer on a unix socket',
+    factory: async ({ readOnly }) => {
+      tmp ??= await tempDir();
+      const server = new NbdServer({ exports: [{ name: 'c', disk: memoryDisk(4 * MiB) }] });
+      servers.push(server);
+      const { uri } = await server.listen({ path: join(tmp.dir, `c${servers.length}.sock`) });
+      return openDisk(uri, { transports: [nbd({ connections: 2, workers: true })], readOnly });
+    },
+  });
+  describe(`conformance: ${suite.name}`, () => {
+    afterAll(async () => {
+      await suite.teardown();
+      for (const s of servers) await s.close();
+      await tmp?.cleanup();
+    });
+    for (const c of suite.cases) it(`${c.id}: ${c.title}`, (ctx) => c.run({ skip: (reason) => ctx.skip(reason) }));
+  });
+}
+
+describe.skipIf(skip || skipWithoutPeers('nbdkit'))('NBD client worker connections against nbdkit file', () => {
+  let tmp: Awaited<ReturnType<typeof tempDir>>;
+  let kit: Peer;
+  beforeAll(async () => {
+    tmp = await tempDir();
+  });
+  afterAll(async () => {
+    kit?.stop();
+    await tmp?.cleanup();
+  });
+
+  it('reads the whole export exact, the default connections after the first in workers', async () => {
+    const srcPath = join(tmp.dir, 'src.raw');
+    const bytes = randomFillSync(Buffer.alloc(16 * MiB));
+    await writeFile(srcPath, bytes);
+    const sock = join(tmp.dir, 'k.sock');
+    const pid = join(tmp.dir, 'k.pid');
+    kit = await startPeer('nbdkit', ['-f', '-U', sock, '-P', pid, 'file', srcPath], sock, pid);
+    const disk = await openDisk(kit.uri, { transports: [nbd({ connections: 2, workers: true })], readOnly: true });
+    try {
+      await joined(disk, 1);
+      const parts = await Promise.all(Array.from({ length: 16 }, (_, i) => disk.read(i * MiB, MiB)));
+      expect(Buffer.compare(Buffer.concat(parts), bytes)).toBe(0);
+    } finally {
+      await disk.close();
+    }
+  });
+});
