@@ -7,7 +7,7 @@ export {
   NbdConnection,
 } from './client/connection.js';
 export { type NbdClientConnection, type NbdClientOptions, NbdClientSource } from './client/source.js';
-export { type NbdTransportOptions, nbd, plainWorkersByDefault } from './client/transport.js';
+export { type NbdTransportOptions, nbd } from './client/transport.js';
 export { formatNbdUri, NBD_PORT, type NbdTarget, parseFlag, parseNbdUri, queryFlag } from './client/uri.js';
 export { WorkerConnection, workerConnector } from './client/worker-connection.js';
 export type { WorkerUpgrade, WorkerUpgradeFn } from './client/worker-protocol.js';

@@ -1,28 +1,19 @@
 import { randomFillSync } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
-import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { defineConformance } from '@vd/conformance';
 import { peerRequired, skipWithoutPeers } from '@vd/conformance/peers';
 import { copyDisk, type Disk, file, memoryDisk, openDisk, rawFormat } from '@vd/core';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import {
-  NbdServer,
-  nbd,
-  parseNbdUri,
-  plainWorkersByDefault,
-  setWorkerIdleTime,
-  workersAvailable,
-  workerThreadStats,
-} from '../src/index.js';
+import { NbdServer, nbd, setWorkerIdleTime, workersAvailable, workerThreadStats } from '../src/index.js';
 import { tempDir } from './helpers.js';
 import { type Peer, startPeer } from './peers.js';
 
 /**
- * Plaintext connections in worker threads: on by default for a read-only disk behind a unix
- * socket (more than one core), off over TCP and for writable disks; reads, writes and every
- * command through them; sendfile WRITEs kept on the connection in this thread; threads reused
- * across disks. The worker runs the built package (a thread cannot load TypeScript): without
+ * Plaintext connections in worker threads (`workers: true`, `workers=` in the URI,
+ * `VD_NBD_WORKERS`; off by default): reads, writes and every command through them, over unix
+ * sockets and TCP; sendfile WRITEs kept on the connection in this thread; threads reused across
+ * disks. The worker runs the built package (a thread cannot load TypeScript): without
  * `pnpm build` these are skipped, or fail in CI.
  */
 
@@ -35,17 +26,6 @@ const skip = noWorkers || process.platform !== 'linux';
 async function joined(disk: Disk, n: number): Promise<void> {
   await vi.waitFor(() => expect(disk.info().workerConnections).toBe(n), { timeout: 20_000, interval: 20 });
 }
-
-describe('plainWorkersByDefault', () => {
-  it('is on for a read-only disk behind a unix socket with more than one core, off otherwise', () => {
-    const unix = parseNbdUri('nbd+unix:///d?socket=/tmp/x.sock');
-    const tcp = parseNbdUri('nbd://127.0.0.1:10809/d');
-    const cores = availableParallelism() > 1;
-    expect(plainWorkersByDefault(unix, true)).toBe(cores);
-    expect(plainWorkersByDefault(unix, false)).toBe(false);
-    expect(plainWorkersByDefault(tcp, true)).toBe(false);
-  });
-});
 
 describe.skipIf(skip)('NBD client: plaintext connections in worker threads', () => {
   let tmp: Awaited<ReturnType<typeof tempDir>>;
@@ -66,42 +46,46 @@ describe.skipIf(skip)('NBD client: plaintext connections in worker threads', () 
     await tmp?.cleanup();
   });
 
-  it('by default: workers for a read-only disk over a unix socket; none when writable, over TCP, or switched off', async () => {
+  it('off by default; on with the option, the URI or the environment, the URI first, then the option', async () => {
     const counts: Record<string, unknown> = {};
     const env = process.env.VD_NBD_WORKERS;
     delete process.env.VD_NBD_WORKERS;
     try {
       for (const [name, uri, readOnly, opts] of [
-        ['unix read-only', unixUri, true, {}],
-        ['unix writable', unixUri, false, {}],
-        ['tcp read-only', tcpUri, true, {}],
-        ['option false', unixUri, true, { workers: false }],
+        ['default, unix', unixUri, true, {}],
+        ['default, tcp', tcpUri, false, {}],
+        ['option true, unix', unixUri, true, { workers: true }],
         ['uri false', `${unixUri}&workers=false`, true, { workers: true }],
+        ['uri true', `${unixUri}&workers=true`, true, { workers: false }],
         ['option true, tcp, writable', tcpUri, false, { workers: true }],
       ] as const) {
         const disk = await openDisk(uri, { transports: [nbd({ connections: 2, ...opts })], readOnly });
-        if (name === 'unix read-only' || name === 'option true, tcp, writable') await joined(disk, 1);
+        if (name.includes('true')) await joined(disk, 1);
         counts[name] = disk.info().workerConnections;
         expect(Buffer.compare(Buffer.from(await disk.read(MiB, MiB)), data.subarray(MiB, 2 * MiB))).toBe(0);
         await disk.close();
       }
-      process.env.VD_NBD_WORKERS = '0';
-      const off = await openDisk(unixUri, { transports: [nbd({ connections: 2 })], readOnly: true });
-      counts['env 0'] = off.info().workerConnections;
-      await off.close();
+      process.env.VD_NBD_WORKERS = '1';
+      const on = await openDisk(unixUri, { transports: [nbd({ connections: 2 })], readOnly: true });
+      await joined(on, 1);
+      counts['env 1'] = on.info().workerConnections;
+      await on.close();
+      const optionWins = await openDisk(unixUri, { transports: [nbd({ connections: 2, workers: false })], readOnly: true });
+      counts['env 1, option false'] = optionWins.info().workerConnections;
+      await optionWins.close();
     } finally {
       if (env === undefined) delete process.env.VD_NBD_WORKERS;
       else process.env.VD_NBD_WORKERS = env;
     }
-    const byDefault = availableParallelism() > 1 ? 1 : 0;
     expect(counts).toEqual({
-      'unix read-only': byDefault,
-      'unix writable': 0,
-      'tcp read-only': 0,
-      'option false': 0,
+      'default, unix': 0,
+      'default, tcp': 0,
+      'option true, unix': 1,
       'uri false': 0,
+      'uri true': 1,
       'option true, tcp, writable': 1,
-      'env 0': 0,
+      'env 1': 1,
+      'env 1, option false': 0,
     });
   });
 

@@ -213,7 +213,11 @@ export class NbdClientSource implements BlockSource {
     // Only connections in this thread send from files: a worker's would answer false, and a copy
     // takes a first false as "never".
     const flags = opts.fua ? CmdFlag.FUA : 0;
-    return this.#once(opts, (c) => c.writeSpans?.(offset, spans, flags) ?? Promise.resolve(false), (c) => c.writeSpans !== undefined);
+    return this.#once(
+      opts,
+      (c) => c.writeSpans?.(offset, spans, flags) ?? Promise.resolve(false),
+      (c) => c.writeSpans !== undefined,
+    );
   }
 
   _flush(opts: IoOptions): Promise<void> {

@@ -1,31 +1,25 @@
-import { availableParallelism } from 'node:os';
 import type { BlockSource, OpenOptions, ProbeResult, Transport } from '@vd/core';
 import { type NbdClientOptions, NbdClientSource } from './source.js';
-import { type NbdTarget, parseNbdUri } from './uri.js';
+import { parseNbdUri } from './uri.js';
 import { workerConnector } from './worker-connection.js';
 import { workersWanted } from './worker-threads.js';
 
 export interface NbdTransportOptions extends NbdClientOptions {
   /**
    * Run each multi-conn connection after the first in its own worker thread (plaintext only; TLS
-   * connections get theirs from `@vd/nbdssl`). Default: on for a read-only disk behind a unix
-   * socket when the machine has more than one core, off otherwise (see `plainWorkersByDefault`);
-   * `workers=true|false` in the URI and `VD_NBD_WORKERS=1|0` decide too (URI, then this option,
-   * then the environment). A `connectExtra` of your own wins.
+   * connections get theirs from `@vd/nbdssl`). Off by default; `workers=true|false` in the URI and
+   * `VD_NBD_WORKERS=1|0` decide too (URI, then this option, then the environment). A
+   * `connectExtra` of your own wins.
+   *
+   * It pays for reads behind a unix socket, which queues at most the server's send buffer (208 KiB
+   * by default, which only the server can raise): one thread draining every connection leaves the
+   * server blocked while it copies; a second thread drains in parallel (nbdkit file, 2 GiB on 2
+   * cores: 0.735 s against 0.821 s in this thread; nbdcopy 0.734 s). It costs a thread (~13 MiB,
+   * kept idle 10 s for the next disk; ~35 MiB more at the peak of a 2 GiB read) and a copy of what it
+   * reads into the caller's buffer. Over TCP the receive buffer grows to MiBs and a worker only adds
+   * that copy (0.94 s against 0.81 s).
    */
   workers?: boolean;
-}
-
-/**
- * Where worker connections pay in the clear, as measured: a unix socket queues at most the
- * server's send buffer (208 KiB by default, which only the server can raise), so one thread
- * draining every connection leaves the server blocked while it copies; a second thread drains
- * in parallel (nbdkit file, 2 GiB: 0.735 vs 0.821 s, nbdcopy 0.734 s). Over TCP the receive
- * buffer grows to MiBs and a worker only adds its copy (0.94 vs 0.81 s). Writes leave with
- * sendfile from libuv's pool already, and a worker would copy each payload, so only reads.
- */
-export function plainWorkersByDefault(target: NbdTarget, readOnly: boolean): boolean {
-  return target.kind === 'unix' && readOnly && availableParallelism() > 1;
 }
 
 /**
@@ -55,11 +49,7 @@ export function nbd(options: NbdTransportOptions = {}): Transport {
       const readOnly = opts.readOnly === true;
       const { workers, ...client } = options;
       // A plaintext worker cannot carry a TLS upgrade, which is a function of this thread.
-      if (
-        !client.connectExtra &&
-        !client.tls &&
-        workersWanted(location, workers, 'VD_NBD_WORKERS', plainWorkersByDefault(target, readOnly))
-      )
+      if (!client.connectExtra && !client.tls && workersWanted(location, workers, 'VD_NBD_WORKERS', false))
         client.connectExtra = workerConnector();
       return NbdClientSource.open(target, { ...client, signal: opts.signal ?? options.signal }, readOnly);
     },
