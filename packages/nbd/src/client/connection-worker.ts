@@ -3,7 +3,7 @@
  * session and one NbdConnection at a time, driven by messages from the main thread. Read data
  * lands in buffers of this thread's pool and is transferred (not copied) to the main thread, which
  * copies it into the caller's buffer and hands the buffer back. After a graceful disconnect the
- * thread waits for its next `connect` (idle-workers.ts), keeping its modules and buffers.
+ * thread waits for its next `connect` (worker-threads.ts), keeping its modules and buffers.
  */
 import { parentPort } from 'node:worker_threads';
 import { DEFAULT_MAX_IN_FLIGHT } from '../protocol.js';

@@ -1,13 +1,13 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { debug } from '@vd/core';
+import { debug, VdError } from '@vd/core';
 import { parseFlag, queryFlag } from './uri.js';
 
 /**
  * The threads that carry worker connections (connection-worker.ts): where their script is, how
  * they start, and the idle ones kept for the next connection. A Node thread costs about 0.1 s of
- * CPU and 0.1-0.5 s to start (it loads node:tls and the NBD client afresh); a disk reopened, a
+ * CPU and 0.1-0.5 s to start (it loads the NBD client, and node:tls for TLS, afresh); a disk reopened, a
  * reconnect or the next disk of a backup would pay that each time, and reads run on the first
  * connection alone until the workers join.
  */
@@ -145,7 +145,8 @@ export function park(thread: Worker): void {
  * connection, and the idle ones at once.
  */
 export function setWorkerIdleTime(ms: number): void {
-  if (!Number.isSafeInteger(ms) || ms < 0) throw new RangeError(`worker idle time: ${ms} is not a whole number of milliseconds`);
+  if (!Number.isSafeInteger(ms) || ms < 0)
+    throw new VdError('ERR_VD_INVALID_ARGUMENT', `worker idle time: ${ms} is not a whole number of milliseconds`);
   idleMs = ms;
   if (ms === 0) for (const parked of [...idle.values()]) parked.drop();
 }
