@@ -12,6 +12,8 @@
 //     and nbdcopy writing it into vd's NbdServer vs into `nbdkit file`.
 //  5. Peak RSS of this process (which runs our client and servers): through the read sections
 //     (the target), and with the restore runs on top.
+//  6. The opt-in worker connection (`nbd({ workers: true })`) for the unix-socket read of 1., vs
+//     the default and nbdcopy; last, so its thread's memory stays out of the figures of 5.
 // Size: BENCH_NBD_MIB (default 2048). Rounds: BENCH_NBD_ROUNDS (default 5; the runs compared rotate
 // within each round after a warm-up of each; the ratio is the median of the per-round ratios, and
 // our CPU per GiB is printed since, on a shared machine, it swings far less than wall time; so is
@@ -117,10 +119,10 @@ try {
     pid('kit-tcp'),
   );
   stops.push(kitTcp.stop);
-  const ourRead = (server) => ({
+  const ourRead = (server, options = {}) => ({
     server,
     run: async () => {
-      const disk = await core.openDisk(server.uri, { transports: [nbd()], readOnly: true });
+      const disk = await core.openDisk(server.uri, { transports: [nbd(options)], readOnly: true });
       await readAll(disk);
       await disk.close();
     },
@@ -241,9 +243,24 @@ try {
 
   await server.close();
   await Promise.all([rawDisk.close(), vmdkDisk.close(), sparseDisk.close()]);
+  const restorePeakRss = peakRss;
+
+  // 6. The unix-socket read of 1. with the connection after the first in a worker thread.
+  const [ours6, default6, theirs6] = await rounds([ourRead(kit, { workers: true }), ourRead(kit), nbdcopy(kit)], ROUNDS);
+  report(
+    'client, unix socket: nbd({ workers: true }) (opt-in) vs nbdcopy',
+    'vd nbd({ workers: true })',
+    ours6,
+    'nbdcopy ... null:',
+    theirs6,
+    1,
+  );
+  report('client, unix socket: nbd({ workers: true }) vs the default', 'vd nbd({ workers: true })', ours6, 'vd nbd()', default6);
+
   clearInterval(rssTimer);
   console.log(`peak RSS of the vd process (client and servers), reading: ${(readPeakRss / MiB).toFixed(0)} MiB (target < 200 MiB)`);
-  console.log(`peak RSS of the vd process, the restore runs included: ${(peakRss / MiB).toFixed(0)} MiB`);
+  console.log(`peak RSS of the vd process, the restore runs included: ${(restorePeakRss / MiB).toFixed(0)} MiB`);
+  console.log(`peak RSS of the vd process, with the worker-connection runs of 6.: ${(peakRss / MiB).toFixed(0)} MiB`);
 } finally {
   clearInterval(rssTimer);
   for (const s of stops) s();
