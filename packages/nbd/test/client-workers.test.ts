@@ -177,7 +177,7 @@ describe.skipIf(skip || skipWithoutPeers('nbdkit'))('NBD client worker connectio
     await tmp?.cleanup();
   });
 
-  it('reads the whole export exact, the default connections after the first in workers', async () => {
+  it('reads the whole export exact with the connection after the first in a worker thread', async () => {
     const srcPath = join(tmp.dir, 'src.raw');
     const bytes = randomFillSync(Buffer.alloc(16 * MiB));
     await writeFile(srcPath, bytes);

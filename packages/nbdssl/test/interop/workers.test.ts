@@ -62,6 +62,16 @@ async function joined(disk: Disk, n: number): Promise<void> {
   await vi.waitFor(() => expect(disk.info().workerConnections).toBe(n), { timeout: 20_000, interval: 20 });
 }
 
+/** Runs `fn` with idle threads kept `ms`, then restores the default (10 s). */
+async function keepingIdle(ms: number, fn: () => Promise<void>): Promise<void> {
+  setWorkerIdleTime(ms);
+  try {
+    await fn();
+  } finally {
+    setWorkerIdleTime(10_000);
+  }
+}
+
 const uriOf = (sock: string, extra = '') =>
   `nbds+unix:///?socket=${encodeURIComponent(sock)}&tls-certificates=${encodeURIComponent(pki.dir)}${extra}`;
 
@@ -287,9 +297,8 @@ describe.skipIf(skip)('nbdssl connections in worker threads', () => {
     expect(out.trim()).toBe('closed');
   });
 
-  it('a closed disk leaves its worker threads idle for the next disk, which starts none', async () => {
-    setWorkerIdleTime(60_000);
-    try {
+  it('a closed disk leaves its worker threads idle for the next disk, which starts none', () =>
+    keepingIdle(60_000, async () => {
       const open = () => openDisk(uriOf(sock), { transports: [nbdssl({ connections: 3, workers: true })], readOnly: true });
       const first = await open();
       await joined(first, 2);
@@ -307,14 +316,10 @@ describe.skipIf(skip)('nbdssl connections in worker threads', () => {
       expect(Buffer.compare(Buffer.concat(parts), data)).toBe(0);
       await second.close();
       expect(workerThreadStats().idle).toBe(before.idle);
-    } finally {
-      setWorkerIdleTime(10_000);
-    }
-  });
+    }));
 
-  it("idle threads end after the idle time, or at once with 0; a destroyed connection's thread is not kept", async () => {
-    setWorkerIdleTime(60_000);
-    try {
+  it("idle threads end after the idle time, or at once with 0; a destroyed connection's thread is not kept", () =>
+    keepingIdle(60_000, async () => {
       const disk = await openDisk(uriOf(sock), { transports: [nbdssl({ connections: 2, workers: true })], readOnly: true });
       await joined(disk, 1);
       const idle = workerThreadStats().idle;
@@ -341,14 +346,10 @@ describe.skipIf(skip)('nbdssl connections in worker threads', () => {
       };
       expect(isVdError(refused(-1), 'ERR_VD_INVALID_ARGUMENT')).toBe(true);
       expect(isVdError(refused(1.5), 'ERR_VD_INVALID_ARGUMENT')).toBe(true);
-    } finally {
-      setWorkerIdleTime(10_000);
-    }
-  });
+    }));
 
-  it('a reused thread refused by the next server (wrong thumbprint) ends; the pool goes on', async () => {
-    setWorkerIdleTime(60_000);
-    try {
+  it('a reused thread refused by the next server (wrong thumbprint) ends; the pool goes on', () =>
+    keepingIdle(60_000, async () => {
       const disk = await openDisk(uriOf(sock), { transports: [nbdssl({ connections: 2, workers: true })], readOnly: true });
       await joined(disk, 1);
       await disk.close();
@@ -364,10 +365,7 @@ describe.skipIf(skip)('nbdssl connections in worker threads', () => {
       await joined(again, 1);
       expect(Buffer.compare(Buffer.from(await again.read(0, MiB)), data.subarray(0, MiB))).toBe(0);
       await again.close();
-    } finally {
-      setWorkerIdleTime(10_000);
-    }
-  });
+    }));
 
   it('a process started with V8 or process-wide flags (--max-old-space-size, --expose-gc) still runs worker connections', async () => {
     // A worker refuses those flags in its execArgv (they apply to the whole process already).
