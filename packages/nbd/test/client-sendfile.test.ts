@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdServer, nbd } from '../src/index.js';
 import { defaultZeroCopySends } from '../src/sendfile.js';
 import { run, sparseRaw, tcpProxy, tempDir } from './helpers.js';
-import { type Peer, startPeer } from './peers.js';
+import { nbdkitScratch } from './peers.js';
 
 const MiB = 1 << 20;
 const SIZE = 24 * MiB;
@@ -211,25 +211,15 @@ describe.skipIf(skip)('NBD client: WRITE payloads sent from files (sendfile)', (
 });
 
 describe.skipIf(skip || skipWithoutPeers('nbdkit'))('NBD client sendfile WRITEs into nbdkit', () => {
-  let tmp: Awaited<ReturnType<typeof tempDir>>;
-  let kit: Peer;
-  beforeAll(async () => {
-    tmp = await tempDir();
-  });
-  afterAll(async () => {
-    kit?.stop();
-    await tmp?.cleanup();
-  });
+  const scratch = nbdkitScratch();
 
   it('nbdkit file receives a copy identical to the source (cmp), its payloads sent with sendfile', async () => {
-    const srcPath = join(tmp.dir, 'src.raw');
-    const outPath = join(tmp.dir, 'out.raw');
+    const srcPath = join(scratch.dir(), 'src.raw');
+    const outPath = join(scratch.dir(), 'out.raw');
     await writeFile(srcPath, randomFillSync(Buffer.alloc(12 * MiB)));
     await writeFile(outPath, Buffer.alloc(0));
     await run('truncate', ['-s', String(12 * MiB), outPath]);
-    const sock = join(tmp.dir, 'k.sock');
-    const pid = join(tmp.dir, 'k.pid');
-    kit = await startPeer('nbdkit', ['-f', '-U', sock, '-P', pid, 'file', outPath], sock, pid);
+    const kit = await scratch.fileExport(outPath);
     const src = await openDisk(srcPath, { transports: [file({ formats: [rawFormat] })], readOnly: true });
     const dst = await openDisk(kit.uri, { transports: [nbd()] });
     try {

@@ -7,7 +7,7 @@ import { copyDisk, type Disk, file, memoryDisk, openDisk, rawFormat } from '@vd/
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { NbdServer, nbd, setWorkerIdleTime, workersAvailable, workerThreadStats } from '../src/index.js';
 import { tempDir } from './helpers.js';
-import { type Peer, startPeer } from './peers.js';
+import { nbdkitScratch } from './peers.js';
 
 /**
  * Plaintext connections in worker threads (`workers: true`, `workers=` in the URI,
@@ -167,23 +167,13 @@ if (!skip) {
 }
 
 describe.skipIf(skip || skipWithoutPeers('nbdkit'))('NBD client worker connections against nbdkit file', () => {
-  let tmp: Awaited<ReturnType<typeof tempDir>>;
-  let kit: Peer;
-  beforeAll(async () => {
-    tmp = await tempDir();
-  });
-  afterAll(async () => {
-    kit?.stop();
-    await tmp?.cleanup();
-  });
+  const scratch = nbdkitScratch();
 
   it('reads the whole export exact with the connection after the first in a worker thread', async () => {
-    const srcPath = join(tmp.dir, 'src.raw');
+    const srcPath = join(scratch.dir(), 'src.raw');
     const bytes = randomFillSync(Buffer.alloc(16 * MiB));
     await writeFile(srcPath, bytes);
-    const sock = join(tmp.dir, 'k.sock');
-    const pid = join(tmp.dir, 'k.pid');
-    kit = await startPeer('nbdkit', ['-f', '-U', sock, '-P', pid, 'file', srcPath], sock, pid);
+    const kit = await scratch.fileExport(srcPath);
     const disk = await openDisk(kit.uri, { transports: [nbd({ connections: 2, workers: true })], readOnly: true });
     try {
       await joined(disk, 1);
