@@ -105,6 +105,9 @@ export function takeThread(): Worker | undefined {
     idle.delete(thread);
     clearTimeout(parked.timer);
     thread.off('exit', parked.drop).off('error', parked.drop);
+    // One that ended before its 'exit' listener was attached (threadId is then -1) would never
+    // answer the next connect.
+    if (thread.threadId === -1) continue;
     thread.ref();
     reused++;
     return thread;
