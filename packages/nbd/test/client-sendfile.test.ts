@@ -4,11 +4,11 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { peerRequired, skipWithoutPeers } from '@vd/conformance/peers';
 import { copyDisk, type Disk, file, isVdError, memoryDisk, openDisk, rawFormat } from '@vd/core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { NbdServer, nbd } from '../src/index.js';
 import { defaultZeroCopySends } from '../src/sendfile.js';
-import { run, sparseRaw, tcpProxy, tempDir } from './helpers.js';
-import { nbdkitScratch } from './peers.js';
+import { run, sparseRaw, tcpProxy } from './helpers.js';
+import { listenOnBoth, nbdkitScratch } from './peers.js';
 
 const MiB = 1 << 20;
 const SIZE = 24 * MiB;
@@ -23,17 +23,15 @@ const zeroCopyWrites = (disk: Disk) => disk.info().zeroCopyWrites as number;
 // A copy reads each chunk (the zero check needs its bytes), then, from a local file onto a plain
 // NBD socket, sends the payload from the file with sendfile instead of from the buffer.
 describe.skipIf(skip)('NBD client: WRITE payloads sent from files (sendfile)', () => {
-  let tmp: Awaited<ReturnType<typeof tempDir>>;
   let srcPath: string;
   let expected: Buffer;
   const target = memoryDisk(SIZE);
   const server = new NbdServer({ exports: [{ name: 'd', disk: target }] });
-  const uris: Record<string, string> = {};
+  const uris = listenOnBoth(server, () => target.close());
   const fileT = file({ formats: [rawFormat] });
 
   beforeAll(async () => {
-    tmp = await tempDir();
-    srcPath = join(tmp.dir, 'src.raw');
+    srcPath = join(uris.dir, 'src.raw');
     // Data, an all-zero allocated chunk, data, a hole, data up to the end.
     const a = randomFillSync(Buffer.alloc(7 * MiB));
     const b = randomFillSync(Buffer.alloc(5 * MiB + 4096));
@@ -45,13 +43,6 @@ describe.skipIf(skip)('NBD client: WRITE payloads sent from files (sendfile)', (
       [SIZE - c.length, c],
     ]);
     expected = await readFile(srcPath);
-    uris.unix = (await server.listen({ path: join(tmp.dir, 's.sock') })).uri;
-    uris.tcp = (await server.listen({ host: '127.0.0.1', port: 0 })).uri;
-  });
-  afterAll(async () => {
-    await server.close();
-    await target.close();
-    await tmp.cleanup();
   });
 
   const cases = [
@@ -59,14 +50,14 @@ describe.skipIf(skip)('NBD client: WRITE payloads sent from files (sendfile)', (
     { where: 'tcp', extendedHeaders: true },
     { where: 'unix', extendedHeaders: false },
     { where: 'tcp', extendedHeaders: false },
-  ];
+  ] as const;
   it.each(cases)(
     'over $where (extended headers: $extendedHeaders): the copy is exact and its data went by sendfile',
     async ({ where, extendedHeaders }) => {
       await target.write(0, randomFillSync(Buffer.alloc(SIZE)));
       const before = openFds();
       const src = await openDisk(srcPath, { transports: [fileT], readOnly: true });
-      const dst = await openDisk(uris[where]!, { transports: [nbd({ extendedHeaders })] });
+      const dst = await openDisk(uris[where], { transports: [nbd({ extendedHeaders })] });
       try {
         expect(dst.info().extendedHeaders).toBe(extendedHeaders);
         const result = await copyDisk(src, dst, { chunkSize: 2 * MiB, targetIsZero: false });
@@ -86,7 +77,7 @@ describe.skipIf(skip)('NBD client: WRITE payloads sent from files (sendfile)', (
 
   it('copies through buffers where digests are taken: they describe the bytes written', async () => {
     const src = await openDisk(srcPath, { transports: [fileT], readOnly: true });
-    const dst = await openDisk(uris.unix!, { transports: [nbd()] });
+    const dst = await openDisk(uris.unix, { transports: [nbd()] });
     try {
       await copyDisk(src, dst, { targetIsZero: false, checksums: true });
       expect(zeroCopyWrites(dst)).toBe(0);
@@ -99,7 +90,7 @@ describe.skipIf(skip)('NBD client: WRITE payloads sent from files (sendfile)', (
 
   it('keeps the request stream whole: sendfile WRITEs mixed with buffered ones on one connection', async () => {
     const src = await openDisk(srcPath, { transports: [fileT], readOnly: true });
-    const dst = await openDisk(uris.tcp!, { transports: [nbd({ connections: 1 })] });
+    const dst = await openDisk(uris.tcp, { transports: [nbd({ connections: 1 })] });
     const fresh = randomFillSync(Buffer.alloc(SIZE));
     const want = Buffer.from(fresh);
     try {
@@ -127,7 +118,7 @@ describe.skipIf(skip)('NBD client: WRITE payloads sent from files (sendfile)', (
 
   it('a connection the server drops under a payload fails the copy with a coded error and leaves no descriptor open', async () => {
     // Cut both sides once 5 MiB came from the client: in the middle of a payload.
-    const proxy = await tcpProxy(uris.tcp!, { cutAfter: 5 * MiB });
+    const proxy = await tcpProxy(uris.tcp, { cutAfter: 5 * MiB });
     const port = proxy.port;
     const before = openFds();
     const src = await openDisk(srcPath, { transports: [fileT], readOnly: true });
@@ -148,7 +139,7 @@ describe.skipIf(skip)('NBD client: WRITE payloads sent from files (sendfile)', (
   it('destroy during a copy stops the sends and closes their descriptors', async () => {
     const before = openFds();
     const src = await openDisk(srcPath, { transports: [fileT], readOnly: true });
-    const dst = await openDisk(uris.unix!, { transports: [nbd()] });
+    const dst = await openDisk(uris.unix, { transports: [nbd()] });
     const copying = copyDisk(src, dst, { targetIsZero: false, chunkSize: MiB }).catch((e: unknown) => e);
     await expect.poll(() => zeroCopyWrites(dst), { interval: 1 }).toBeGreaterThan(0);
     await dst.destroy();
@@ -161,7 +152,7 @@ describe.skipIf(skip)('NBD client: WRITE payloads sent from files (sendfile)', (
     const slots = Math.min(2, defaultZeroCopySends());
     const src = await openDisk(srcPath, { transports: [fileT], readOnly: true });
     const disks = await Promise.all(
-      Array.from({ length: slots + 1 }, () => openDisk(uris.unix!, { transports: [nbd({ connections: 1 })] })),
+      Array.from({ length: slots + 1 }, () => openDisk(uris.unix, { transports: [nbd({ connections: 1 })] })),
     );
     try {
       await src.withFileSpans(0, 4 * MiB, async (spans) => {

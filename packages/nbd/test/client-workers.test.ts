@@ -7,7 +7,7 @@ import { copyDisk, type Disk, file, memoryDisk, openDisk, rawFormat } from '@vd/
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { NbdServer, nbd, setWorkerIdleTime, workersAvailable, workerThreadStats } from '../src/index.js';
 import { tempDir } from './helpers.js';
-import { nbdkitScratch } from './peers.js';
+import { listenOnBoth, nbdkitScratch } from './peers.js';
 
 /**
  * Plaintext connections in worker threads (`workers: true`, `workers=` in the URI,
@@ -28,22 +28,13 @@ async function joined(disk: Disk, n: number): Promise<void> {
 }
 
 describe.skipIf(skip)('NBD client: plaintext connections in worker threads', () => {
-  let tmp: Awaited<ReturnType<typeof tempDir>>;
   const data = randomFillSync(Buffer.alloc(8 * MiB));
   const source = memoryDisk(8 * MiB);
   const server = new NbdServer({ exports: [{ name: 'd', disk: source }] });
-  let unixUri: string;
-  let tcpUri: string;
+  const served = listenOnBoth(server, () => source.close());
 
   beforeAll(async () => {
-    tmp = await tempDir();
     await source.write(0, data);
-    unixUri = (await server.listen({ path: join(tmp.dir, 's.sock') })).uri;
-    tcpUri = (await server.listen({ host: '127.0.0.1', port: 0 })).uri;
-  });
-  afterAll(async () => {
-    await server.close();
-    await tmp?.cleanup();
   });
 
   it('off by default; on with the option, the URI or the environment, the URI first, then the option', async () => {
@@ -52,12 +43,12 @@ describe.skipIf(skip)('NBD client: plaintext connections in worker threads', () 
     delete process.env.VD_NBD_WORKERS;
     try {
       for (const [name, uri, readOnly, opts] of [
-        ['default, unix', unixUri, true, {}],
-        ['default, tcp', tcpUri, false, {}],
-        ['option true, unix', unixUri, true, { workers: true }],
-        ['uri false', `${unixUri}&workers=false`, true, { workers: true }],
-        ['uri true', `${unixUri}&workers=true`, true, { workers: false }],
-        ['option true, tcp, writable', tcpUri, false, { workers: true }],
+        ['default, unix', served.unix, true, {}],
+        ['default, tcp', served.tcp, false, {}],
+        ['option true, unix', served.unix, true, { workers: true }],
+        ['uri false', `${served.unix}&workers=false`, true, { workers: true }],
+        ['uri true', `${served.unix}&workers=true`, true, { workers: false }],
+        ['option true, tcp, writable', served.tcp, false, { workers: true }],
       ] as const) {
         const disk = await openDisk(uri, { transports: [nbd({ connections: 2, ...opts })], readOnly });
         if (name.includes('true')) await joined(disk, 1);
@@ -66,11 +57,11 @@ describe.skipIf(skip)('NBD client: plaintext connections in worker threads', () 
         await disk.close();
       }
       process.env.VD_NBD_WORKERS = '1';
-      const on = await openDisk(unixUri, { transports: [nbd({ connections: 2 })], readOnly: true });
+      const on = await openDisk(served.unix, { transports: [nbd({ connections: 2 })], readOnly: true });
       await joined(on, 1);
       counts['env 1'] = on.info().workerConnections;
       await on.close();
-      const optionWins = await openDisk(unixUri, { transports: [nbd({ connections: 2, workers: false })], readOnly: true });
+      const optionWins = await openDisk(served.unix, { transports: [nbd({ connections: 2, workers: false })], readOnly: true });
       counts['env 1, option false'] = optionWins.info().workerConnections;
       await optionWins.close();
     } finally {
@@ -92,7 +83,7 @@ describe.skipIf(skip)('NBD client: plaintext connections in worker threads', () 
   it('reads in flight on every connection land exact; the next disk reuses the threads', async () => {
     setWorkerIdleTime(60_000);
     try {
-      const open = () => openDisk(unixUri, { transports: [nbd({ connections: 3, workers: true })], readOnly: true });
+      const open = () => openDisk(served.unix, { transports: [nbd({ connections: 3, workers: true })], readOnly: true });
       const first = await open();
       await joined(first, 2);
       const parts = await Promise.all(Array.from({ length: 32 }, (_, i) => first.read((i % 8) * MiB, MiB)));
@@ -114,8 +105,8 @@ describe.skipIf(skip)('NBD client: plaintext connections in worker threads', () 
   it('a writable disk with workers: a copy from a file still sends with sendfile, on the connection in this thread; the data lands exact', async () => {
     const target = memoryDisk(8 * MiB);
     const writable = new NbdServer({ exports: [{ name: 'w', disk: target }] });
-    const { uri } = await writable.listen({ path: join(tmp.dir, 'w.sock') });
-    const srcPath = join(tmp.dir, 'src.raw');
+    const { uri } = await writable.listen({ path: join(served.dir, 'w.sock') });
+    const srcPath = join(served.dir, 'src.raw');
     await writeFile(srcPath, data);
     const src = await openDisk(srcPath, { transports: [file({ formats: [rawFormat] })], readOnly: true });
     const dst = await openDisk(uri, { transports: [nbd({ connections: 2, workers: true })] });

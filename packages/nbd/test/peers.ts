@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { type Peer, startPeer as start } from '@vd/conformance/peers';
 import { afterAll, beforeAll } from 'vitest';
+import type { NbdServer } from '../src/index.js';
 import { tempDir } from './helpers.js';
 
 export type { Peer };
@@ -39,4 +40,26 @@ export function nbdkitScratch(): { dir: () => string; fileExport: (path: string)
       return peer;
     },
   };
+}
+
+/**
+ * For a describe block: `server` listening on a unix socket in a temp dir and on TCP loopback
+ * before its tests (after the block's own set-up registered earlier), then closed, `after` run
+ * and the dir removed. The returned fields are filled in by then.
+ */
+export function listenOnBoth(server: NbdServer, after?: () => Promise<void>): { dir: string; unix: string; tcp: string } {
+  const out = { dir: '', unix: '', tcp: '' };
+  let tmp: { dir: string; cleanup: () => Promise<void> } | undefined;
+  beforeAll(async () => {
+    tmp = await tempDir();
+    out.dir = tmp.dir;
+    out.unix = (await server.listen({ path: join(tmp.dir, 's.sock') })).uri;
+    out.tcp = (await server.listen({ host: '127.0.0.1', port: 0 })).uri;
+  });
+  afterAll(async () => {
+    await server.close();
+    await after?.();
+    await tmp?.cleanup();
+  });
+  return out;
 }

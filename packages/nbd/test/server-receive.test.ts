@@ -1,9 +1,8 @@
 import { randomFillSync } from 'node:crypto';
-import { join } from 'node:path';
 import { memoryDisk, openDisk } from '@vd/core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { NbdServer, nbd } from '../src/index.js';
-import { tempDir } from './helpers.js';
+import { listenOnBoth } from './peers.js';
 
 const MiB = 1 << 20;
 
@@ -11,26 +10,14 @@ const MiB = 1 << 20;
 // (see ServerConnection#receiveDirect); only the read that carried a header brings payload bytes
 // through the connection's scratch buffer.
 describe('NbdServer receives WRITE payloads into their own buffers', () => {
-  let tmp: Awaited<ReturnType<typeof tempDir>>;
   const target = memoryDisk(16 * MiB);
   const server = new NbdServer({ exports: [{ name: 'd', disk: target }] });
-  const uris: Record<string, string> = {};
+  const uris = listenOnBoth(server, () => target.close());
 
-  beforeAll(async () => {
-    tmp = await tempDir();
-    uris.unix = (await server.listen({ path: join(tmp.dir, 's.sock') })).uri;
-    uris.tcp = (await server.listen({ host: '127.0.0.1', port: 0 })).uri;
-  });
-  afterAll(async () => {
-    await server.close();
-    await target.close();
-    await tmp.cleanup();
-  });
-
-  it.each(['unix', 'tcp'])('over %s: the bytes land, nearly all of them read straight into the request buffers', async (where) => {
+  it.each(['unix', 'tcp'] as const)('over %s: the bytes land, nearly all of them read straight into the request buffers', async (where) => {
     const data = randomFillSync(Buffer.alloc(16 * MiB));
     const before = server.stats.directWriteBytes;
-    const disk = await openDisk(uris[where]!, { transports: [nbd()] });
+    const disk = await openDisk(uris[where], { transports: [nbd()] });
     try {
       // 2 MiB requests, 8 in flight: the payloads queue up in the socket behind their headers.
       await Promise.all(Array.from({ length: 8 }, (_, i) => disk.write(i * 2 * MiB, data.subarray(i * 2 * MiB, (i + 1) * 2 * MiB))));
