@@ -15,7 +15,7 @@ export { setWorkerIdleTime, workersAvailable, workersWanted, workerThreadStats }
 export { extentFlags, extentType } from './contexts.js';
 export { fromErrno, toErrno } from './errno.js';
 export * as protocol from './protocol.js';
-export { DEFAULT_MAX_IN_FLIGHT } from './protocol.js';
+export { DEFAULT_CLIENT_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT } from './protocol.js';
 export { type ReadInto, readInto } from './read-into.js';
 export type { NbdExport, NbdServerLimits, NbdServerOptions, NbdServerStats, NbdServerTls } from './server/options.js';
 export { type ListenOptions, NbdServer, type NbdServerAddress } from './server/server.js';

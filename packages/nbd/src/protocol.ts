@@ -110,11 +110,17 @@ export const MAX_STRING = 4096;
 /** Descriptors per block status chunk a peer SHOULD keep to. */
 export const MAX_EXTENTS = 1 << 20;
 /**
- * Requests in flight on one connection unless configured, on both sides: the client sends at most
- * this many before waiting for a reply (`HandshakeOptions.maxInFlight`), the server stops reading
- * a client's requests beyond it (`NbdServerLimits.maxInFlight`).
+ * Requests a server has in flight per client unless configured: it stops reading a client's
+ * requests beyond (`NbdServerLimits.maxInFlight`). Each may hold a READ's buffer.
  */
 export const DEFAULT_MAX_IN_FLIGHT = 16;
+/**
+ * Requests the client sends on one connection before waiting for a reply, unless configured
+ * (`HandshakeOptions.maxInFlight`). They cost it no memory (replies land in the callers' buffers);
+ * with small requests (64 KiB, 4 KiB) sixteen left the client waiting on the server's latency
+ * half the time, and thirty-two read 1.2-1.35x faster from `nbdkit file`.
+ */
+export const DEFAULT_CLIENT_IN_FLIGHT = 32;
 
 const TWO32 = 0x1_0000_0000;
 

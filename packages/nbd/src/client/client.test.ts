@@ -5,7 +5,7 @@ import { type Disk, isVdError, memoryDisk, openDisk } from '@vd/core';
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { type CuttableProxy, tcpProxy } from '../../test/helpers.js';
 import { NbdServer, type NbdServerOptions } from '../index.js';
-import { DEFAULT_MAX_IN_FLIGHT } from '../protocol.js';
+import { DEFAULT_CLIENT_IN_FLIGHT } from '../protocol.js';
 import { connectionLost, type HandshakeOptions, listExports, NbdConnection } from './connection.js';
 import { type NbdClientConnection, NbdClientSource } from './source.js';
 import { nbd } from './transport.js';
@@ -177,7 +177,7 @@ describe('client against our server', () => {
     };
     const disk = await openDisk(uri, { transports: [nbd({ connections: 3, connectExtra })] });
     expect(disk.info().connections).toBe(1);
-    expect(disk.capabilities.concurrency.maxInFlight).toBe(3 * DEFAULT_MAX_IN_FLIGHT);
+    expect(disk.capabilities.concurrency.maxInFlight).toBe(3 * DEFAULT_CLIENT_IN_FLIGHT);
     const data = pattern(MiB, 3);
     await disk.write(0, data);
     expect(Buffer.compare(Buffer.from(await disk.read(0, MiB)), data)).toBe(0);

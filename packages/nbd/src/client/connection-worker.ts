@@ -6,7 +6,7 @@
  * thread waits for its next `connect` (worker-threads.ts), keeping its modules and buffers.
  */
 import { parentPort } from 'node:worker_threads';
-import { DEFAULT_MAX_IN_FLIGHT } from '../protocol.js';
+import { DEFAULT_CLIENT_IN_FLIGHT } from '../protocol.js';
 // The connection module alone, not the package's index (which brings the server too): each
 // worker loads its modules afresh, and this halves its start-up CPU.
 import { type HandshakeOptions, NbdConnection } from './connection.js';
@@ -22,7 +22,7 @@ const post = (m: FromWorker, transfer: ArrayBuffer[] = []) => port.postMessage(m
 const pool = new Map<number, ArrayBuffer[]>();
 let pooled = 0;
 let pooledBytes = 0;
-let poolLimit = DEFAULT_MAX_IN_FLIGHT;
+let poolLimit = DEFAULT_CLIENT_IN_FLIGHT;
 const poolBytes = 64 << 20;
 
 function take(length: number): ArrayBuffer {
@@ -48,7 +48,7 @@ function give(buf: ArrayBuffer): void {
 let conn: NbdConnection | undefined;
 
 async function connect(setup: WorkerSetup): Promise<void> {
-  poolLimit = setup.handshake.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT;
+  poolLimit = setup.handshake.maxInFlight ?? DEFAULT_CLIENT_IN_FLIGHT;
   const hs: HandshakeOptions = { ...setup.handshake };
   let opened: NbdConnection;
   try {

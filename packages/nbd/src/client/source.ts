@@ -16,7 +16,7 @@ import {
   type ZeroOptions,
 } from '@vd/core';
 import { extentType } from '../contexts.js';
-import { type BlockDescriptor, CmdFlag, DEFAULT_MAX_IN_FLIGHT, protocolError, TxFlag } from '../protocol.js';
+import { type BlockDescriptor, CmdFlag, DEFAULT_CLIENT_IN_FLIGHT, protocolError, TxFlag } from '../protocol.js';
 import { type ExportInfo, type HandshakeOptions, NbdConnection } from './connection.js';
 import { formatNbdUri, type NbdTarget } from './uri.js';
 
@@ -115,7 +115,7 @@ export class NbdClientSource implements BlockSource {
       trimReadsZero: false,
       extents: [...new Set(info.contexts.values())],
       blockSize: { minimum, preferred: preferred - (preferred % minimum), maximum: max },
-      concurrency: { model: 'parallel', maxInFlight: (opts.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT) * planned },
+      concurrency: { model: 'parallel', maxInFlight: (opts.maxInFlight ?? DEFAULT_CLIENT_IN_FLIGHT) * planned },
       multiConn: (f & TxFlag.CAN_MULTI_CONN) !== 0,
     };
   }
