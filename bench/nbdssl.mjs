@@ -4,7 +4,8 @@
 //  1. Client cost of TLS: vd's client reading the whole export from `nbdkit file` in the clear and
 //     from `nbdkit --tls=require` (target: TLS >= 0.8x plaintext).
 //  2. Client against the peer: the same TLS read vs `nbdcopy nbds+unix://... null:` (target >= 1.0x),
-//     over a unix socket and over TCP loopback.
+//     over a unix socket and over TCP loopback; and in 64 KiB requests (vs `nbdcopy
+//     --request-size=65536`), about the size of the changed areas an incremental backup reads.
 //  3. The same TLS read with the connections after the first decrypting in worker threads (the
 //     default with more than one core) vs all in this thread.
 //  4. Server: `nbdcopy nbds+unix://... null:` reading vd's NbdServer --tls=require vs nbdkit --tls=require.
@@ -103,11 +104,11 @@ try {
   stops.push(tlsKitTcp.stop);
   const tlsTcpUri = `nbds://127.0.0.1:${port}/?tls-certificates=${pki.dir}`;
 
-  const ourRead = (uri, transports, server) => ({
+  const ourRead = (uri, transports, server, read = readAll) => ({
     server,
     run: async () => {
       const disk = await core.openDisk(uri, { transports, readOnly: true });
-      await readAll(disk);
+      await read(disk);
       await disk.close();
     },
   });
@@ -148,6 +149,24 @@ try {
     'nbdcopy nbds:// null:',
     nbdcopyTlsTcp,
     1.0,
+  );
+
+  // Requests of 64 KiB, about the size of the changed areas an incremental backup reads: the cost
+  // per request, over TLS.
+  const small = 64 * 1024;
+  const [tlsSmall, nbdcopySmall] = await rounds(
+    [
+      ourRead(tlsUri, [nbdssl()], tlsKit, (disk) => readAll(disk, small, 64)),
+      { server: tlsKit, run: () => exec('nbdcopy', [`--request-size=${small}`, tlsUri, 'null:']) },
+    ],
+    ROUNDS,
+  );
+  report(
+    'client: 64 KiB requests over TLS, ours vs nbdcopy',
+    'vd nbdssl(), 64 in flight',
+    tlsSmall,
+    'nbdcopy --request-size=65536',
+    nbdcopySmall,
   );
 
   const [withWorkers, inThread] = workersByDefault ? [tls, otherMode] : [otherMode, tls];
