@@ -197,6 +197,15 @@ describe('NbdServer against broken and malicious clients', () => {
     expect(await c.next()).toMatchObject({ reply: Rep.ACK });
     c.send(encodeOption(Opt.STRUCTURED_REPLY));
     expect(await c.next()).toMatchObject({ reply: Rep.ERR_INVALID });
+    c.send(encodeOption(Opt.EXTENDED_HEADERS, new Uint8Array(1)));
+    expect(await c.next()).toMatchObject({ reply: Rep.ERR_INVALID });
+    c.send(encodeOption(Opt.EXTENDED_HEADERS));
+    expect(await c.next()).toMatchObject({ reply: Rep.ACK });
+    c.send(encodeOption(Opt.EXTENDED_HEADERS));
+    expect(await c.next()).toMatchObject({ reply: Rep.ERR_INVALID });
+    // Structured replies once extended headers are on: the server says the latter supersede them.
+    c.send(encodeOption(Opt.STRUCTURED_REPLY));
+    expect(await c.next()).toMatchObject({ reply: Rep.ERR_EXT_HEADER_REQD });
     c.send(encodeOption(Opt.ABORT));
     expect(await c.next()).toMatchObject({ reply: Rep.ACK });
     await c.closed;

@@ -358,62 +358,45 @@ export class ServerConnection {
         }
         this.#reply(option, Rep.ACK);
         return;
-      case Opt.STARTTLS:
-        if (!ctx.tls) {
-          this.#error(option, Rep.ERR_POLICY, 'this server does not offer TLS');
-          return;
-        }
-        if (data.length > 0) {
-          this.#error(option, Rep.ERR_INVALID, 'STARTTLS takes no data');
-          return;
-        }
-        if (this.#tlsDone) {
-          this.#error(option, Rep.ERR_INVALID, 'TLS is already on');
-          return;
-        }
+      case Opt.STARTTLS: {
+        const tls = ctx.tls;
+        const refused = this.#refused(option, [
+          [!tls, Rep.ERR_POLICY, 'this server does not offer TLS'],
+          [data.length > 0, Rep.ERR_INVALID, 'STARTTLS takes no data'],
+          [this.#tlsDone, Rep.ERR_INVALID, 'TLS is already on'],
+        ]);
+        if (refused || !tls) return;
         this.#reply(option, Rep.ACK);
-        this.#startTls(ctx.tls);
+        this.#startTls(tls);
         return;
+      }
       case Opt.INFO:
       case Opt.GO:
         this.#onInfo(option, data);
         return;
-      case Opt.STRUCTURED_REPLY:
-        if (!ctx.structuredReplies) {
-          this.#error(option, Rep.ERR_UNSUP, 'structured replies are off');
-          return;
-        }
-        if (data.length > 0) {
-          this.#error(option, Rep.ERR_INVALID, 'STRUCTURED_REPLY takes no data');
-          return;
-        }
-        if (this.#extended) {
-          this.#error(option, Rep.ERR_EXT_HEADER_REQD, 'extended headers are already on');
-          return;
-        }
-        if (this.#structured) {
-          this.#error(option, Rep.ERR_INVALID, 'structured replies are already on');
-          return;
-        }
+      case Opt.STRUCTURED_REPLY: {
+        const refused = this.#refused(option, [
+          [!ctx.structuredReplies, Rep.ERR_UNSUP, 'structured replies are off'],
+          [data.length > 0, Rep.ERR_INVALID, 'STRUCTURED_REPLY takes no data'],
+          [this.#extended, Rep.ERR_EXT_HEADER_REQD, 'extended headers are already on'],
+          [this.#structured, Rep.ERR_INVALID, 'structured replies are already on'],
+        ]);
+        if (refused) return;
         this.#structured = true;
         this.#reply(option, Rep.ACK);
         return;
-      case Opt.EXTENDED_HEADERS:
-        if (!ctx.extendedHeaders) {
-          this.#error(option, Rep.ERR_UNSUP, 'extended headers are off');
-          return;
-        }
-        if (data.length > 0) {
-          this.#error(option, Rep.ERR_INVALID, 'EXTENDED_HEADERS takes no data');
-          return;
-        }
-        if (this.#extended) {
-          this.#error(option, Rep.ERR_INVALID, 'extended headers are already on');
-          return;
-        }
+      }
+      case Opt.EXTENDED_HEADERS: {
+        const refused = this.#refused(option, [
+          [!ctx.extendedHeaders, Rep.ERR_UNSUP, 'extended headers are off'],
+          [data.length > 0, Rep.ERR_INVALID, 'EXTENDED_HEADERS takes no data'],
+          [this.#extended, Rep.ERR_INVALID, 'extended headers are already on'],
+        ]);
+        if (refused) return;
         this.#extended = true;
         this.#reply(option, Rep.ACK);
         return;
+      }
       case Opt.LIST_META_CONTEXT:
       case Opt.SET_META_CONTEXT:
         this.#onMetaContext(option, data);
@@ -488,6 +471,13 @@ export class ServerConnection {
     }
     for (let i = 0; i < picked.length; i++) this.#reply(option, Rep.META_CONTEXT, encodeMetaContextReply(set ? i + 1 : 0, picked[i]!));
     this.#reply(option, Rep.ACK);
+  }
+
+  /** Answers the first of `refusals` whose condition holds, in order; whether one did. */
+  #refused(option: number, refusals: readonly (readonly [boolean, number, string])[]): boolean {
+    const hit = refusals.find(([applies]) => applies);
+    if (hit) this.#error(option, hit[1], hit[2]);
+    return hit !== undefined;
   }
 
   /** The export by name, if this client may use it (TLS per-export authorization). */
