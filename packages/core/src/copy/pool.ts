@@ -10,7 +10,7 @@ export const spareBuffers = new BufferPool(64 << 20, 30_000);
 
 /**
  * Runs `work` over `items` with at most `workers` items in progress. Each worker owns one buffer
- * of `bufferSize` bytes (from a buffer of the next power of two), taken on first use and reused
+ * of `bufferSize` bytes (from a buffer of its size class, `BufferPool`), taken on first use and reused
  * for every item it takes, so nothing is allocated per request. A worker whose items all settled
  * hands its buffer on to later runs.
  *
