@@ -5,7 +5,7 @@ import { Buffer } from 'node:buffer';
  * reply sent as one buffer with its 28-byte header (over TLS) takes a buffer of 1 MiB + 64, not
  * 2 MiB. With 2 MiB ones a pool of 32 MiB kept half the replies in flight, about one in twenty
  * was a fresh zero-filled allocation, and a TLS server read by nbdcopy peaked at 159-167 MiB of
- * RSS against 108-109 MiB with this class.
+ * RSS against 108-110 MiB with this class.
  */
 const HEADROOM = 64;
 
@@ -17,10 +17,11 @@ function sizeClass(n: number): number {
 }
 
 /**
- * Reusable buffers in size classes (powers of two, and each plus room for a header), so a hot path (an NBD
- * server's replies and WRITE payloads, the copy engine's chunks) does not allocate a new buffer
- * per request or per copy. Bounded: buffers beyond `maxPooledBytes` are left to the GC. With
- * `idleMs`, the idle buffers are dropped when nothing has been taken or given back for that long.
+ * Reusable buffers in size classes (powers of two, and each plus room for a header), so a hot
+ * path (an NBD server's replies and WRITE payloads, the copy engine's chunks) does not allocate a
+ * new buffer per request or per copy. Bounded: buffers beyond `maxPooledBytes` are left to the GC.
+ * With `idleMs`, the idle buffers are dropped when nothing has been taken or given back for that
+ * long.
  */
 export class BufferPool {
   readonly #free = new Map<number, Buffer[]>();
