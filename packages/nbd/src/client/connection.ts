@@ -437,7 +437,7 @@ export class NbdConnection {
    * together, after the replies that turn read: one writev (over TLS, one record of headers, see
    * #tlsWrite). Each reply's caller issues its next request in a callback of its own; sent at
    * once, every request would be a syscall that wakes the server's reader again: with 4-64 KiB
-   * requests that cost 25-40% more client CPU and a slower read.
+   * requests that cost 20-40% more client CPU and a slower read.
    */
   #send(header: Uint8Array, data: Uint8Array | undefined): void {
     if (this.#tls) {
