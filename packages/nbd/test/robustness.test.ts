@@ -11,6 +11,7 @@ import {
   Chunk,
   ClientStreamDecoder,
   Cmd,
+  DEFAULT_CLIENT_IN_FLIGHT,
   decodeInfoRequest,
   encodeBlockStatusChunk,
   encodeClientFlags,
@@ -516,7 +517,10 @@ describe('our client against broken and malicious servers', () => {
     await failsWith(uri, 'ERR_VD_IO', /lost/);
   });
 
-  it('never sends more requests than its window', async () => {
+  it.each([
+    ['set', { maxInFlight: 3 }, 3],
+    ['default', {}, DEFAULT_CLIENT_IN_FLIGHT],
+  ])('never sends more requests than its window (%s), and fills it', async (_, options, window) => {
     let inFlight = 0;
     let peak = 0;
     const uri = await fakeServer((req, sock) => {
@@ -531,10 +535,11 @@ describe('our client against broken and malicious servers', () => {
         if (req.command === Cmd.READ) sock.write(new Uint8Array(req.length));
       }, 2);
     });
-    const disk = await openDisk(uri, { transports: [nbd({ maxInFlight: 3 })] });
+    const disk = await openDisk(uri, { transports: [nbd(options)] });
     cleanups.push(() => disk.destroy());
-    await Promise.all(Array.from({ length: 20 }, (_, i) => disk.read(i * 4096, 4096)));
-    expect(peak).toBe(3);
+    expect(disk.info().connections).toBe(1);
+    await Promise.all(Array.from({ length: 3 * window }, (_, i) => disk.read(i * 4096, 4096)));
+    expect(peak).toBe(window);
     expect(requestHeaderSize(false)).toBe(28);
   });
 });
