@@ -11,7 +11,7 @@ export { type NbdTransportOptions, nbd } from './client/transport.js';
 export { formatNbdUri, NBD_PORT, type NbdTarget, parseFlag, parseNbdUri, queryFlag } from './client/uri.js';
 export { WorkerConnection, workerConnector } from './client/worker-connection.js';
 export type { WorkerUpgrade, WorkerUpgradeFn } from './client/worker-protocol.js';
-export { setWorkerIdleTime, workersAvailable, workersWanted, workerThreadStats } from './client/worker-threads.js';
+export { builtModule, setWorkerIdleTime, workersAvailable, workersWanted, workerThreadStats } from './client/worker-threads.js';
 export { extentFlags, extentType } from './contexts.js';
 export { fromErrno, toErrno } from './errno.js';
 export * as protocol from './protocol.js';

@@ -1,7 +1,6 @@
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { debug, VdError } from '@vd/core';
+import { VdError } from '@vd/core';
 import {
+  builtModule,
   type HandshakeOptions,
   type NbdClientConnection,
   type NbdTarget,
@@ -13,18 +12,9 @@ import type { PeerIdentity } from './verify.js';
 
 let upgrade: string | null | undefined;
 
-/**
- * The built worker-upgrade module, which a worker thread imports. Run from TypeScript sources
- * (tests), this module's sibling is a .ts file a thread cannot load: the package's built copy is
- * used when there is one.
- */
+/** The built worker-upgrade module, which a worker thread imports (looked for once). */
 function upgradeModule(): string | undefined {
-  if (upgrade === undefined) {
-    const here = import.meta.url;
-    const url = here.endsWith('.ts') ? new URL('../dist/worker-upgrade.js', here) : new URL('./worker-upgrade.js', here);
-    upgrade = existsSync(fileURLToPath(url)) ? url.href : null;
-    if (!upgrade) debug('nbdssl: %s is missing; connections run in this thread', fileURLToPath(url));
-  }
+  if (upgrade === undefined) upgrade = builtModule(import.meta.url, './worker-upgrade.js', '../dist/worker-upgrade.js')?.href ?? null;
   return upgrade ?? undefined;
 }
 

@@ -12,19 +12,23 @@ import { parseFlag, queryFlag } from './uri.js';
  * connection alone until the workers join.
  */
 
+/**
+ * A built module a worker thread loads: `sibling`, beside the module at `here`; or, run from
+ * TypeScript sources (tests), where the sibling is a .ts file a thread cannot load, the package's
+ * built copy at `fromSources`. Undefined (and said with `debug`) where it is not built.
+ */
+export function builtModule(here: string, sibling: string, fromSources: string): URL | undefined {
+  const url = new URL(here.endsWith('.ts') ? fromSources : sibling, here);
+  if (existsSync(fileURLToPath(url))) return url;
+  debug('%s is missing (pnpm build); connections run in the calling thread', fileURLToPath(url));
+  return undefined;
+}
+
 let entry: URL | null | undefined;
 
-/**
- * The built worker script. Run from TypeScript sources (tests), this module's sibling is a .ts
- * file a worker thread cannot load, so the package's built copy is used when there is one.
- */
+/** The built worker script (looked for once). */
 function workerEntry(): URL | undefined {
-  if (entry === undefined) {
-    const here = import.meta.url;
-    const url = here.endsWith('.ts') ? new URL('../../dist/client/connection-worker.js', here) : new URL('./connection-worker.js', here);
-    entry = existsSync(fileURLToPath(url)) ? url : null;
-    if (!entry) debug('nbd client: %s is missing; connections run in this thread', fileURLToPath(url));
-  }
+  if (entry === undefined) entry = builtModule(import.meta.url, './connection-worker.js', '../../dist/client/connection-worker.js') ?? null;
   return entry ?? undefined;
 }
 
