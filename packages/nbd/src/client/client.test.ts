@@ -1,5 +1,7 @@
+import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, connect as netConnect, type Socket } from 'node:net';
-import { availableParallelism } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { runConformance } from '@vd/conformance/vitest';
 import { type Disk, isVdError, memoryDisk, openDisk } from '@vd/core';
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
@@ -153,6 +155,42 @@ describe('client against our server', () => {
     await disk.flush();
     const back = await Promise.all([0, 1, 2, 3].map((i) => disk.read(i * 512 * 1024, 512 * 1024)));
     expect(Buffer.compare(Buffer.concat(back.slice(0, 2)), data)).toBe(0);
+  });
+
+  it.each([
+    ['a unix socket', 3, false, 'unix'],
+    ['TCP', 3, true, 'tcp'],
+    ['a unix socket, past the first window', 3 * 4, true, 'unix'],
+  ] as const)('reads over %s, %i at once: the second connection gets some: %s; writes spread', async (_, reads, second, kind) => {
+    // A connectExtra of plain in-thread connections, so the reads each one gets can be counted.
+    const served = await serve(memoryDisk(4 * MiB, { data: pattern(4 * MiB, 9) }));
+    let uri = served.uri;
+    if (kind === 'unix') {
+      const dir = await mkdtemp(join(tmpdir(), 'vd-nbd-fill-'));
+      cleanups.push(() => rm(dir, { recursive: true, force: true }));
+      uri = (await served.server.listen({ path: join(dir, 's.sock') })).uri;
+    }
+    const extra: NbdConnection[] = [];
+    const connectExtra = async (target: NbdTarget, o: HandshakeOptions) => {
+      const c = await NbdConnection.open(target, o);
+      extra.push(c);
+      return c;
+    };
+    const disk = await openDisk(uri, { transports: [nbd({ connections: 2, maxInFlight: 4, connectExtra })], readOnly: true });
+    cleanups.push(() => disk.close());
+    await vi.waitFor(() => expect(disk.info().connections).toBe(2));
+    const onSecond = vi.spyOn(extra[0]!, 'read');
+    const got = await Promise.all(Array.from({ length: reads }, (_, i) => disk.read(i * 65536, 65536)));
+    for (const [i, g] of got.entries()) expect(Buffer.compare(g, pattern(4 * MiB, 9).subarray(i * 65536, (i + 1) * 65536))).toBe(0);
+    if (!second) expect(onSecond).not.toHaveBeenCalled();
+    else expect(onSecond).toHaveBeenCalled();
+    // Writes spread whatever the socket.
+    const rw = await openDisk(uri, { transports: [nbd({ connections: 2, maxInFlight: 4, connectExtra })] });
+    cleanups.push(() => rw.close());
+    await vi.waitFor(() => expect(rw.info().connections).toBe(2));
+    const writes = vi.spyOn(extra[1]!, 'write');
+    await Promise.all([0, 1, 2].map((i) => rw.write(i * 65536, pattern(65536, i))));
+    expect(writes).toHaveBeenCalled();
   });
 
   it('opens as many connections as there are cores, at most 4, by default', async () => {
