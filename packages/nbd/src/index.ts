@@ -1,3 +1,4 @@
+export { DEFAULT_BUSY_POLL } from './client/busy-poll.js';
 export {
   connectionLost,
   type ExportInfo,

@@ -35,6 +35,7 @@ import {
 import type { ReadInto } from '../read-into.js';
 import { checkSendBuffer, DEFAULT_SEND_BUFFER, loadSetSendBuffer, sizeSendBuffer } from '../send-buffer.js';
 import { defaultZeroCopySends, loadZeroCopy, SendSlots, type ZeroCopyOps } from '../sendfile.js';
+import { busyPollFor, keepPolling } from './busy-poll.js';
 import { formatNbdUri, type NbdTarget } from './uri.js';
 
 /** TLS upgrade hook for the client (implemented by `@vd/nbdssl`): wraps the socket after STARTTLS. */
@@ -66,6 +67,15 @@ export interface HandshakeOptions {
    * `net.core.wmem_max`. TCP keeps the kernel's autotuning.
    */
   sendBuffer?: number;
+  /**
+   * Microseconds this thread keeps polling its sockets after a READ reply's bytes arrived, while
+   * more are due, instead of sleeping until the next ones wake it (`keepPolling`). Default
+   * `VD_NBD_BUSY_POLL`, else `DEFAULT_BUSY_POLL` (500) on a plain unix socket, where the server's
+   * small send buffer makes a read thousands of hand-offs, and 0 elsewhere; 0 turns it off.
+   * Reading 2 GiB from nbdkit on 2 cores, 20 rounds: 0.808 -> 0.754 s (nbdcopy 0.761 s), for a
+   * third more client CPU. Connections in worker threads never poll.
+   */
+  busyPoll?: number;
   tls?: NbdClientTls;
   signal?: AbortSignal;
 }
@@ -202,6 +212,8 @@ export class NbdConnection {
   #spanWrites = 0;
   #dead: VdError | undefined;
   readonly #onDeath: ((err: VdError) => void)[] = [];
+  /** Milliseconds to keep polling after data while replies are due (0: never). */
+  readonly #pollFor: number;
 
   private constructor(
     socket: Duplex,
@@ -212,6 +224,7 @@ export class NbdConnection {
     maxInFlight: number,
     sendBuffer: number | undefined,
     zc: ZeroCopyOps | undefined,
+    busyPoll: number,
   ) {
     this.#socket = socket;
     this.sendBuffer = sendBuffer;
@@ -224,6 +237,7 @@ export class NbdConnection {
     this.info = info;
     this.uri = uri;
     this.#maxInFlight = maxInFlight;
+    this.#pollFor = busyPoll / 1000;
     this.#extended = info.extended;
     this.#headerSize = requestHeaderSize(info.extended);
     const targets: ReplyTargets = {
@@ -252,8 +266,10 @@ export class NbdConnection {
   /** Connects, negotiates and enters transmission; the socket is destroyed on any failure. */
   static async open(target: NbdTarget, opts: HandshakeOptions = {}): Promise<NbdConnection> {
     const uri = formatNbdUri(target);
+    const plain = !opts.tls && !target.tls;
+    const busyPoll = busyPollFor(opts.busyPoll, plain && target.kind === 'unix');
     const hs = await Handshake.run(target, opts, async (h) => h.go(target.exportName, opts));
-    const zc = opts.tls || target.tls ? undefined : await loadZeroCopy();
+    const zc = plain ? await loadZeroCopy() : undefined;
     return new NbdConnection(
       hs.socket,
       hs.receiver,
@@ -263,6 +279,7 @@ export class NbdConnection {
       opts.maxInFlight ?? DEFAULT_CLIENT_IN_FLIGHT,
       hs.sendBuffer,
       zc,
+      busyPoll,
     );
   }
 
@@ -638,6 +655,7 @@ export class NbdConnection {
     try {
       d.filledDirect(n);
       for (let m = d.next(); m !== undefined; m = d.next()) this.#onReply(m);
+      if (this.#pollFor > 0 && this.#reads > 0) keepPolling(this.#pollFor);
     } catch (err) {
       this.#die(err instanceof VdError ? err : protocolError(String(err)));
     }
@@ -650,6 +668,7 @@ export class NbdConnection {
       d.push(chunk);
       for (let m = d.next(); m !== undefined; m = d.next()) this.#onReply(m);
       if (borrowed) d.releaseInput();
+      if (this.#pollFor > 0 && this.#reads > 0) keepPolling(this.#pollFor);
     } catch (err) {
       this.#die(err instanceof VdError ? err : protocolError(String(err)));
     }

@@ -61,6 +61,8 @@ export class WorkerConnection implements NbdClientConnection {
         metaContexts: hs.metaContexts,
         maxInFlight: hs.maxInFlight,
         sendBuffer: hs.sendBuffer,
+        // A worker's loop sleeps between reads (see busy-poll.ts): polling is for the caller's thread.
+        busyPoll: 0,
       },
       upgrade,
     };
