@@ -1,16 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import { VdError } from '@vd/core';
 
-/**
- * Keeps this thread's event loop polling its sockets for a while instead of sleeping in epoll.
- *
- * Over a unix socket the server may queue no more than its send buffer (208 KiB by default) before
- * it blocks until the client drains it, so a large read is thousands of hand-offs: the client
- * drains, sleeps, the server refills and wakes it. Where a sleeping CPU is slow to wake (a VM
- * whose idle vCPUs halt at once), each wake-up stalls both sides. A pending immediate makes libuv
- * poll with a zero timeout, so the loop keeps turning, and serving everything else, until a quiet
- * spell of the given length ends it.
- */
 /** `HandshakeOptions.busyPoll` on a plain unix socket, in microseconds. */
 export const DEFAULT_BUSY_POLL = 500;
 
@@ -22,7 +12,15 @@ function tick(): void {
   else spinning = false;
 }
 
-/** Polls for at least `ms` more milliseconds (from now). */
+/**
+ * Keeps this thread's event loop polling its sockets for at least `ms` more milliseconds instead
+ * of sleeping in epoll. Over a unix socket the server queues no more than its send buffer (208 KiB
+ * by default) before it blocks until the client drains it, so a large read is thousands of
+ * hand-offs: the client drains, sleeps, the server refills and wakes it. Where a sleeping CPU is
+ * slow to wake (a VM whose idle vCPUs halt at once), each wake-up stalls both sides. A pending
+ * immediate makes libuv poll with a zero timeout, so the loop keeps turning, serving everything
+ * else as usual, until a quiet spell of that length ends it.
+ */
 export function keepPolling(ms: number): void {
   const end = performance.now() + ms;
   if (end > until) until = end;

@@ -158,11 +158,13 @@ describe('client against our server', () => {
   });
 
   it.each([
-    ['a unix socket', 3, false, 'unix'],
-    ['TCP', 3, true, 'tcp'],
-    ['a unix socket, past the first window', 3 * 4, true, 'unix'],
-  ] as const)('reads over %s, %i at once: the second connection gets some: %s; writes spread', async (_, reads, second, kind) => {
-    // A connectExtra of plain in-thread connections, so the reads each one gets can be counted.
+    ['a unix socket', 3, false, 'unix', false],
+    ['TCP', 3, true, 'tcp', false],
+    ['a unix socket, past the first window', 3 * 4, true, 'unix', false],
+    ['a unix socket, to a worker connection', 3, true, 'unix', true],
+  ] as const)('reads over %s, %i at once: the second connection gets some: %s; writes spread', async (_, reads, second, kind, worker) => {
+    // A connectExtra of plain in-thread connections, so the reads each one gets can be counted;
+    // flagged as a worker's where the case says.
     const served = await serve(memoryDisk(4 * MiB, { data: pattern(4 * MiB, 9) }));
     let uri = served.uri;
     if (kind === 'unix') {
@@ -173,6 +175,7 @@ describe('client against our server', () => {
     const extra: NbdConnection[] = [];
     const connectExtra = async (target: NbdTarget, o: HandshakeOptions) => {
       const c = await NbdConnection.open(target, o);
+      if (worker) Object.defineProperty(c, 'worker', { value: true });
       extra.push(c);
       return c;
     };

@@ -71,9 +71,8 @@ export interface HandshakeOptions {
    * Microseconds this thread keeps polling its sockets after a READ reply's bytes arrived, while
    * more are due, instead of sleeping until the next ones wake it (`keepPolling`). Default
    * `VD_NBD_BUSY_POLL`, else `DEFAULT_BUSY_POLL` (500) on a plain unix socket, where the server's
-   * small send buffer makes a read thousands of hand-offs, and 0 elsewhere; 0 turns it off.
-   * Reading 2 GiB from nbdkit on 2 cores, 20 rounds: 0.808 -> 0.754 s (nbdcopy 0.761 s), for a
-   * third more client CPU. Connections in worker threads never poll.
+   * small send buffer makes a read thousands of hand-offs, and 0 elsewhere; 0 turns it off. It
+   * costs CPU for speed (figures in the README). Connections in worker threads never poll.
    */
   busyPoll?: number;
   tls?: NbdClientTls;

@@ -287,19 +287,20 @@ export class NbdClientSource implements BlockSource {
    * The connection for a read (or block status, or cache). Over a plain unix socket they fill the
    * first connection's window before using another, since this thread drains every socket anyway:
    * a server sending on several at once only has its sending threads compete with this one for
-   * cores (nbdkit file, 2 GiB on 2 cores: its CPU 0.79 -> 0.67 s, the read 0.738 -> 0.724 s, nbdcopy
-   * 0.719 s). Writes still spread, as the server receives each connection on a thread of its own
-   * (a restore to nbdkit on 2 connections instead of 1: 0.52 against 0.56 s). Over TCP (a network
+   * cores (figures in the README). Writes still spread, as the server receives each connection on
+   * a thread of its own, which a restore measured faster. Over TCP (a network
    * path's streams each have a window of their own), over TLS (a server encrypts each connection's
    * replies in turn) and to worker connections (other threads receive), reads spread too.
    */
   #forRead(): NbdClientConnection {
     if (this.#fillFirst) {
       const window = this.#opts.maxInFlight ?? DEFAULT_CLIENT_IN_FLIGHT;
+      let first: NbdClientConnection | undefined;
       for (const c of this.#conns) {
-        if (c.worker === true) break;
-        if (!c.closed && c.inFlight < window) return c;
+        if (c.worker === true) return this.#pick();
+        if (!first && !c.closed && c.inFlight < window) first = c;
       }
+      if (first) return first;
     }
     return this.#pick();
   }
