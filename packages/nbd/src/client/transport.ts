@@ -11,13 +11,11 @@ export interface NbdTransportOptions extends NbdClientOptions {
    * `VD_NBD_WORKERS=1|0` decide too (URI, then this option, then the environment). A
    * `connectExtra` of your own wins.
    *
-   * It pays for reads behind a unix socket, which queues at most the server's send buffer (208 KiB
-   * by default, which only the server can raise): one thread draining every connection leaves the
-   * server blocked while it copies; a second thread drains in parallel (nbdkit file, 2 GiB on 2
-   * cores: 0.735 s against 0.821 s in this thread; nbdcopy 0.734 s). It costs a thread (~13 MiB,
-   * kept idle 10 s for the next disk; ~35 MiB more at the peak of a 2 GiB read) and a copy of what it
-   * reads into the caller's buffer. Over TCP the receive buffer grows to MiBs and a worker only adds
-   * that copy (0.94 s against 0.81 s).
+   * It costs a thread (~13 MiB, kept idle 10 s for the next disk; ~35 MiB more at the peak of a
+   * 2 GiB read) and a copy of what it reads into the caller's buffer. On 2 cores it no longer
+   * pays in the clear: reads filling one connection in this thread, with its loop polling, are
+   * faster, over a unix socket and over TCP (the README has the figures). With more cores, where
+   * one thread cannot drain what several server threads send, it may.
    */
   workers?: boolean;
 }
