@@ -46,6 +46,29 @@ export function ratios(a, b) {
   return { median: median(r), rounds: r };
 }
 
+/**
+ * A `report(what, oursName, ours, peerName, theirs, target?, cpuOfBoth?)` printing one comparison
+ * of `size` bytes read or written: each side's median wall time and throughput, the CPU per GiB
+ * of our side (labelled `cpu`; of both sides too when `cpuOfBoth`), the peer server's CPU per GiB
+ * when the runs name one, and the median of the per-round throughput ratios with every round's.
+ */
+export function reporter({ size, width, ratio, cpu }) {
+  const perGiB = (cpus) => `${((median(cpus) * 1024 * MiB) / size).toFixed(2)} s/GiB`;
+  const line = (name, x, withCpu) =>
+    `  ${name.padEnd(width)} ${median(x.wall).toFixed(2)} s  ${(size / MiB / median(x.wall)).toFixed(0)} MiB/s` +
+    (withCpu ? `  ${cpu} ${perGiB(x.cpu)}` : '') +
+    (x.serverCpu.length ? `  server CPU ${perGiB(x.serverCpu)}` : '');
+  return (what, oursName, ours, peerName, theirs, target, cpuOfBoth = false) => {
+    const r = ratios(ours, theirs);
+    console.log(what);
+    console.log(line(oursName, ours, true));
+    console.log(line(peerName, theirs, cpuOfBoth));
+    console.log(
+      `  ${`ratio (${ratio} throughput)`.padEnd(width)} ${r.median.toFixed(2)}x${target ? ` (target >= ${target}x)` : ''}  rounds: ${r.rounds.map((x) => x.toFixed(2)).join(' ')}`,
+    );
+  };
+}
+
 /** Peers' environment: /usr/bin first, so libnbd tools find Debian's python and libraries. */
 export const env = { ...process.env, PATH: `/usr/bin:${process.env.PATH}` };
 

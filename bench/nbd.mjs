@@ -27,7 +27,7 @@ import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { exec, freePort, median, peer, ratios, readAll, readAllocated, rounds } from './_nbd-peers.mjs';
+import { exec, freePort, median, peer, readAll, readAllocated, reporter, rounds } from './_nbd-peers.mjs';
 
 // The server reads files on libuv's pool; `vd serve` widens it the same way before any I/O.
 if (!process.env.UV_THREADPOOL_SIZE) {
@@ -54,26 +54,7 @@ const rssTimer = setInterval(() => {
   peakRss = Math.max(peakRss, process.memoryUsage().rss);
 }, 50);
 
-const rate = (bytes, s) => `${(bytes / MiB / s).toFixed(0)} MiB/s`;
-const GiB = 1024 * MiB;
-/** CPU per GiB of `cpus` (s), as printed. */
-const perGiB = (cpus) => `${((median(cpus) * GiB) / SIZE).toFixed(2)} s/GiB`;
-/**
- * Our side and the peer's: median wall time, throughput, our CPU per GiB, the CPU per GiB of the
- * peer server read from (when the runs name it), per-round ratio.
- */
-function report(what, oursName, ours, peerName, theirs, target) {
-  const r = ratios(ours, theirs);
-  const server = (x) => (x.serverCpu.length ? `  server CPU ${perGiB(x.serverCpu)}` : '');
-  console.log(`${what}`);
-  console.log(
-    `  ${oursName.padEnd(34)} ${median(ours.wall).toFixed(2)} s  ${rate(SIZE, median(ours.wall))}  vd CPU ${perGiB(ours.cpu)}${server(ours)}`,
-  );
-  console.log(`  ${peerName.padEnd(34)} ${median(theirs.wall).toFixed(2)} s  ${rate(SIZE, median(theirs.wall))}${server(theirs)}`);
-  console.log(
-    `  ratio (ours/peer throughput)      ${r.median.toFixed(2)}x${target ? ` (target >= ${target}x)` : ''}  rounds: ${r.rounds.map((x) => x.toFixed(2)).join(' ')}`,
-  );
-}
+const report = reporter({ size: SIZE, width: 34, ratio: 'ours/peer', cpu: 'vd CPU' });
 
 const dir = await mkdtemp(join(tmpdir(), 'vd-bench-nbd-'));
 const stops = [];

@@ -22,7 +22,7 @@ import { mkdtemp, open, rm } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { exec, freePort, median, peer, ratios, readAll, rounds } from './_nbd-peers.mjs';
+import { exec, freePort, peer, readAll, reporter, rounds } from './_nbd-peers.mjs';
 
 // The server reads files on libuv's pool; `vd serve` widens it the same way before any I/O.
 if (!process.env.UV_THREADPOOL_SIZE) {
@@ -44,22 +44,7 @@ const MiB = 1024 * 1024;
 const SIZE = Number(process.env.BENCH_NBDSSL_MIB ?? 1024) * MiB;
 const ROUNDS = Number(process.env.BENCH_NBDSSL_ROUNDS ?? 3);
 
-const rate = (bytes, s) => `${(bytes / MiB / s).toFixed(0)} MiB/s`;
-const GiB = 1024 * MiB;
-function report(what, oursName, ours, peerName, theirs, target, cpu) {
-  const r = ratios(ours, theirs);
-  const perGiB = (cpus) => `${((median(cpus) * GiB) / SIZE).toFixed(2)} s/GiB`;
-  console.log(`${what}`);
-  const line = (name, r) =>
-    `  ${name.padEnd(40)} ${median(r.wall).toFixed(2)} s  ${rate(SIZE, median(r.wall))}` +
-    (cpu ? `  client CPU ${perGiB(r.cpu)}` : '') +
-    (r.serverCpu.length ? `  server CPU ${perGiB(r.serverCpu)}` : '');
-  console.log(line(oursName, ours));
-  console.log(line(peerName, theirs));
-  console.log(
-    `  ratio (first/second throughput)          ${r.median.toFixed(2)}x${target ? ` (target >= ${target}x)` : ''}  rounds: ${r.rounds.map((x) => x.toFixed(2)).join(' ')}`,
-  );
-}
+const report = reporter({ size: SIZE, width: 40, ratio: 'first/second', cpu: 'client CPU' });
 
 const dir = await mkdtemp(join(tmpdir(), 'vd-bench-nbdssl-'));
 const stops = [];
