@@ -288,9 +288,9 @@ export class NbdClientSource implements BlockSource {
    * first connection's window before using another, since this thread drains every socket anyway:
    * a server sending on several at once only has its sending threads compete with this one for
    * cores (figures in the README). Writes still spread, as the server receives each connection on
-   * a thread of its own, which a restore measured faster. Over TCP (a network
-   * path's streams each have a window of their own), over TLS (a server encrypts each connection's
-   * replies in turn) and to worker connections (other threads receive), reads spread too.
+   * a thread of its own, which a restore measured faster. Over TCP (a network path's streams each
+   * have a window of their own), over TLS (a server encrypts each connection's replies in turn)
+   * and to worker connections (other threads receive), reads spread too.
    */
   #forRead(): NbdClientConnection {
     if (this.#fillFirst) {

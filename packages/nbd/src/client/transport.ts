@@ -13,9 +13,9 @@ export interface NbdTransportOptions extends NbdClientOptions {
    *
    * It costs a thread (~13 MiB, kept idle 10 s for the next disk; ~35 MiB more at the peak of a
    * 2 GiB read) and a copy of what it reads into the caller's buffer. On 2 cores it no longer
-   * pays in the clear: reads filling one connection in this thread, with its loop polling, are
-   * faster, over a unix socket and over TCP (the README has the figures). With more cores, where
-   * one thread cannot drain what several server threads send, it may.
+   * pays in the clear: over a unix socket, reads filling one connection in this thread while its
+   * loop polls are faster, and over TCP a worker only adds its copy (the README has the figures).
+   * With more cores, where one thread cannot drain what several server threads send, it may.
    */
   workers?: boolean;
 }
