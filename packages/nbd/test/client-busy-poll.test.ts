@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import { isVdError, memoryDisk, openDisk } from '@vd/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { polling } from '../src/client/busy-poll.js';
-import { NbdServer, type NbdTransportOptions, nbd } from '../src/index.js';
+import { DEFAULT_BUSY_POLL, NbdServer, type NbdTransportOptions, nbd } from '../src/index.js';
 import { pattern, tempDir } from './helpers.js';
 
 const MiB = 1 << 20;
@@ -30,10 +30,12 @@ const quiet = () => new Promise((r) => setTimeout(r, 5));
  * first one's reply had arrived (the others still due) and whether it still was a while after the
  * last.
  */
-async function readAll(uri: string, options: NbdTransportOptions): Promise<{ during: boolean; after: boolean }> {
+async function readAll(uri: string, options: NbdTransportOptions, busyPoll?: number): Promise<{ during: boolean; after: boolean }> {
   await quiet();
   const disk = await openDisk(uri, { transports: [nbd({ connections: 1, ...options })], readOnly: true });
   try {
+    // What disk.info() says the connection polls for.
+    if (busyPoll !== undefined) expect(disk.info().busyPoll).toBe(busyPoll);
     let during: boolean | undefined;
     const n = data.length / 65536;
     const reads = Array.from({ length: n }, (_, i) => disk.read(i * 65536, 65536));
@@ -49,20 +51,20 @@ async function readAll(uri: string, options: NbdTransportOptions): Promise<{ dur
 
 describe('busy polling while READ replies stream in', () => {
   it('polls over a plain unix socket by default, and stops once no reply is due', async () => {
-    expect(await readAll(uris.unix, {})).toEqual({ during: true, after: false });
+    expect(await readAll(uris.unix, {}, DEFAULT_BUSY_POLL)).toEqual({ during: true, after: false });
   });
 
   it('does not poll with busyPoll: 0, nor over TCP unless asked', async () => {
-    expect(await readAll(uris.unix, { busyPoll: 0 })).toEqual({ during: false, after: false });
-    expect(await readAll(uris.tcp, {})).toEqual({ during: false, after: false });
-    expect(await readAll(uris.tcp, { busyPoll: 200 })).toEqual({ during: true, after: false });
+    expect(await readAll(uris.unix, { busyPoll: 0 }, 0)).toEqual({ during: false, after: false });
+    expect(await readAll(uris.tcp, {}, 0)).toEqual({ during: false, after: false });
+    expect(await readAll(uris.tcp, { busyPoll: 200 }, 200)).toEqual({ during: true, after: false });
   });
 
   it('VD_NBD_BUSY_POLL sets the default; the option wins', async () => {
     const saved = process.env.VD_NBD_BUSY_POLL;
     try {
       process.env.VD_NBD_BUSY_POLL = '0';
-      expect(await readAll(uris.unix, {})).toEqual({ during: false, after: false });
+      expect(await readAll(uris.unix, {}, 0)).toEqual({ during: false, after: false });
       expect(await readAll(uris.unix, { busyPoll: 300 })).toEqual({ during: true, after: false });
     } finally {
       if (saved === undefined) delete process.env.VD_NBD_BUSY_POLL;

@@ -213,6 +213,8 @@ export class NbdConnection {
   readonly #onDeath: ((err: VdError) => void)[] = [];
   /** Milliseconds to keep polling after data while replies are due (0: never). */
   readonly #pollFor: number;
+  /** Microseconds the loop polls after READ reply bytes (`HandshakeOptions.busyPoll`; 0: never). */
+  readonly busyPoll: number;
 
   private constructor(
     socket: Duplex,
@@ -236,6 +238,7 @@ export class NbdConnection {
     this.info = info;
     this.uri = uri;
     this.#maxInFlight = maxInFlight;
+    this.busyPoll = busyPoll;
     this.#pollFor = busyPoll / 1000;
     this.#extended = info.extended;
     this.#headerSize = requestHeaderSize(info.extended);

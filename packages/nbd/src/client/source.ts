@@ -33,6 +33,8 @@ export interface NbdClientConnection {
   readonly worker?: boolean;
   /** The send buffer its socket got, when enlarged (see `HandshakeOptions.sendBuffer`). */
   readonly sendBuffer?: number | undefined;
+  /** Microseconds its thread's loop polls after READ reply bytes (see `HandshakeOptions.busyPoll`). */
+  readonly busyPoll?: number;
   read(offset: number, into: Uint8Array, flags?: number): Promise<void>;
   write(offset: number, data: Uint8Array, flags?: number): Promise<void>;
   /** A WRITE sent from local-file spans (sendfile); false, having sent nothing, where the connection cannot. */
@@ -199,6 +201,7 @@ export class NbdClientSource implements BlockSource {
       connections: this.#conns.length,
       workerConnections: this.workers,
       ...(this.#conns[0]!.sendBuffer ? { sendBuffer: this.#conns[0]!.sendBuffer } : {}),
+      busyPoll: this.#conns[0]!.busyPoll ?? 0,
       zeroCopyWrites: this.#conns.reduce((n, c) => n + (c.zeroCopyWrites ?? 0), 0),
     };
   }
