@@ -13,7 +13,7 @@ function tick(): void {
 }
 
 /**
- * Keeps this thread's event loop polling its sockets for at least `ms` more milliseconds instead
+ * Keeps this thread's event loop polling its sockets for at least `us` more microseconds instead
  * of sleeping in epoll. Over a unix socket the server queues no more than its send buffer (208 KiB
  * by default) before it blocks until the client drains it, so a large read is thousands of
  * hand-offs: the client drains, sleeps, the server refills and wakes it. Where a sleeping CPU is
@@ -21,8 +21,8 @@ function tick(): void {
  * immediate makes libuv poll with a zero timeout, so the loop keeps turning, serving everything
  * else as usual, until a quiet spell of that length ends it.
  */
-export function keepPolling(ms: number): void {
-  const end = performance.now() + ms;
+export function keepPolling(us: number): void {
+  const end = performance.now() + us / 1000;
   if (end > until) until = end;
   if (!spinning) {
     spinning = true;

@@ -211,8 +211,6 @@ export class NbdConnection {
   #spanWrites = 0;
   #dead: VdError | undefined;
   readonly #onDeath: ((err: VdError) => void)[] = [];
-  /** Milliseconds to keep polling after data while replies are due (0: never). */
-  readonly #pollFor: number;
   /** Microseconds the loop polls after READ reply bytes (`HandshakeOptions.busyPoll`; 0: never). */
   readonly busyPoll: number;
 
@@ -239,7 +237,6 @@ export class NbdConnection {
     this.uri = uri;
     this.#maxInFlight = maxInFlight;
     this.busyPoll = busyPoll;
-    this.#pollFor = busyPoll / 1000;
     this.#extended = info.extended;
     this.#headerSize = requestHeaderSize(info.extended);
     const targets: ReplyTargets = {
@@ -657,7 +654,7 @@ export class NbdConnection {
     try {
       d.filledDirect(n);
       for (let m = d.next(); m !== undefined; m = d.next()) this.#onReply(m);
-      if (this.#pollFor > 0 && this.#reads > 0) keepPolling(this.#pollFor);
+      if (this.busyPoll > 0 && this.#reads > 0) keepPolling(this.busyPoll);
     } catch (err) {
       this.#die(err instanceof VdError ? err : protocolError(String(err)));
     }
@@ -670,7 +667,7 @@ export class NbdConnection {
       d.push(chunk);
       for (let m = d.next(); m !== undefined; m = d.next()) this.#onReply(m);
       if (borrowed) d.releaseInput();
-      if (this.#pollFor > 0 && this.#reads > 0) keepPolling(this.#pollFor);
+      if (this.busyPoll > 0 && this.#reads > 0) keepPolling(this.busyPoll);
     } catch (err) {
       this.#die(err instanceof VdError ? err : protocolError(String(err)));
     }

@@ -50,6 +50,9 @@ export interface NbdClientConnection {
   destroy(err?: Error): void;
 }
 
+/** Whether a connection can send WRITE payloads from files (only those in this thread can). */
+const sendsSpans = (c: NbdClientConnection): boolean => c.writeSpans !== undefined;
+
 export interface NbdClientOptions extends HandshakeOptions {
   /**
    * Connections to open when the server advertises multi-conn (default: the core count, at most
@@ -86,6 +89,10 @@ export class NbdClientSource implements BlockSource {
   readonly #opts: NbdClientOptions;
   /** Reads fill one connection before using another (see #forRead). */
   readonly #fillFirst: boolean;
+  /** The choices of connection #once takes, made once rather than a closure per request. */
+  readonly #anyConn = (): NbdClientConnection => this.#pick();
+  readonly #readConn = (): NbdClientConnection => this.#forRead();
+  readonly #spansConn = (): NbdClientConnection => this.#pick(sendsSpans);
   #conns: NbdClientConnection[];
   #reconnecting: Promise<void> | undefined;
   #closed = false;
@@ -219,11 +226,7 @@ export class NbdClientSource implements BlockSource {
     // Only connections in this thread send from files: a worker's would answer false, and a copy
     // takes a first false as "never".
     const flags = opts.fua ? CmdFlag.FUA : 0;
-    return this.#once(
-      opts,
-      (c) => c.writeSpans?.(offset, spans, flags) ?? Promise.resolve(false),
-      () => this.#pick((c) => c.writeSpans !== undefined),
-    );
+    return this.#once(opts, (c) => c.writeSpans?.(offset, spans, flags) ?? Promise.resolve(false), this.#spansConn);
   }
 
   _flush(opts: IoOptions): Promise<void> {
@@ -317,7 +320,7 @@ export class NbdClientSource implements BlockSource {
     return best;
   }
 
-  #once<T>(opts: IoOptions, call: (c: NbdClientConnection) => Promise<T>, choose = (): NbdClientConnection => this.#pick()): Promise<T> {
+  #once<T>(opts: IoOptions, call: (c: NbdClientConnection) => Promise<T>, choose = this.#anyConn): Promise<T> {
     throwIfAborted(opts.signal);
     if (this.#closed) return Promise.reject(new VdError('ERR_VD_CLOSED', `NBD disk ${formatNbdUri(this.target)} is closed`));
     return call(choose());
@@ -333,7 +336,7 @@ export class NbdClientSource implements BlockSource {
     const retries = this.#opts.retries ?? 3;
     for (let attempt = 0; ; attempt++) {
       try {
-        return await this.#once(opts, call, () => this.#forRead());
+        return await this.#once(opts, call, this.#readConn);
       } catch (err) {
         if (attempt >= retries || this.#closed || !isLost(err) || opts.signal?.aborted) throw err;
         if (channels.retry.hasSubscribers) channels.retry.publish({ transport: 'nbd', op, attempt: attempt + 1, error: err });
