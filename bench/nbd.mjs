@@ -16,10 +16,12 @@
 //     (the target), and with the restore runs on top.
 //  6. The opt-in worker connection (`nbd({ workers: true })`) for the unix-socket read of 1., vs
 //     the default and nbdcopy; last, so its thread's memory stays out of the figures of 5.
-// Size: BENCH_NBD_MIB (default 2048). Rounds: BENCH_NBD_ROUNDS (default 5; the runs compared rotate
-// within each round after a warm-up of each; the ratio is the median of the per-round ratios, and
-// our CPU per GiB is printed since, on a shared machine, it swings far less than wall time; so is
-// the peer server's, which shows what each client costs the server it shares the machine with).
+// Size: BENCH_NBD_MIB (default 2048). Rounds: BENCH_NBD_ROUNDS (default 9: on a shared 2-core
+// machine one round's ratio swings by a fifth either way, and a median of 5 by a tenth; the runs
+// compared rotate within each round after a warm-up of each; the ratio is the median of the
+// per-round ratios, and our CPU per GiB is printed since, on a shared machine, it swings far less
+// than wall time; so is the peer server's, which shows what each client costs the server it
+// shares the machine with).
 import { spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -47,7 +49,7 @@ const { NbdServer, nbd } = await import(nbdDist);
 
 const MiB = 1024 * 1024;
 const SIZE = Number(process.env.BENCH_NBD_MIB ?? 2048) * MiB;
-const ROUNDS = Number(process.env.BENCH_NBD_ROUNDS ?? 5);
+const ROUNDS = Number(process.env.BENCH_NBD_ROUNDS ?? 9);
 
 let peakRss = 0;
 const rssTimer = setInterval(() => {

@@ -9,7 +9,7 @@
 //  3. The same TLS read with the connections after the first decrypting in worker threads (the
 //     default with more than one core) vs all in this thread.
 //  4. Server: `nbdcopy nbds+unix://... null:` reading vd's NbdServer --tls=require vs nbdkit --tls=require.
-// Size: BENCH_NBDSSL_MIB (default 1024). Rounds: BENCH_NBDSSL_ROUNDS (default 3). The runs compared
+// Size: BENCH_NBDSSL_MIB (default 1024). Rounds: BENCH_NBDSSL_ROUNDS (default 7). The runs compared
 // rotate within each round, so a load spike hits both sides; the ratio reported is the median
 // of the per-round ratios. Our client's CPU time per GiB is printed too: under load the wall-clock
 // figures swing, the CPU cost of each path does not (and V8's --cpu-prof books native TLS
@@ -42,7 +42,7 @@ const { createPki, nbdServerTls, nbdssl } = await import(dist('nbdssl'));
 
 const MiB = 1024 * 1024;
 const SIZE = Number(process.env.BENCH_NBDSSL_MIB ?? 1024) * MiB;
-const ROUNDS = Number(process.env.BENCH_NBDSSL_ROUNDS ?? 3);
+const ROUNDS = Number(process.env.BENCH_NBDSSL_ROUNDS ?? 7);
 
 const report = reporter({ size: SIZE, width: 40, ratio: 'first/second', cpu: 'client CPU' });
 
