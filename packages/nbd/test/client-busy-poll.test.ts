@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { isVdError, memoryDisk, openDisk } from '@vd/core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { polling } from '../src/client/busy-poll.js';
 import { DEFAULT_BUSY_POLL, NbdServer, type NbdTransportOptions, nbd } from '../src/index.js';
 import { pattern, tempDir } from './helpers.js';
@@ -21,6 +21,10 @@ beforeAll(async () => {
 afterAll(async () => {
   await server.close();
   await tmp.cleanup();
+});
+
+afterEach(() => {
+  vi.unstubAllEnvs();
 });
 
 const quiet = () => new Promise((r) => setTimeout(r, 5));
@@ -61,15 +65,9 @@ describe('busy polling while READ replies stream in', () => {
   });
 
   it('VD_NBD_BUSY_POLL sets the default; the option wins', async () => {
-    const saved = process.env.VD_NBD_BUSY_POLL;
-    try {
-      process.env.VD_NBD_BUSY_POLL = '0';
-      expect(await readAll(uris.unix, {}, 0)).toEqual({ during: false, after: false });
-      expect(await readAll(uris.unix, { busyPoll: 300 })).toEqual({ during: true, after: false });
-    } finally {
-      if (saved === undefined) delete process.env.VD_NBD_BUSY_POLL;
-      else process.env.VD_NBD_BUSY_POLL = saved;
-    }
+    vi.stubEnv('VD_NBD_BUSY_POLL', '0');
+    expect(await readAll(uris.unix, {}, 0)).toEqual({ during: false, after: false });
+    expect(await readAll(uris.unix, { busyPoll: 300 })).toEqual({ during: true, after: false });
   });
 
   it.each([
@@ -77,17 +75,11 @@ describe('busy polling while READ replies stream in', () => {
     ['the option', { busyPoll: Number.NaN }, undefined],
     ['VD_NBD_BUSY_POLL', {}, 'soon'],
   ])('refuses a bad value from %s before connecting', async (_, options, env) => {
-    const saved = process.env.VD_NBD_BUSY_POLL;
-    try {
-      if (env !== undefined) process.env.VD_NBD_BUSY_POLL = env;
-      // No server listens there: an attempt to connect would fail with ERR_VD_NOT_FOUND.
-      const nowhere = `nbd+unix:///d?socket=${join(tmp.dir, 'nobody.sock')}`;
-      const err = await openDisk(nowhere, { transports: [nbd(options)], readOnly: true }).catch((e: unknown) => e);
-      expect(isVdError(err, 'ERR_VD_INVALID_ARGUMENT')).toBe(true);
-      expect((err as Error).message).toMatch(/microseconds/);
-    } finally {
-      if (saved === undefined) delete process.env.VD_NBD_BUSY_POLL;
-      else process.env.VD_NBD_BUSY_POLL = saved;
-    }
+    if (env !== undefined) vi.stubEnv('VD_NBD_BUSY_POLL', env);
+    // No server listens there: an attempt to connect would fail with ERR_VD_NOT_FOUND.
+    const nowhere = `nbd+unix:///d?socket=${join(tmp.dir, 'nobody.sock')}`;
+    const err = await openDisk(nowhere, { transports: [nbd(options)], readOnly: true }).catch((e: unknown) => e);
+    expect(isVdError(err, 'ERR_VD_INVALID_ARGUMENT')).toBe(true);
+    expect((err as Error).message).toMatch(/microseconds/);
   });
 });
